@@ -1,0 +1,133 @@
+"""Every Prometheus metric of the relay, defined once.
+
+Incremented where the fact happens; nothing else in the code base knows Prometheus.
+Labels are bounded: topic, Klaviyo metric name, endpoint, outcome, status class, stage,
+reason code. Never an email, id, key or offset.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from consumer import __version__
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+BUILD_INFO = Info("klaviyo_relay_build", "Version of the relay.", registry=REGISTRY)
+BUILD_INFO.info({"version": __version__})
+
+EVENTS_CONSUMED = Counter(
+    "klaviyo_relay_events_consumed_total",
+    "Kafka records taken from the source topics.",
+    ["topic"],
+    registry=REGISTRY,
+)
+EVENTS_DELIVERED = Counter(
+    "klaviyo_relay_events_delivered_total",
+    "Klaviyo events accepted (2xx), by Klaviyo metric name.",
+    ["topic", "metric"],
+    registry=REGISTRY,
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "klaviyo_relay_events_dead_lettered_total",
+    "Records written to the dead-letter topic, by stage and reason code.",
+    ["topic", "stage", "reason"],
+    registry=REGISTRY,
+)
+PLAN_WARNINGS = Counter(
+    "klaviyo_relay_plan_warnings_total",
+    "Data dropped while building requests (e.g. an unparseable phone number).",
+    ["topic", "code"],
+    registry=REGISTRY,
+)
+KLAVIYO_REQUESTS = Counter(
+    "klaviyo_relay_klaviyo_requests_total",
+    "HTTP requests to Klaviyo by endpoint, outcome and status class (2xx, 4xx, 5xx, error).",
+    ["endpoint", "outcome", "status_class"],
+    registry=REGISTRY,
+)
+KLAVIYO_REQUEST_DURATION = Histogram(
+    "klaviyo_relay_klaviyo_request_duration_seconds",
+    "Latency of one HTTP request to Klaviyo.",
+    ["endpoint"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+KLAVIYO_RETRIES = Counter(
+    "klaviyo_relay_klaviyo_retries_total",
+    "Requests sent again after a retryable outcome.",
+    ["endpoint", "reason"],
+    registry=REGISTRY,
+)
+KLAVIYO_THROTTLED = Counter(
+    "klaviyo_relay_klaviyo_throttled_total",
+    "429 Too Many Requests answers.",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+RATE_LIMIT_WAIT = Histogram(
+    "klaviyo_relay_rate_limit_wait_seconds",
+    "Time a request waited for a rate-limit token.",
+    ["endpoint"],
+    buckets=(0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    registry=REGISTRY,
+)
+RATE_LIMIT_REMAINING = Gauge(
+    "klaviyo_relay_rate_limit_remaining",
+    "Requests left in the current steady window, as this relay sees it.",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+EVENTS_IN_FLIGHT = Gauge(
+    "klaviyo_relay_events_in_flight",
+    "Events taken from Kafka and not yet finished (accepted or dead-lettered).",
+    registry=REGISTRY,
+)
+PARTITIONS_PAUSED = Gauge(
+    "klaviyo_relay_partitions_paused",
+    "Assigned partitions paused for back-pressure.",
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "klaviyo_relay_consumer_lag_messages",
+    "Messages between the committed offset and the end of the partition (librdkafka stats).",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+COMMITTED_OFFSET = Gauge(
+    "klaviyo_relay_committed_offset",
+    "Last committed offset per partition (librdkafka stats).",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+END_TO_END_DELAY = Histogram(
+    "klaviyo_relay_end_to_end_delay_seconds",
+    "From the event's occurred_at to Klaviyo accepting it.",
+    ["topic"],
+    buckets=_DELAY_BUCKETS,
+    registry=REGISTRY,
+)
+COMMIT_DURATION = Histogram(
+    "klaviyo_relay_commit_duration_seconds",
+    "Latency of an offset commit to the group coordinator.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+RELAY_READY = Gauge(
+    "klaviyo_relay_ready",
+    "1 when assigned, not halted and Klaviyo reachable.",
+    registry=REGISTRY,
+)
+RELAY_HALTED = Gauge(
+    "klaviyo_relay_halted",
+    "1 after a fatal Klaviyo answer (401/403): dispatch stopped, nothing further committed.",
+    registry=REGISTRY,
+)
+
+
+def status_class(status: int | None) -> str:
+    """``2xx``/``4xx``/``5xx`` for an HTTP status, ``error`` when there was no answer."""
+    return f"{status // 100}xx" if status is not None else "error"

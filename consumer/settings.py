@@ -1,0 +1,247 @@
+"""The one typed settings object.
+
+Every setting is read from an environment variable of the same name in upper case
+(``KAFKA_BOOTSTRAP_SERVERS``, ``SEND_MODE``, ...) and, optionally, from a TOML file given with
+``--config``; the environment wins over the file. Validation happens once at start-up and a
+bad value is reported by its environment name (see :func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_REVISION = "2026-07-15"
+
+
+class SendMode(StrEnum):
+    REALTIME = "realtime"
+    BATCH = "batch"
+
+
+class AuthScheme(StrEnum):
+    """How the key is sent: private keys as ``Klaviyo-API-Key``, OAuth tokens as ``Bearer``."""
+
+    API_KEY = "api-key"
+    BEARER = "bearer"
+
+
+class WindowLimit(BaseModel):
+    """One fixed window: at most ``requests`` per ``seconds``."""
+
+    requests: PositiveInt
+    seconds: PositiveFloat
+
+
+class EndpointLimit(BaseModel):
+    """Klaviyo's two fixed windows for one endpoint: a short burst and a longer steady one."""
+
+    burst: WindowLimit
+    steady: WindowLimit
+
+
+def _limit(burst: int, steady: int) -> EndpointLimit:
+    return EndpointLimit(
+        burst=WindowLimit(requests=burst, seconds=1.0),
+        steady=WindowLimit(requests=steady, seconds=60.0),
+    )
+
+
+# Published defaults: the spec's ``x-klaviyo-ratelimit`` per operation (revision 2026-07-15).
+DEFAULT_RATE_LIMITS: dict[str, EndpointLimit] = {
+    "create_event": _limit(350, 3500),
+    "bulk_create_events": _limit(10, 150),
+    "update_profile": _limit(75, 750),
+    "create_or_update_profile": _limit(75, 750),
+    "get_profiles": _limit(75, 750),
+}
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Settings from the ``--config`` TOML file: keys are the setting names, either case."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._values: dict[str, Any] = {}
+        if path is not None:
+            with path.open("rb") as fh:
+                self._values = {k.lower(): v for k, v in tomllib.load(fh).items()}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        case_sensitive=False,
+        extra="ignore",
+        env_nested_delimiter="__",
+    )
+
+    # --- Kafka ---
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_group_id: str = "klaviyo-relay"
+    kafka_security_protocol: str | None = None
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = None
+    kafka_ssl_certificate_location: str | None = None
+    kafka_ssl_key_location: str | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_extra_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="Any other librdkafka property, as a JSON object (passed through as is).",
+    )
+    topics: list[str] = Field(
+        default_factory=list,
+        description="Topics to consume; empty means every topic of the handler registry.",
+    )
+    topic_handlers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Override topic → handler (handler named by its default topic or record).",
+    )
+    dlq_topic: str = "klaviyo-relay.dlq"
+
+    # --- Schemas ---
+    schema_registry_url: str | None = None
+    schemas_dir: Path | None = Field(
+        default=None, description="Folder of .avsc files; the packaged schemas when unset."
+    )
+
+    # --- Klaviyo ---
+    klaviyo_api_key: SecretStr | None = None
+    klaviyo_auth_scheme: AuthScheme = AuthScheme.API_KEY
+    klaviyo_base_url: str = "https://a.klaviyo.com"
+    klaviyo_revision: str = DEFAULT_REVISION
+    klaviyo_timeout_seconds: PositiveFloat = 30.0
+    klaviyo_gzip: bool = False
+    klaviyo_max_connections: PositiveInt = 100
+    rate_limits: dict[str, EndpointLimit] = Field(
+        default_factory=lambda: dict(DEFAULT_RATE_LIMITS),
+        description="Per-endpoint burst/steady windows; unspecified endpoints keep the defaults.",
+    )
+    rate_limit_share: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="This replica's share of the account's quota (1/N for N replicas).",
+    )
+    retry_max_attempts: PositiveInt = 8
+    retry_max_elapsed_seconds: PositiveFloat = 120.0
+    retry_base_seconds: PositiveFloat = 0.5
+    retry_cap_seconds: PositiveFloat = 60.0
+
+    # --- Relay ---
+    send_mode: SendMode = SendMode.REALTIME
+    max_in_flight: PositiveInt = 2000
+    resume_below: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="Resume paused partitions below this share."
+    )
+    batch_max_events: int = Field(default=1000, ge=1, le=1000)
+    batch_linger_seconds: PositiveFloat = 0.5
+    drain_timeout_seconds: PositiveFloat = 25.0
+    commit_interval_seconds: PositiveFloat = 1.0
+    default_phone_region: str = "US"
+    replay_backfill_after_seconds: PositiveFloat = 3600.0
+
+    # --- Operations ---
+    metrics_port: int = Field(default=9400, ge=0, le=65535)
+    log_level: str = "INFO"
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+
+    # Set by load_settings from --config; not a setting of its own.
+    config_file: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("kafka_bootstrap_servers", "kafka_group_id", "dlq_topic")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _merge_limits(cls, value: dict[str, EndpointLimit]) -> dict[str, EndpointLimit]:
+        unknown = set(value) - set(DEFAULT_RATE_LIMITS)
+        if unknown:
+            raise ValueError(f"unknown endpoint(s) {sorted(unknown)}")
+        return {**DEFAULT_RATE_LIMITS, **value}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = init_settings().get("config_file")
+        return (
+            init_settings,
+            env_settings,
+            _TomlFileSource(settings_cls, Path(config_file) if config_file else None),
+        )
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka properties shared by the consumer, producer and admin client."""
+        config: dict[str, str] = {"bootstrap.servers": self.kafka_bootstrap_servers}
+        optional = {
+            "security.protocol": self.kafka_security_protocol,
+            "sasl.mechanism": self.kafka_sasl_mechanism,
+            "sasl.username": self.kafka_sasl_username,
+            "ssl.ca.location": self.kafka_ssl_ca_location,
+            "ssl.certificate.location": self.kafka_ssl_certificate_location,
+            "ssl.key.location": self.kafka_ssl_key_location,
+        }
+        config.update({k: v for k, v in optional.items() if v})
+        if self.kafka_sasl_password is not None:
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_key_password is not None:
+            config["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
+        config.update(self.kafka_extra_config)
+        return config
+
+
+_SECRET_NAME = re.compile(r"KEY|PASSWORD|SECRET|TOKEN")
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names it by its environment variable."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read and validate the settings, turning pydantic's report into one line per bad setting."""
+    try:
+        return Settings(config_file=config_file, **overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = "__".join(str(part) for part in error["loc"]).upper() or "SETTINGS"
+            shown = "" if _SECRET_NAME.search(name) else f" (got {error.get('input')!r})"
+            problems.append(f"{name}: {error['msg']}{shown}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"cannot read config file {config_file}: {exc}") from None
