@@ -1,18 +1,182 @@
-"""``check``: what an operator runs first."""
+"""``check``: what an operator runs first. One line per check, non-zero exit if any fails.
+
+- ``config``: the settings validate, the handler routes resolve and the schemas load.
+- ``kafka``: the brokers answer, and the source topics and the dead-letter topic exist.
+- ``klaviyo``: the API (or the sandbox) answers a harmless authenticated GET with this key.
+- ``scopes``: the key holds the scopes the relay needs. ``profiles:read`` is shown by the GET;
+  ``events:write`` and ``profiles:write`` by POSTs whose body has a type no endpoint accepts:
+  Klaviyo checks the key's scopes before the body, so 400 means "allowed" and 403 "missing
+  scope", and nothing can ever be created.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sys
+from dataclasses import dataclass
+
 import click
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from consumer.cli import settings_from
+from consumer.klaviyo.client import KlaviyoClient
+from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Permanent, Retryable
+from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
+from consumer.settings import Settings, SettingsError
+
+# A JSON:API type no endpoint accepts: the body fails validation after the scope check.
+_PROBE_BODY = {"data": {"type": "klaviyo-relay-scope-check", "attributes": {}}}
+_WRITE_PROBES = (
+    ("events:write", KlaviyoRequest(Endpoint.CREATE_EVENT, "POST", "/api/events", _PROBE_BODY)),
+    (
+        "profiles:write",
+        KlaviyoRequest(Endpoint.PROFILE_IMPORT, "POST", "/api/profile-import", _PROBE_BODY),
+    ),
+)
+
+# librdkafka reports every refused connection; the kafka line says it once.
+_QUIET = logging.getLogger("consumer.check.kafka")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.name}: {'ok' if self.ok else 'FAIL'} ({self.detail})"
 
 
 @click.command()
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for Kafka and for Klaviyo.",
+)
 @click.pass_context
-def check(ctx: click.Context) -> None:
-    """Validate the configuration and report it in one line."""
+def check(ctx: click.Context, timeout: float) -> None:
+    """Check the configuration, Kafka, Klaviyo and the API key's scopes."""
     settings = settings_from(ctx)
-    click.echo(
-        f"config: ok (kafka {settings.kafka_bootstrap_servers}, group {settings.kafka_group_id}, "
-        f"mode {settings.send_mode.value}, metrics :{settings.metrics_port})"
+    results = [check_config(settings), check_kafka(settings, timeout)]
+    for result in results:
+        click.echo(result.line())
+    # Every probe is a single attempt: check reports, the relay retries.
+    single = settings.model_copy(
+        update={"retry_max_attempts": 1, "klaviyo_timeout_seconds": timeout}
     )
+    for result in asyncio.run(check_klaviyo(single)):
+        results.append(result)
+        click.echo(result.line())
+    if not all(result.ok for result in results):
+        sys.exit(1)
+
+
+def source_topics(settings: Settings) -> list[str]:
+    from consumer.handlers.registry import HandlerRegistry  # noqa: PLC0415 (loads handlers)
+
+    return HandlerRegistry.from_settings(settings).topics()
+
+
+def check_config(settings: Settings) -> Result:
+    from consumer.schemas import SchemaError, SchemaStore  # noqa: PLC0415 (parses schemas)
+
+    summary = (
+        f"kafka {settings.kafka_bootstrap_servers}, group {settings.kafka_group_id}, "
+        f"mode {settings.send_mode.value}, metrics :{settings.metrics_port}"
+    )
+    try:
+        topics = source_topics(settings)
+        SchemaStore.from_settings(settings)
+    except (SettingsError, SchemaError) as exc:
+        return Result("config", False, f"{summary}; {exc}")
+    return Result("config", True, f"{summary}, {len(topics)} topics")
+
+
+def check_kafka(settings: Settings, timeout: float) -> Result:
+    servers = settings.kafka_bootstrap_servers
+    try:
+        wanted = [*source_topics(settings), settings.dlq_topic]
+    except SettingsError:
+        wanted = [settings.dlq_topic]
+    config: dict[str, str | int | float | bool] = {**settings.kafka_client_config()}
+    admin = AdminClient(config, logger=_QUIET)
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        error = exc.args[0]
+        detail = error.str() if hasattr(error, "str") else str(error)
+        return Result("kafka", False, f"cannot reach {servers} within {timeout:g}s: {detail}")
+    brokers = len(metadata.brokers)
+    missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error]
+    if missing:
+        return Result(
+            "kafka", False, f"{servers}: {brokers} broker(s); missing topics: {', '.join(missing)}"
+        )
+    return Result(
+        "kafka",
+        True,
+        f"{servers}: {brokers} broker(s); {len(wanted) - 1} source topics and the dead-letter"
+        f" topic {settings.dlq_topic} exist",
+    )
+
+
+async def check_klaviyo(settings: Settings) -> list[Result]:
+    """The ``klaviyo`` and ``scopes`` lines."""
+    where = f"{settings.klaviyo_base_url}, revision {settings.klaviyo_revision}"
+    if settings.klaviyo_api_key is None or not settings.klaviyo_api_key.get_secret_value():
+        return [
+            Result("klaviyo", False, f"{where}; KLAVIYO_API_KEY is not set"),
+            Result("scopes", False, "not checked without a key"),
+        ]
+    async with KlaviyoClient(settings) as client:
+        ping = await client.ping()
+        if not isinstance(ping, Accepted | Permanent) and not (
+            isinstance(ping, Fatal) and ping.status == 403
+        ):
+            return [
+                Result("klaviyo", False, f"{where}; {_describe(ping)}"),
+                Result("scopes", False, "not checked: the key check above failed"),
+            ]
+        scopes: list[tuple[str, Outcome]] = [("profiles:read", ping)]
+        for scope, probe in _WRITE_PROBES:
+            scopes.append((scope, await client.send(probe)))
+    reached = Result("klaviyo", True, f"{where}; key accepted")
+    missing = [scope for scope, outcome in scopes if _forbidden(outcome)]
+    broken = [
+        f"{scope}: {_describe(outcome)}"
+        for scope, outcome in scopes
+        if not _forbidden(outcome) and not _allowed(scope, outcome)
+    ]
+    if missing or broken:
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + broken
+        return [reached, Result("scopes", False, "; ".join(problems))]
+    return [reached, Result("scopes", True, ", ".join(scope for scope, _ in scopes))]
+
+
+def _forbidden(outcome: Outcome) -> bool:
+    return isinstance(outcome, Fatal) and outcome.status == 403
+
+
+def _allowed(scope: str, outcome: Outcome) -> bool:
+    """The read must succeed; a write probe must get past the scope check to validation."""
+    if scope == "profiles:read":
+        return isinstance(outcome, Accepted)
+    return isinstance(outcome, Permanent) and outcome.status == 400
+
+
+def _describe(outcome: Outcome) -> str:
+    if isinstance(outcome, Retryable):
+        status = f"{outcome.status} " if outcome.status is not None else ""
+        return f"unreachable or unwell: {status}{outcome.reason}"
+    if isinstance(outcome, Fatal) and outcome.status == 401:
+        return "the key was refused (401): wrong key or wrong KLAVIYO_AUTH_SCHEME"
+    errors = getattr(outcome, "errors", ())
+    code = next((e.code for e in errors if e.code), None)
+    return f"unexpected answer {outcome.status}{f' {code}' if code else ''}"

@@ -1,1 +1,3 @@
-"""handlers."""
+"""Handlers: pure functions from a decoded domain event to the Klaviyo requests the contract
+(``../shared/contract/domain-events.md``) calls for. :class:`~.registry.HandlerRegistry` is
+the entry point; errors are in :mod:`.errors`."""

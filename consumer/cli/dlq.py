@@ -1,0 +1,205 @@
+"""``dlq inspect`` and ``dlq replay``: see why records were dead-lettered, and send them again.
+
+``inspect`` prints one line per dead letter (to stdout; the totals go to stderr so the lines
+can be piped). ``replay`` republishes the selected ones to their source topic with their
+original key, value and headers, and records what it sent in the replay group
+(``<KAFKA_GROUP_ID>.dlq-replay``) so a second run does not send them again.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime, timedelta
+
+import click
+import orjson
+from confluent_kafka import KafkaException
+
+from consumer.cli import settings_from
+from consumer.codec import DecodeError, Decoder, to_plain_json
+from consumer.settings import Settings
+from consumer.tools.deadletters import DeadLetter, Selection, count_by, newest, parse_since
+from consumer.tools.dlq_kafka import DeadLetterTopic, DeadLetterTopicError, publish
+from consumer.tools.masking import mask_event
+from consumer.tools.progress import PartitionProgress, ProgressTooScattered
+from consumer.tools.render import Original, inspect_json, inspect_line
+from consumer.tools.replay import plan_replays, progress_after
+
+_selection_options = [
+    click.option(
+        "--reason",
+        "reasons",
+        multiple=True,
+        help="Only this reason code (bad_magic, limit_exceeded, expired, klaviyo_rejected, ...);"
+        " repeatable.",
+    ),
+    click.option(
+        "--topic", "topics", multiple=True, help="Only records from this source topic; repeatable."
+    ),
+    click.option(
+        "--since",
+        default=None,
+        help="Only records that failed since TIME: RFC 3339 (2024-05-01T12:00:00Z) or a"
+        " duration back from now (90m, 2h, 1d).",
+    ),
+]
+
+
+def _with_selection(command: click.decorators.FC) -> click.decorators.FC:
+    for option in reversed(_selection_options):
+        command = option(command)
+    return command
+
+
+def _selection(reasons: tuple[str, ...], topics: tuple[str, ...], since: str | None) -> Selection:
+    try:
+        moment = parse_since(since, datetime.now(UTC)) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    return Selection(frozenset(reasons), frozenset(topics), moment)
+
+
+def _open(settings: Settings) -> DeadLetterTopic:
+    try:
+        return DeadLetterTopic(settings)
+    except (DeadLetterTopicError, KafkaException) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def dlq() -> None:
+    """Inspect and replay the dead-letter topic (DLQ_TOPIC)."""
+
+
+@dlq.command(short_help="One line per dead letter: where from, why, the event (masked).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Show only the N most recently failed records.",
+)
+@_with_selection
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
+@click.pass_context
+def inspect(
+    ctx: click.Context,
+    *,
+    limit: int | None,
+    reasons: tuple[str, ...],
+    topics: tuple[str, ...],
+    since: str | None,
+    as_json: bool,
+) -> None:
+    """One line per dead letter: source topic/partition/offset, stage, reason, Klaviyo
+    status/code, age of the event, the event (personal data masked) and the error."""
+    settings = settings_from(ctx)
+    selection = _selection(reasons, topics, since)
+    with _open(settings) as topic:
+        try:
+            progress = topic.progress()
+            letters = [dl for dl in topic.read() if selection.matches(dl)]
+        except (DeadLetterTopicError, KafkaException) as exc:
+            raise click.ClickException(str(exc)) from None
+    shown = newest(letters, limit)
+    decoder = Decoder.from_settings(settings)
+    now = datetime.now(UTC)
+    for letter in shown:
+        original = _original(decoder, letter)
+        replayed = _replayed(progress, letter)
+        if as_json:
+            click.echo(orjson.dumps(inspect_json(letter, original, now, replayed=replayed)))
+        else:
+            click.echo(inspect_line(letter, original, now, replayed=replayed))
+    reasons_text = ", ".join(f"{r} {n}" for r, n in count_by(letters).items()) or "none"
+    pending = sum(not _replayed(progress, dl) for dl in letters)
+    click.echo(
+        f"{len(letters)} dead letter(s) on {topic.topic}"
+        f"{f' (showing the newest {len(shown)})' if len(shown) < len(letters) else ''};"
+        f" by reason: {reasons_text}; not replayed yet: {pending}",
+        err=True,
+    )
+
+
+def _replayed(progress: dict[int, PartitionProgress], letter: DeadLetter) -> bool:
+    done = progress.get(letter.partition)
+    return done is not None and done.replayed(letter.offset)
+
+
+def _original(decoder: Decoder, letter: DeadLetter) -> Original:
+    if letter.value is None:
+        return Original(undecodable="no value")
+    try:
+        decoded = decoder.decode(letter.value)
+    except DecodeError as exc:
+        return Original(undecodable=exc.reason)
+    return Original(decoded.record_name, mask_event(to_plain_json(decoded.datum)))
+
+
+@dlq.command(short_help="Send selected dead letters again to their source topic.")
+@_with_selection
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; publish nothing.")
+@click.pass_context
+def replay(
+    ctx: click.Context,
+    *,
+    reasons: tuple[str, ...],
+    topics: tuple[str, ...],
+    since: str | None,
+    dry_run: bool,
+) -> None:
+    """Republish selected dead letters to their source topic (original key, value, headers),
+    with Klaviyo's backfill flag for events older than REPLAY_BACKFILL_AFTER_SECONDS."""
+    settings = settings_from(ctx)
+    selection = _selection(reasons, topics, since)
+    backfill_after = timedelta(seconds=settings.replay_backfill_after_seconds)
+    with _open(settings) as topic:
+        try:
+            progress = topic.progress()
+            letters = topic.read({p: done.position for p, done in progress.items()})
+            sources = sorted({dl.source_topic for dl in letters if dl.source_topic})
+            plan = plan_replays(
+                letters,
+                progress,
+                selection,
+                now=datetime.now(UTC),
+                backfill_after=backfill_after,
+                partitions=topic.topic_partitions(sources),
+            )
+            low = {p: w.low for p, w in topic.watermarks.items()}
+            # Refuse before publishing if the progress could not be recorded afterwards.
+            for done in progress_after(progress, plan.replays, low).values():
+                done.metadata()
+        except (DeadLetterTopicError, KafkaException, ProgressTooScattered) as exc:
+            raise click.ClickException(str(exc)) from None
+
+        verb = "would replay" if dry_run else "replaying"
+        for item in plan.replays:
+            where = f"{item.topic}/{'by key' if item.partition is None else item.partition}"
+            flag = " (backfill)" if item.backfill else ""
+            click.echo(f"{verb} {item.letter.source} reason={item.letter.reason} → {where}{flag}")
+        for letter, why in plan.unreplayable:
+            click.echo(f"cannot replay dead letter {letter.partition}/{letter.offset}: {why}")
+        # Records below the committed position were not even read: all replayed before.
+        before = plan.already_replayed + sum(
+            done.position - low[p] for p, done in progress.items() if p in low
+        )
+        counts = (
+            f"{before} replayed before, {plan.not_selected} not selected,"
+            f" {len(plan.unreplayable)} not replayable"
+        )
+        if dry_run:
+            click.echo(f"dry run: {len(plan.replays)} would be replayed ({counts}); nothing sent")
+            return
+        try:
+            results = publish(settings, plan.replays) if plan.replays else []
+            sent = [item for item, error in results if error is None]
+            topic.commit(progress_after(progress, sent, low))
+        except (DeadLetterTopicError, KafkaException) as exc:
+            raise click.ClickException(str(exc)) from None
+    failed = [(item, error) for item, error in results if error is not None]
+    for item, error in failed:
+        click.echo(f"not replayed {item.letter.source}: {error}", err=True)
+    backfilled = sum(item.backfill for item in sent)
+    click.echo(f"replayed {len(sent)} ({backfilled} with backfill); {counts}")
+    if failed or plan.unreplayable:
+        sys.exit(1)

@@ -1,0 +1,166 @@
+"""Batching Create Event requests into Bulk Create Events jobs, and reading a job's 400 back.
+
+Klaviyo's bulk body groups events under their profile::
+
+    {"data": {"type": "event-bulk-create-job", "attributes": {"events-bulk-create": {"data": [
+        {"type": "event-bulk-create", "attributes": {
+            "profile": {"data": {...}},
+            "events": {"data": [{"type": "event", "attributes": {...}}, ...]}}},
+        ...]}}}}
+
+A job holds at most 1,000 events and 5 MB, measured on the serialised bytes the client sends.
+Each job remembers which input index sits at which ``(profile entry, event)`` position, so a
+400 whose ``source.pointer`` names ``.../data/3/attributes/events/data/0/...`` can be traced
+back to the one bad input event (the rest of the job can then be resent without it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from consumer.klaviyo.client import encode_body
+from consumer.klaviyo.outcomes import KlaviyoError, Permanent
+from consumer.klaviyo.requests import Endpoint, JSONObject, KlaviyoRequest
+
+BULK_PATH = "/api/event-bulk-create-jobs"
+MAX_EVENTS = 1000
+MAX_BYTES = 5 * 1024 * 1024
+
+# Pointer into a bulk body: the profile entry, and the event inside it when named.
+_POINTER = re.compile(
+    r"^/data/attributes/events-bulk-create/data/(\d+)(?:/attributes/events/data/(\d+))?(?:/|$)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BulkJob:
+    request: KlaviyoRequest
+    items: list[int]  # input indexes in this job, in body order
+    groups: list[list[int]]  # input indexes per profile entry: groups[g][e] is at data/g/.../e
+
+
+def _job_body(entries: list[JSONObject]) -> JSONObject:
+    return {
+        "data": {
+            "type": "event-bulk-create-job",
+            "attributes": {"events-bulk-create": {"data": entries}},
+        }
+    }
+
+
+def _profile_entry(profile: Any, events: list[JSONObject]) -> JSONObject:
+    return {
+        "type": "event-bulk-create",
+        "attributes": {"profile": {"data": profile}, "events": {"data": events}},
+    }
+
+
+# Bytes the shells add around their contents (orjson writes no whitespace, so sizes add up).
+_JOB_OVERHEAD = len(encode_body(_job_body([])))
+_ENTRY_OVERHEAD = len(encode_body(_profile_entry({}, []))) - len(b"{}")
+
+
+def _split(request: KlaviyoRequest) -> tuple[Any, JSONObject]:
+    """A Create Event request → (its profile ``data``, the bulk ``event`` resource)."""
+    if request.endpoint is not Endpoint.CREATE_EVENT or request.body is None:
+        raise ValueError(f"not a Create Event request: {request.endpoint.value}")
+    attributes = dict(request.body["data"]["attributes"])
+    profile = attributes.pop("profile")["data"]
+    return profile, {"type": "event", "attributes": attributes}
+
+
+@dataclass
+class _Entry:
+    profile: Any
+    events: list[JSONObject] = field(default_factory=list)
+    indexes: list[int] = field(default_factory=list)
+
+
+class _JobBuilder:
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._entries: dict[bytes, _Entry] = {}
+        self.count = 0
+        self.size = _JOB_OVERHEAD
+
+    def cost(self, key: bytes, event_size: int) -> int:
+        """Bytes one more event adds (with its profile entry when that is new)."""
+        if key in self._entries:
+            return 1 + event_size  # "," + event
+        separator = 1 if self._entries else 0
+        return separator + _ENTRY_OVERHEAD + len(key) + event_size
+
+    def fits(self, cost: int) -> bool:
+        return self.count < self._max_events and self.size + cost <= self._max_bytes
+
+    def add(self, index: int, key: bytes, profile: Any, event: JSONObject, cost: int) -> None:
+        entry = self._entries.setdefault(key, _Entry(profile))
+        entry.events.append(event)
+        entry.indexes.append(index)
+        self.count += 1
+        self.size += cost
+
+    def build(self) -> BulkJob:
+        entries = list(self._entries.values())
+        body = _job_body([_profile_entry(e.profile, e.events) for e in entries])
+        groups = [e.indexes for e in entries]
+        return BulkJob(
+            request=KlaviyoRequest(Endpoint.BULK_CREATE_EVENTS, "POST", BULK_PATH, body=body),
+            items=[index for group in groups for index in group],
+            groups=groups,
+        )
+
+
+def build_bulk_jobs(
+    events: Sequence[KlaviyoRequest],
+    max_events: int = MAX_EVENTS,
+    max_bytes: int = MAX_BYTES,
+) -> list[BulkJob]:
+    """Pack Create Event requests, in order, into as few bulk jobs as the limits allow.
+
+    Events of one profile share one profile entry within a job. An event that alone exceeds
+    ``max_bytes`` still gets a job of its own: Klaviyo's 413 then names exactly that event.
+    """
+    jobs: list[BulkJob] = []
+    builder = _JobBuilder(max_events, max_bytes)
+    for index, request in enumerate(events):
+        profile, event = _split(request)
+        # The profile's serialised form is both its identity and its size.
+        key = encode_body(profile)
+        event_size = len(encode_body(event))
+        cost = builder.cost(key, event_size)
+        if builder.count and not builder.fits(cost):
+            jobs.append(builder.build())
+            builder = _JobBuilder(max_events, max_bytes)
+            cost = builder.cost(key, event_size)
+        builder.add(index, key, profile, event, cost)
+    if builder.count:
+        jobs.append(builder.build())
+    return jobs
+
+
+def bad_items(job: BulkJob, outcome: Permanent) -> dict[int, KlaviyoError]:
+    """Input index → the error that names it, from each error's ``source.pointer``.
+
+    A pointer at a profile entry (not one event) marks every event of that entry. Errors
+    that point nowhere inside the job are left out: the caller cannot pin them on one event.
+    """
+    found: dict[int, KlaviyoError] = {}
+    for error in outcome.errors:
+        match = _POINTER.match(error.pointer or "")
+        if match is None:
+            continue
+        group, event = int(match.group(1)), match.group(2)
+        if group >= len(job.groups):
+            continue
+        indexes = job.groups[group]
+        if event is not None:
+            position = int(event)
+            indexes = indexes[position : position + 1]
+        for index in indexes:
+            found.setdefault(index, error)
+    return found

@@ -1,0 +1,213 @@
+"""The async Klaviyo client: one aiohttp session, rate-limited, retried, classified.
+
+``send`` takes the same :class:`KlaviyoRequest` a handler returns and gives back an
+:data:`Outcome`. Every HTTP attempt waits for a rate-limit permit, and retryable answers are
+retried with backoff inside the request's budget (see :mod:`consumer.klaviyo.retry`). Keys and
+bodies are never logged: log lines carry the endpoint, status and attempt only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import random
+import time
+from decimal import Decimal
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from yarl import URL
+
+from consumer.klaviyo.classify import (
+    classify_response,
+    connection_error_outcome,
+    timeout_outcome,
+)
+from consumer.klaviyo.outcomes import Fatal, Outcome, Retryable
+from consumer.klaviyo.ratelimit import RateLimiter
+from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
+from consumer.klaviyo.retry import Clock, RetryPolicy, Sleep, call_with_retries
+from consumer.observability.metrics import (
+    KLAVIYO_REQUEST_DURATION,
+    KLAVIYO_REQUESTS,
+    KLAVIYO_RETRIES,
+    KLAVIYO_THROTTLED,
+    status_class,
+)
+from consumer.settings import AuthScheme, Settings
+
+JSON_API = "application/vnd.api+json"
+PING_REQUEST = KlaviyoRequest(
+    Endpoint.GET_PROFILES, "GET", "/api/profiles", query=(("page[size]", "1"),)
+)
+
+_log = structlog.get_logger(__name__)
+
+
+def _json_default(value: Any) -> Any:
+    # Avro decimals reach bodies as Decimal; Klaviyo wants JSON numbers.
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def encode_body(body: Any) -> bytes:
+    """The wire form of a request body (orjson: compact, datetimes as RFC 3339)."""
+    return orjson.dumps(body, default=_json_default)
+
+
+def profile_id_from_lookup(body: Any) -> str | None:
+    """The first profile id in a ``GET /api/profiles`` answer, or None when none was found."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        profile_id = data[0].get("id")
+        return profile_id if isinstance(profile_id, str) and profile_id else None
+    return None
+
+
+def _outcome_name(outcome: Outcome) -> str:
+    return type(outcome).__name__.lower()
+
+
+class KlaviyoClient:
+    """Sends :class:`KlaviyoRequest` values to Klaviyo. Use as ``async with``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        limiter: RateLimiter | None = None,
+        policy: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if settings.klaviyo_api_key is None:
+            raise ValueError("KLAVIYO_API_KEY is not set")
+        self._settings = settings
+        self._limiter = limiter or RateLimiter.from_settings(settings)
+        self._policy = policy or RetryPolicy.from_settings(settings)
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._sleep = sleep
+        self._base_url = settings.klaviyo_base_url.rstrip("/")
+        scheme = (
+            "Klaviyo-API-Key" if settings.klaviyo_auth_scheme is AuthScheme.API_KEY else "Bearer"
+        )
+        self._headers = {
+            "Authorization": f"{scheme} {settings.klaviyo_api_key.get_secret_value()}",
+            "revision": settings.klaviyo_revision,
+            "Accept": JSON_API,
+        }
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self._limiter
+
+    async def __aenter__(self) -> KlaviyoClient:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._settings.klaviyo_max_connections),
+                timeout=aiohttp.ClientTimeout(total=self._settings.klaviyo_timeout_seconds),
+                headers=self._headers,
+                raise_for_status=False,
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, request: KlaviyoRequest) -> Outcome:
+        """Send ``request``, retrying retryable answers inside the retry budget.
+
+        Returns Accepted, Permanent or Fatal as soon as one is seen; Retryable only when the
+        budget (attempts or elapsed time) is spent.
+        """
+        # Serialised (and compressed) once; every retry resends the same bytes.
+        payload, extra_headers = self._payload(request)
+
+        def on_retry(outcome: Retryable, wait: float) -> None:
+            KLAVIYO_RETRIES.labels(request.endpoint.value, outcome.reason).inc()
+            _log.info(
+                "klaviyo_retry",
+                endpoint=request.endpoint.value,
+                status=outcome.status,
+                reason=outcome.reason,
+                wait_seconds=round(wait, 3),
+            )
+
+        outcome = await call_with_retries(
+            lambda: self._attempt(request, payload, extra_headers),
+            self._policy,
+            rng=self._rng,
+            clock=self._clock,
+            sleep=self._sleep,
+            on_retry=on_retry,
+        )
+        if isinstance(outcome, Fatal):
+            _log.error("klaviyo_fatal", endpoint=request.endpoint.value, status=outcome.status)
+        return outcome
+
+    async def ping(self) -> Outcome:
+        """One harmless authenticated GET (no retries), for ``check`` and readiness."""
+        return await self._attempt(PING_REQUEST, None, {})
+
+    def _payload(self, request: KlaviyoRequest) -> tuple[bytes | None, dict[str, str]]:
+        if request.body is None:
+            return None, {}
+        data = encode_body(request.body)
+        headers = {"Content-Type": JSON_API}
+        if self._settings.klaviyo_gzip:
+            data = gzip.compress(data, compresslevel=6)
+            headers["Content-Encoding"] = "gzip"
+        return data, headers
+
+    async def _attempt(
+        self, request: KlaviyoRequest, payload: bytes | None, extra_headers: dict[str, str]
+    ) -> Outcome:
+        """One rate-limited HTTP attempt, classified."""
+        if self._session is None:
+            raise RuntimeError("KlaviyoClient used outside 'async with'")
+        endpoint = request.endpoint.value
+        permit = await self._limiter.acquire(endpoint)
+        status: int | None = None
+        headers: Any = None
+        started = time.perf_counter()
+        try:
+            async with self._session.request(
+                request.method,
+                URL(self._base_url + request.target, encoded=True),
+                data=payload,
+                headers=extra_headers,
+            ) as response:
+                status, headers = response.status, response.headers
+                body = await response.read()
+            outcome = classify_response(status, headers, body)
+        except TimeoutError:
+            outcome = timeout_outcome()
+        except aiohttp.ClientError:
+            outcome = connection_error_outcome()
+        finally:
+            self._limiter.release(permit, status=status, headers=headers)
+        KLAVIYO_REQUEST_DURATION.labels(endpoint).observe(time.perf_counter() - started)
+        KLAVIYO_REQUESTS.labels(endpoint, _outcome_name(outcome), status_class(status)).inc()
+        if status == 429:
+            KLAVIYO_THROTTLED.labels(endpoint).inc()
+        return outcome

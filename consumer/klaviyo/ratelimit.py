@@ -1,0 +1,319 @@
+"""Client-side rate limiting shaped like Klaviyo's: per endpoint, a burst and a steady window.
+
+Klaviyo counts requests per endpoint in two FIXED windows (1 s burst, 60 s steady by default),
+by the time they ARRIVE, and the client cannot know where the server's window boundaries fall.
+A local fixed window out of phase with the server's lets up to twice the limit into one server
+window (the end of one local window plus the start of the next), and network jitter moves
+arrivals about. So:
+
+1. Each limit is enforced over a SLIDING window, counted so that latency cannot break it: a
+   request's arrival lies somewhere between our grant and its answer, so it holds a place from
+   the grant until ``length`` seconds after its answer (while in flight: until it is answered).
+   A new request is granted only if fewer than ``limit`` places are held. Then no interval of
+   ``length`` seconds, wherever it falls, can see more than ``limit`` arrivals, and neither can
+   any of the server's fixed windows, whatever their phase. The price is one round-trip per
+   window (≈0.3 % of a 60 s window at 200 ms latency); the boundary double-burst a fixed window
+   would allow is given up on purpose.
+2. Klaviyo's own ``RateLimit-Remaining`` / ``RateLimit-Reset`` (its steady window) cap what we
+   send until that server window ends: never more than it says remain. This corrects what local
+   counting cannot see (other users of the account's quota, other replicas, drift). Requests
+   still in flight when the answer arrives may be counted after it, so they are subtracted too.
+   The reset gets ``reset_slack`` on top because Klaviyo states it in whole seconds.
+3. A 429's ``Retry-After`` pauses the endpoint for every caller until it has passed.
+
+Limits are scaled by ``share`` (floor, at least 1) so N replicas configured with 1/N each stay
+under the account's quota together; the server's remaining count is scaled the same way.
+
+Waiting is FIFO per endpoint and never busy-waits: waiters park on futures, and one timer per
+endpoint (or the next answer, when every place is held by a request in flight) wakes the head
+of the queue. :class:`EndpointBudget` is the pure, clock-free state (times are passed in) so it
+can be tested without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from consumer.klaviyo.classify import parse_retry_after
+from consumer.observability.metrics import RATE_LIMIT_REMAINING, RATE_LIMIT_WAIT
+from consumer.settings import EndpointLimit, Settings, WindowLimit
+
+# A timer may fire a hair before its deadline (the loop's clock resolution); treat that as on time
+# rather than re-arming it in a tight loop.
+_EPSILON = 1e-6
+# Pause after a 429 that carries no Retry-After (Klaviyo always sends one; proxies may not).
+_DEFAULT_PAUSE_SECONDS = 1.0
+_LEADING_NUMBER = re.compile(r"\s*(\d+(?:\.\d+)?)")
+
+
+class SlidingWindow:
+    """At most ``limit`` requests whose arrival could fall in any interval of ``length`` s."""
+
+    def __init__(self, limit: int, length: float) -> None:
+        self.limit = limit
+        self.length = length
+        self.in_flight = 0
+        # Answer times, in order (answers are recorded as they come, so the deque stays sorted).
+        self._answered: deque[float] = deque()
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.length
+        while self._answered and self._answered[0] <= horizon:
+            self._answered.popleft()
+
+    def free_at(self, now: float) -> float:
+        """Earliest time (≥ now) one more request fits; ``inf`` until an answer comes back."""
+        self._expire(now)
+        spare = self.limit - self.in_flight
+        if spare <= 0:
+            return math.inf
+        if len(self._answered) < spare:
+            return now
+        return self._answered[len(self._answered) - spare] + self.length
+
+    def left(self, now: float) -> int:
+        self._expire(now)
+        return max(0, self.limit - self.in_flight - len(self._answered))
+
+    def take(self) -> None:
+        self.in_flight += 1
+
+    def answered(self, now: float) -> None:
+        self.in_flight -= 1
+        self._answered.append(now)
+
+
+def scaled(limit: WindowLimit, share: float) -> int:
+    """This replica's part of a window's quota: floor, but never zero."""
+    return max(1, math.floor(limit.requests * share))
+
+
+@dataclass
+class EndpointBudget:
+    """Everything known about one endpoint's quota. Pure: every method takes ``now``."""
+
+    burst: SlidingWindow | None
+    steady: SlidingWindow | None
+    share: float = 1.0
+    steady_seconds: float = 60.0  # the server's steady window length, to tell windows apart
+    reset_slack: float = 1.0
+    paused_until: float = -math.inf
+    server_deadline: float = -math.inf
+    server_allowance: int = 0
+    in_flight: int = 0
+
+    @classmethod
+    def from_limit(
+        cls, limit: EndpointLimit | None, *, share: float = 1.0, reset_slack: float = 1.0
+    ) -> EndpointBudget:
+        if limit is None:
+            return cls(burst=None, steady=None, share=share, reset_slack=reset_slack)
+        return cls(
+            burst=SlidingWindow(scaled(limit.burst, share), limit.burst.seconds),
+            steady=SlidingWindow(scaled(limit.steady, share), limit.steady.seconds),
+            share=share,
+            steady_seconds=limit.steady.seconds,
+            reset_slack=reset_slack,
+        )
+
+    def _windows(self) -> tuple[SlidingWindow, ...]:
+        return tuple(w for w in (self.burst, self.steady) if w is not None)
+
+    def _server_capped(self, now: float) -> bool:
+        return now < self.server_deadline
+
+    def ready_at(self, now: float) -> float:
+        """Earliest time (≥ now) at which one more request may be sent."""
+        at = max(now, self.paused_until)
+        for window in self._windows():
+            at = max(at, window.free_at(now))
+        if self._server_capped(now) and self.server_allowance <= 0:
+            at = max(at, self.server_deadline)
+        return at
+
+    def grant(self, now: float) -> None:
+        for window in self._windows():
+            window.take()
+        if self._server_capped(now):
+            self.server_allowance -= 1
+        self.in_flight += 1
+
+    def remaining(self, now: float) -> int | None:
+        """Requests left in the current steady window as we see it (None: unlimited)."""
+        left = self.steady.left(now) if self.steady is not None else None
+        if self._server_capped(now):
+            allowance = max(0, self.server_allowance)
+            left = allowance if left is None else min(left, allowance)
+        return left
+
+    def pause(self, until: float) -> None:
+        self.paused_until = max(self.paused_until, until)
+
+    def observe_server(self, now: float, remaining: int, reset: float) -> None:
+        """Apply ``RateLimit-Remaining`` / ``RateLimit-Reset`` from an answer received at ``now``.
+
+        Call before the answering request leaves ``in_flight``: every other request still in
+        flight may reach the server's count after this answer was computed.
+        """
+        deadline = now + reset + self.reset_slack
+        allowance = math.floor(remaining * self.share) - max(0, self.in_flight - 1)
+        if self._server_capped(now):
+            tolerance = self.steady_seconds / 2
+            if abs(deadline - self.server_deadline) <= tolerance:
+                # Same server window: both figures are safe bounds, keep the tighter one.
+                allowance = min(allowance, self.server_allowance)
+                deadline = max(deadline, self.server_deadline)
+            elif deadline < self.server_deadline:
+                return  # a late answer about a server window that has already ended
+        self.server_deadline = deadline
+        self.server_allowance = allowance
+
+    def done(self, now: float) -> None:
+        """The request granted earlier was answered (or given up) at ``now``."""
+        for window in self._windows():
+            window.answered(now)
+        self.in_flight -= 1
+
+
+@dataclass
+class Permit:
+    """Leave to send one request; give it back with :meth:`RateLimiter.release`."""
+
+    endpoint: str
+    waited: float
+    released: bool = field(default=False)
+
+
+@dataclass
+class _Queue:
+    budget: EndpointBudget
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    timer: asyncio.TimerHandle | None = None
+
+
+class RateLimiter:
+    """Per-endpoint limiter shared by every caller (and every client) that holds it."""
+
+    def __init__(
+        self,
+        limits: Mapping[str, EndpointLimit],
+        *,
+        share: float = 1.0,
+        reset_slack: float = 1.0,
+    ) -> None:
+        self._limits = dict(limits)
+        self._share = share
+        self._reset_slack = reset_slack
+        self._queues: dict[str, _Queue] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimiter:
+        return cls(settings.rate_limits, share=settings.rate_limit_share)
+
+    def _queue(self, endpoint: str) -> _Queue:
+        queue = self._queues.get(endpoint)
+        if queue is None:
+            budget = EndpointBudget.from_limit(
+                self._limits.get(endpoint),
+                share=self._share,
+                reset_slack=self._reset_slack,
+            )
+            queue = self._queues[endpoint] = _Queue(budget)
+        return queue
+
+    async def acquire(self, endpoint: str) -> Permit:
+        """Wait (FIFO) until ``endpoint`` may take one more request, and take it."""
+        loop = asyncio.get_running_loop()
+        queue = self._queue(endpoint)
+        started = loop.time()
+        if not queue.waiters and queue.budget.ready_at(started) <= started + _EPSILON:
+            queue.budget.grant(started)
+        else:
+            waiter: asyncio.Future[None] = loop.create_future()
+            queue.waiters.append(waiter)
+            if queue.timer is None:
+                self._wake(queue)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    # Granted, then cancelled before it could send: hand the place back.
+                    queue.budget.done(loop.time())
+                    if queue.waiters:
+                        self._wake(queue)
+                raise
+        waited = loop.time() - started
+        RATE_LIMIT_WAIT.labels(endpoint).observe(waited)
+        self._report(endpoint, queue, loop.time())
+        return Permit(endpoint=endpoint, waited=waited)
+
+    def release(
+        self,
+        permit: Permit,
+        *,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Hand back a permit with what the answer said (``headers`` case-insensitive)."""
+        if permit.released:
+            return
+        permit.released = True
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        queue = self._queue(permit.endpoint)
+        headers = headers or {}
+        if status == 429:
+            pause = parse_retry_after(headers.get("Retry-After"))
+            queue.budget.pause(now + (_DEFAULT_PAUSE_SECONDS if pause is None else pause))
+        remaining = _leading_number(headers.get("RateLimit-Remaining"))
+        reset = _leading_number(headers.get("RateLimit-Reset"))
+        if remaining is not None and reset is not None:
+            queue.budget.observe_server(now, int(remaining), reset)
+        queue.budget.done(now)
+        self._report(permit.endpoint, queue, now)
+        if queue.waiters:
+            self._wake(queue)
+
+    def remaining(self, endpoint: str) -> int | None:
+        """Requests left in the current steady window as this limiter sees it."""
+        return self._queue(endpoint).budget.remaining(asyncio.get_running_loop().time())
+
+    def _wake(self, queue: _Queue) -> None:
+        """Grant every waiter that may go now, in order; re-arm the timer for the rest."""
+        loop = asyncio.get_running_loop()
+        if queue.timer is not None:
+            queue.timer.cancel()
+            queue.timer = None
+        now = loop.time()
+        while queue.waiters:
+            head = queue.waiters[0]
+            if head.done():  # cancelled while waiting
+                queue.waiters.popleft()
+                continue
+            at = queue.budget.ready_at(now)
+            if at > now + _EPSILON:
+                if at < math.inf:  # else every place is in flight: the next answer wakes us
+                    queue.timer = loop.call_at(at, self._wake, queue)
+                return
+            queue.waiters.popleft()
+            queue.budget.grant(now)
+            head.set_result(None)
+
+    @staticmethod
+    def _report(endpoint: str, queue: _Queue, now: float) -> None:
+        remaining = queue.budget.remaining(now)
+        if remaining is not None:
+            RATE_LIMIT_REMAINING.labels(endpoint).set(remaining)
+
+
+def _leading_number(value: str | None) -> float | None:
+    """The first number of a header such as ``"42"`` or ``"42, 42;w=60"``."""
+    if value is None:
+        return None
+    match = _LEADING_NUMBER.match(value)
+    return float(match.group(1)) if match else None

@@ -1,0 +1,82 @@
+"""The operations port: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz`` for Kubernetes.
+
+Liveness only says the event loop answers: restarting a relay that is halted on a revoked key
+or waiting for an assignment would not help, so those show up in readiness (and in the
+``klaviyo_relay_ready`` / ``klaviyo_relay_halted`` gauges the alerts watch) instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from consumer.observability.metrics import REGISTRY, RELAY_HALTED, RELAY_READY
+
+
+@dataclass
+class RelayState:
+    """What the pipeline knows about itself; it sets the fields, the probes read them."""
+
+    assigned: bool = False
+    halted: bool = False
+    klaviyo_reachable: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.assigned and not self.halted and self.klaviyo_reachable
+
+
+_STATE_KEY = web.AppKey("relay_state", RelayState)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encoder(REGISTRY), headers={"Content-Type": content_type})
+
+
+async def _healthz(_request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    state = request.app[_STATE_KEY]
+    body = {
+        "ready": state.ready,
+        "assigned": state.assigned,
+        "halted": state.halted,
+        "klaviyo_reachable": state.klaviyo_reachable,
+    }
+    return web.Response(
+        body=orjson.dumps(body),
+        status=200 if state.ready else 503,
+        content_type="application/json",
+    )
+
+
+def create_app(state: RelayState) -> web.Application:
+    app = web.Application()
+    app[_STATE_KEY] = state
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    return app
+
+
+async def start_http_server(
+    port: int, state: RelayState, *, host: str = "0.0.0.0"
+) -> web.AppRunner:
+    """Serve the operations endpoints until ``await runner.cleanup()``.
+
+    The ready/halted gauges read ``state`` at scrape time, so they can never disagree with
+    ``/readyz``. ``port=0`` picks a free port (tests); find it in ``runner.addresses``.
+    """
+    RELAY_READY.set_function(lambda: float(state.ready))
+    RELAY_HALTED.set_function(lambda: float(state.halted))
+    runner = web.AppRunner(create_app(state), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner

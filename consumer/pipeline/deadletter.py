@@ -1,0 +1,252 @@
+"""The dead-letter topic: what a permanently failed record becomes, and the producer that
+writes it.
+
+A record is written with its original key, value, timestamp and headers plus Kafka Connect's
+``__connect.errors.*`` headers (so Connect tooling reads it) and the relay's own
+``klaviyo-relay.*`` headers. Messages are built from reason codes, field names, JSON pointers
+and Klaviyo's code/title, then passed through the log redaction: a dead-letter topic is read by
+people, and the payload is where personal data belongs, not the headers.
+
+The source offset of a dead-lettered record is finished only when the broker acknowledged the
+write (acks=all, idempotent producer): :meth:`DeadLetterProducer.send` returns then, never
+earlier, and keeps trying while the broker refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from consumer.klaviyo.outcomes import KlaviyoError, Permanent
+from consumer.observability.logging import get_logger
+from consumer.observability.redact import redact_text
+from consumer.pipeline.records import Headers, SourceRecord
+from consumer.settings import Settings
+
+log = get_logger(__name__)
+
+STAGE_DECODE = "decode"
+STAGE_HANDLE = "handle"
+STAGE_SEND = "send"
+
+CONNECT_PREFIX = "__connect.errors."
+RELAY_PREFIX = "klaviyo-relay."
+# Relay headers this module writes; an older copy on the original record is replaced.
+_WRITTEN_RELAY_HEADERS = frozenset(
+    RELAY_PREFIX + name
+    for name in (
+        "reason",
+        "klaviyo.status",
+        "klaviyo.code",
+        "klaviyo.pointer",
+        "attempts",
+        "first-failure",
+        "endpoint",
+    )
+)
+_MAX_MESSAGE = 500
+
+
+def class_name(obj: object) -> str:
+    """``module.Class`` of an exception or outcome, as Connect's ``class.name`` header wants."""
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _one_line(text: str) -> str:
+    flat = " ".join(redact_text(text).split())
+    return flat if len(flat) <= _MAX_MESSAGE else flat[: _MAX_MESSAGE - 1] + "…"
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a record goes to the dead-letter topic."""
+
+    stage: str  # decode | handle | send
+    reason: str  # bounded code (see interfaces: "Dead-letter records")
+    class_name: str
+    message: str
+    first_failure: datetime
+    attempts: int = 1
+    klaviyo_status: int | None = None
+    klaviyo_code: str | None = None
+    klaviyo_pointer: str | None = None
+    endpoint: str | None = None
+
+    @classmethod
+    def from_exception(cls, stage: str, reason: str, exc: BaseException, now: datetime) -> Failure:
+        """A decode error or a handler's rejection (their messages name fields, not values)."""
+        field = getattr(exc, "field", None)
+        text = f"{reason}: {exc}"
+        if field and field not in text:
+            text += f" (field {field})"
+        return cls(stage, reason, class_name(exc), _one_line(text), now)
+
+    @classmethod
+    def from_klaviyo(
+        cls,
+        outcome: Permanent,
+        endpoint: str,
+        now: datetime,
+        error: KlaviyoError | None = None,
+    ) -> Failure:
+        """Klaviyo refused the request (4xx); ``error`` picks one item's error of a bulk job."""
+        error = error if error is not None else outcome.first
+        status = error.status if error is not None and error.status else outcome.status
+        parts = [f"Klaviyo {status}"]
+        if error is not None:
+            # Code and title are Klaviyo's fixed vocabulary; ``detail`` may quote the payload.
+            parts += [p for p in (error.code, error.title) if p]
+            if error.pointer:
+                parts.append(f"at {error.pointer}")
+            elif error.parameter:
+                parts.append(f"parameter {error.parameter}")
+        return cls(
+            stage=STAGE_SEND,
+            reason="klaviyo_rejected",
+            class_name=class_name(outcome),
+            message=_one_line(" ".join(parts)),
+            first_failure=now,
+            attempts=outcome.attempts,
+            klaviyo_status=status,
+            klaviyo_code=error.code if error is not None else None,
+            klaviyo_pointer=error.pointer if error is not None else None,
+            endpoint=endpoint,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+    headers: Headers
+
+
+def build_dead_letter(record: SourceRecord, failure: Failure) -> DeadLetter:
+    """``record``'s dead letter: original key, value, timestamp and headers + error headers."""
+    error_headers: list[tuple[str, str]] = [
+        (CONNECT_PREFIX + "topic", record.topic),
+        (CONNECT_PREFIX + "partition", str(record.partition)),
+        (CONNECT_PREFIX + "offset", str(record.offset)),
+        (CONNECT_PREFIX + "stage", failure.stage),
+        (CONNECT_PREFIX + "class.name", failure.class_name),
+        (CONNECT_PREFIX + "exception.message", failure.message),
+        (RELAY_PREFIX + "reason", failure.reason),
+        (RELAY_PREFIX + "attempts", str(failure.attempts)),
+        (RELAY_PREFIX + "first-failure", rfc3339(failure.first_failure)),
+    ]
+    optional = {
+        "klaviyo.status": None if failure.klaviyo_status is None else str(failure.klaviyo_status),
+        "klaviyo.code": failure.klaviyo_code,
+        "klaviyo.pointer": failure.klaviyo_pointer,
+        "endpoint": failure.endpoint,
+    }
+    error_headers += [(RELAY_PREFIX + k, v) for k, v in optional.items() if v is not None]
+    kept = tuple(
+        (name, value)
+        for name, value in record.headers
+        if not name.startswith(CONNECT_PREFIX) and name not in _WRITTEN_RELAY_HEADERS
+    )
+    return DeadLetter(
+        key=record.key,
+        value=record.value,
+        timestamp_ms=record.timestamp_ms,
+        headers=kept + tuple((name, value.encode()) for name, value in error_headers),
+    )
+
+
+class DeadLetterProducer:
+    """Writes dead letters; ``send`` returns once the broker has acknowledged the record.
+
+    Delivery reports arrive on this class's poll thread and are handed to the event loop with
+    ``call_soon_threadsafe``.
+    """
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+        self._topic = settings.dlq_topic
+        self._loop = loop
+        self._retry_base = settings.retry_base_seconds
+        self._retry_cap = settings.retry_cap_seconds
+        self._producer = Producer(
+            {
+                **settings.kafka_client_config(),
+                "acks": "all",
+                "enable.idempotence": "true",
+                "linger.ms": "5",
+                "client.id": f"{settings.kafka_group_id}-dlq",
+            }
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="dlq-producer", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    async def send(self, record: SourceRecord, failure: Failure) -> None:
+        """Write the dead letter for ``record``; retries (with backoff) until acknowledged."""
+        letter = build_dead_letter(record, failure)
+        attempt = 0
+        while True:
+            error = await self._produce_once(letter)
+            if error is None:
+                return
+            attempt += 1
+            delay = min(self._retry_cap, self._retry_base * 2 ** min(attempt, 16))
+            log.warning(
+                "dead-letter write failed, retrying",
+                topic=self._topic,
+                source=record.where,
+                error=str(error),
+                retry_in=round(delay, 2),
+            )
+            await asyncio.sleep(delay)
+
+    async def _produce_once(self, letter: DeadLetter) -> KafkaError | None:
+        done: asyncio.Future[KafkaError | None] = self._loop.create_future()
+
+        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+            # librdkafka's thread: only hand the result over.
+            # A closed loop means the process is exiting: the offset simply stays uncommitted.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(_resolve, done, err)
+
+        while True:
+            try:
+                self._producer.produce(
+                    self._topic,
+                    key=letter.key,
+                    value=letter.value,
+                    headers=list(letter.headers),
+                    timestamp=letter.timestamp_ms or 0,
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:
+                # Local queue full: the poll thread drains it; give it a moment.
+                await asyncio.sleep(0.05)
+        return await done
+
+    async def close(self, wait_seconds: float) -> int:
+        """Wait (up to ``wait_seconds``) for outstanding writes; returns how many are left."""
+        left: int = await asyncio.to_thread(self._producer.flush, wait_seconds)
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, 5.0)
+        return left
+
+
+def _resolve(future: asyncio.Future[KafkaError | None], err: KafkaError | None) -> None:
+    if not future.done():
+        future.set_result(err)

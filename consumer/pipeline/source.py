@@ -1,0 +1,309 @@
+"""The Kafka side: one thread owns the confluent-kafka consumer; the event loop never blocks on it.
+
+The thread loops: run the commands the loop queued (commits), pause or resume for
+back-pressure, ``consume`` a batch and hand it to the loop with ``call_soon_threadsafe``.
+Every consumer call happens on this thread, so rebalance callbacks (which librdkafka runs
+inside ``consume``) and commits never race each other.
+
+Back-pressure is decided here as well: the loop reports finished events with
+:meth:`KafkaSource.release`; at ``max_in_flight`` outstanding events every assigned partition is
+paused (the thread keeps calling ``consume``, so ``max.poll.interval.ms`` is never exceeded and
+rebalances are still served) and resumed below ``resume_below × max_in_flight``.
+
+Offsets: ``enable.auto.offset.store=false`` and no auto-commit. The loop decides what is
+committable (the contiguous watermark, see :mod:`consumer.pipeline.offsets`) and asks this
+thread to store and commit exactly that. On revoke the thread asks the loop to drain the
+partitions (waiting, bounded by the drain timeout) and commits their final watermark before
+librdkafka hands them to another member; on loss nothing is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from consumer.observability.logging import get_logger
+from consumer.observability.metrics import COMMIT_DURATION, EVENTS_IN_FLIGHT, PARTITIONS_PAUSED
+from consumer.observability.stats import record_kafka_stats
+from consumer.pipeline.offsets import TopicPartitionKey
+from consumer.pipeline.records import SourceRecord
+from consumer.settings import Settings
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+Positions = dict[TopicPartitionKey, int]
+
+_CONSUME_BATCH = 1000
+_CONSUME_TIMEOUT = 0.05
+_STATS_INTERVAL_MS = 5000
+
+
+class SourceListener(Protocol):
+    """The loop-side receiver; every method runs on the event loop."""
+
+    def on_records(self, records: list[SourceRecord]) -> None: ...
+
+    def on_assigned(self, partitions: list[TopicPartitionKey]) -> None: ...
+
+    async def on_revoked(self, partitions: list[TopicPartitionKey]) -> Positions:
+        """Drain the partitions; return the positions to commit before they go."""
+        ...
+
+    def on_lost(self, partitions: list[TopicPartitionKey]) -> None: ...
+
+    def on_fatal_error(self, message: str) -> None: ...
+
+
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    return {
+        **settings.kafka_client_config(),
+        "group.id": settings.kafka_group_id,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": "false",
+        "enable.auto.offset.store": "false",
+        "statistics.interval.ms": str(_STATS_INTERVAL_MS),
+        # The operator's own properties win (kafka_client_config applied them first).
+        **settings.kafka_extra_config,
+    }
+
+
+class KafkaSource:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: list[str],
+        listener: SourceListener,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._topics = topics
+        self._listener = listener
+        self._loop = loop
+        self._max = settings.max_in_flight
+        self._resume_mark = max(1, int(settings.max_in_flight * settings.resume_below))
+        self._revoke_timeout = settings.drain_timeout_seconds + 10.0
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._assigned: set[TopicPartitionKey] = set()
+        self._paused = False
+        self._hold = False  # stopping or halted: keep everything paused, hand nothing over
+        self._discard = False  # stopping: records still fetched are dropped
+        self._closing = threading.Event()
+        self._closed: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._consumer = Consumer(
+            {
+                **consumer_config(settings),
+                "stats_cb": self._on_stats,
+                "error_cb": self._on_error,
+            }
+        )
+        self._thread = threading.Thread(target=self._run, name="kafka-source", daemon=True)
+
+    # --- loop side -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def release(self, count: int) -> None:
+        """``count`` events handed over earlier are finished (or dropped)."""
+        if count:
+            with self._lock:
+                self._outstanding -= count
+
+    @property
+    def outstanding(self) -> int:
+        return self._outstanding
+
+    async def commit(self, positions: Positions) -> Positions:
+        """Store and commit ``positions`` (those still assigned); returns what was committed."""
+        return await self._call(lambda: self._commit(positions))
+
+    def hold(self, *, discard: bool) -> None:
+        """Pause every partition for good (halt, or shutdown when ``discard``: drop new records)."""
+        self._discard = self._discard or discard
+        self._hold = True
+
+    async def close(self) -> None:
+        """Leave the group (librdkafka revokes, so the listener drains and we commit) and stop."""
+        self._closing.set()
+        await asyncio.wrap_future(self._closed)
+        await asyncio.to_thread(self._thread.join, 10.0)
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+        self._commands.put(run)
+        if self._closed.done():
+            raise RuntimeError("kafka source is closed")
+        return await asyncio.wrap_future(future)
+
+    # --- source thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._consumer.subscribe(
+                self._topics,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            while not self._closing.is_set():
+                self._run_commands()
+                self._adjust_flow()
+                messages = self._consumer.consume(_CONSUME_BATCH, _CONSUME_TIMEOUT)
+                if messages:
+                    self._hand_over(messages)
+            self._run_commands()
+        except Exception as exc:  # librdkafka gave up: the relay must stop and restart
+            log.exception("kafka source failed")
+            self._to_loop(self._listener.on_fatal_error, f"kafka source failed: {exc}")
+        finally:
+            try:
+                self._consumer.close()
+            except Exception:
+                log.exception("closing the kafka consumer failed")
+            self._assigned.clear()
+            self._closed.set_result(None)
+            # Commands queued after the end must not wait forever.
+            self._run_commands()
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            command()
+
+    def _hand_over(self, messages: list[Any]) -> None:
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("kafka consume error", error=str(error))
+                continue
+            records.append(SourceRecord.from_message(message))
+        if not records or self._discard:
+            return
+        with self._lock:
+            self._outstanding += len(records)
+        self._to_loop(self._listener.on_records, records)
+
+    def _adjust_flow(self) -> None:
+        outstanding = self._outstanding
+        EVENTS_IN_FLIGHT.set(outstanding)
+        if self._hold:
+            want = True
+        elif self._paused:
+            want = outstanding >= self._resume_mark
+        else:
+            want = outstanding >= self._max
+        if want == self._paused:
+            return
+        partitions = [TopicPartition(t, p) for t, p in self._assigned]
+        if partitions:
+            if want:
+                self._consumer.pause(partitions)
+            else:
+                self._consumer.resume(partitions)
+        self._paused = want
+        PARTITIONS_PAUSED.set(len(partitions) if want else 0)
+        log.debug("partitions paused" if want else "partitions resumed", outstanding=outstanding)
+
+    def _commit(self, positions: Positions) -> Positions:
+        owned = {key: pos for key, pos in positions.items() if key in self._assigned}
+        if not owned:
+            return {}
+        offsets = [TopicPartition(t, p, pos) for (t, p), pos in owned.items()]
+        started = time.perf_counter()
+        try:
+            self._consumer.store_offsets(offsets=offsets)
+            result = self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Rebalance in progress, coordinator moved...: the next commit carries the same
+            # (or a higher) watermark, so nothing is lost by waiting for it.
+            log.warning("offset commit failed", error=str(exc.args[0]))
+            return {}
+        COMMIT_DURATION.observe(time.perf_counter() - started)
+        committed: Positions = {}
+        for tp in result or ():
+            if tp.error is None:
+                committed[(tp.topic, tp.partition)] = tp.offset
+            else:
+                log.warning(
+                    "offset commit failed",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    error=str(tp.error),
+                )
+        return committed
+
+    # librdkafka callbacks (on this thread, inside consume/close) -----------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        consumer.incremental_assign(partitions)
+        self._assigned.update(keys)
+        if self._paused and partitions:
+            consumer.pause(partitions)
+            PARTITIONS_PAUSED.set(len(self._assigned))
+        self._to_loop(self._listener.on_assigned, keys)
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        positions: Positions = {}
+        try:
+            positions = self._wait_for_loop(self._listener.on_revoked(keys))
+        except Exception as exc:
+            log.warning("draining revoked partitions failed", error=str(exc))
+        if positions:
+            self._commit(positions)
+        self._assigned.difference_update(keys)
+        if self._paused:
+            PARTITIONS_PAUSED.set(len(self._assigned))
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._assigned.difference_update(keys)
+        log.warning("partitions lost", partitions=len(keys))
+        self._to_loop(self._listener.on_lost, keys)
+
+    def _on_stats(self, stats_json: str) -> None:
+        self._to_loop(record_kafka_stats, stats_json)
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._to_loop(self._listener.on_fatal_error, f"kafka fatal error: {error}")
+        else:
+            log.warning("kafka client error", error=str(error))
+
+    def _wait_for_loop(self, coroutine: Coroutine[Any, Any, Positions]) -> Positions:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(self._revoke_timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        # A closed loop means the process is exiting.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(fn, *args)

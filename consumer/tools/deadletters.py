@@ -1,0 +1,241 @@
+"""Dead-letter records as an operator sees them: why, where from, and how to send them again.
+
+Pure: a :class:`DeadLetter` is built from a record's coordinates, key, value, timestamp and
+headers (the headers the pipeline writes, Kafka Connect's ``__connect.errors.*`` plus the
+relay's ``klaviyo-relay.*``), so everything here is tested without a broker.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+Headers = list[tuple[str, bytes]]
+
+# Kafka Connect's error headers, written by the pipeline's dead-letter writer.
+CONNECT_PREFIX = "__connect.errors."
+H_TOPIC = CONNECT_PREFIX + "topic"
+H_PARTITION = CONNECT_PREFIX + "partition"
+H_OFFSET = CONNECT_PREFIX + "offset"
+H_STAGE = CONNECT_PREFIX + "stage"
+H_CLASS = CONNECT_PREFIX + "class.name"
+H_MESSAGE = CONNECT_PREFIX + "exception.message"
+# The relay's own headers.
+RELAY_PREFIX = "klaviyo-relay."
+H_REASON = RELAY_PREFIX + "reason"
+H_STATUS = RELAY_PREFIX + "klaviyo.status"
+H_CODE = RELAY_PREFIX + "klaviyo.code"
+H_POINTER = RELAY_PREFIX + "klaviyo.pointer"
+H_ATTEMPTS = RELAY_PREFIX + "attempts"
+H_FIRST_FAILURE = RELAY_PREFIX + "first-failure"
+H_ENDPOINT = RELAY_PREFIX + "endpoint"
+H_REPLAY_OF = RELAY_PREFIX + "replay-of"
+H_BACKFILL = RELAY_PREFIX + "backfill"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One record of the dead-letter topic."""
+
+    partition: int  # on the dead-letter topic
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: datetime | None  # the source record's CreateTime, kept by the writer
+    headers: tuple[tuple[str, bytes], ...]
+
+    def header(self, name: str) -> str | None:
+        """The last value of header ``name`` as text (the writer's values are UTF-8)."""
+        found = None
+        for key, value in self.headers:
+            if key == name:
+                found = value.decode("utf-8", "replace") if value is not None else None
+        return found
+
+    @property
+    def source_topic(self) -> str | None:
+        return self.header(H_TOPIC)
+
+    @property
+    def source_partition(self) -> int | None:
+        return _int(self.header(H_PARTITION))
+
+    @property
+    def source_offset(self) -> int | None:
+        return _int(self.header(H_OFFSET))
+
+    @property
+    def source(self) -> str:
+        """``topic/partition/offset`` of the original record."""
+        partition, offset = _text(self.source_partition), _text(self.source_offset)
+        return f"{self.source_topic or '?'}/{partition}/{offset}"
+
+    @property
+    def stage(self) -> str:
+        return self.header(H_STAGE) or "?"
+
+    @property
+    def reason(self) -> str:
+        return self.header(H_REASON) or "unknown"
+
+    @property
+    def message(self) -> str:
+        return self.header(H_MESSAGE) or ""
+
+    @property
+    def klaviyo_status(self) -> int | None:
+        return _int(self.header(H_STATUS))
+
+    @property
+    def klaviyo_code(self) -> str | None:
+        return self.header(H_CODE)
+
+    @property
+    def first_failure(self) -> datetime | None:
+        return _time(self.header(H_FIRST_FAILURE))
+
+    @property
+    def failed_at(self) -> datetime | None:
+        """When it failed, or (for a writer that did not say) when the source record was made."""
+        return self.first_failure or self.timestamp
+
+    def age(self, now: datetime) -> timedelta | None:
+        """How old the original event is: its record's CreateTime to ``now``."""
+        born = self.timestamp or self.first_failure
+        return now - born if born is not None else None
+
+    def original_headers(self) -> Headers:
+        """The source record's own headers: the error headers and any earlier replay's removed."""
+        return [
+            (key, value)
+            for key, value in self.headers
+            if not key.startswith(CONNECT_PREFIX) and not key.startswith(RELAY_PREFIX)
+        ]
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _text(number: int | None) -> str:
+    return "?" if number is None else str(number)
+
+
+def _time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which dead letters a command works on; an empty field selects everything."""
+
+    reasons: frozenset[str] = frozenset()
+    topics: frozenset[str] = frozenset()
+    since: datetime | None = None
+
+    def matches(self, letter: DeadLetter) -> bool:
+        if self.reasons and letter.reason not in self.reasons:
+            return False
+        if self.topics and letter.source_topic not in self.topics:
+            return False
+        if self.since is not None:
+            failed = letter.failed_at
+            return failed is not None and failed >= self.since
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Where and how one dead letter is published again."""
+
+    letter: DeadLetter
+    topic: str
+    partition: int | None  # the original partition, so per-key order holds; None: by key
+    headers: Headers
+    backfill: bool
+
+
+class NotReplayable(ValueError):
+    """The record does not say where it came from (not written by the relay)."""
+
+
+def plan_replay(letter: DeadLetter, now: datetime, backfill_after: timedelta) -> Replay:
+    """The replay of ``letter``: original key, value and headers back on the source topic,
+    marked ``replay-of`` and, when the event is older than ``backfill_after``, ``backfill``
+    (Klaviyo then records it without firing flows a second time)."""
+    topic = letter.source_topic
+    if not topic:
+        raise NotReplayable(f"dead letter at offset {letter.offset} has no {H_TOPIC} header")
+    age = letter.age(now)
+    backfill = age is not None and age > backfill_after
+    headers = letter.original_headers()
+    headers.append((H_REPLAY_OF, letter.source.encode()))
+    if backfill:
+        headers.append((H_BACKFILL, b"true"))
+    return Replay(letter, topic, letter.source_partition, headers, backfill)
+
+
+_DURATION = re.compile(r"(\d+)\s*([smhdw])", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """A point in time from ``--since``: RFC 3339 / ISO 8601 (UTC when no offset is given), or a
+    duration back from ``now`` such as ``90s``, ``15m``, ``2h``, ``1d12h``."""
+    cleaned = text.strip()
+    compact = cleaned.replace(" ", "")
+    if compact and _DURATION.sub("", compact) == "" and _DURATION.match(compact):
+        seconds = sum(
+            int(amount) * _UNIT_SECONDS[unit.lower()] for amount, unit in _DURATION.findall(compact)
+        )
+        return now - timedelta(seconds=seconds)
+    moment = _time(cleaned)
+    if moment is None:
+        raise ValueError(
+            f"{text!r} is neither a time (2024-05-01T12:00:00Z) nor a duration (90m, 2h, 1d)"
+        )
+    return moment
+
+
+def format_duration(delta: timedelta | None) -> str:
+    """``3d4h``, ``2h5m``, ``42s``: the two largest units, for one-line output."""
+    if delta is None:
+        return "?"
+    seconds = int(delta.total_seconds())
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or (unit == "s" and not parts):
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return sign + "".join(parts[:2])
+
+
+def count_by(letters: Iterable[DeadLetter], *, field: str = "reason") -> dict[str, int]:
+    """How many dead letters per reason (or per ``source_topic`` / ``stage``), most first."""
+    counts: dict[str, int] = {}
+    for letter in letters:
+        value = getattr(letter, field) or "?"
+        counts[value] = counts.get(value, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def newest(letters: Sequence[DeadLetter], limit: int | None) -> list[DeadLetter]:
+    """The ``limit`` most recently failed letters, oldest first (all when ``limit`` is None)."""
+    ordered = sorted(
+        letters,
+        key=lambda dl: (dl.failed_at or datetime.min.replace(tzinfo=UTC), dl.partition, dl.offset),
+    )
+    return ordered if limit is None else ordered[max(0, len(ordered) - limit) :]

@@ -1,0 +1,101 @@
+"""One dead letter as a line of text (``dlq inspect``) or a JSON object (``--json``).
+
+The original event is shown only through :func:`consumer.tools.masking.mask_event`, and the
+error message through the log redaction: what the terminal shows may end up in a ticket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from consumer.observability.redact import redact_text
+from consumer.tools.deadletters import (
+    H_REPLAY_OF,
+    DeadLetter,
+    format_duration,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Original:
+    """What could be made of a dead letter's value."""
+
+    record: str | None = None  # full record name when it decoded
+    event: dict[str, Any] | None = None  # plain JSON, personal data masked
+    undecodable: str | None = None  # why not, when it did not
+
+    def summary(self) -> str:
+        if self.event is None or self.record is None:
+            return f"undecodable ({self.undecodable or 'no value'})"
+        parts = [self.record.rsplit(".", 1)[-1], f"event_id={self.event.get('event_id', '?')}"]
+        who = _contact(self.event)
+        if who:
+            parts.append(who)
+        order = self.event.get("order")
+        if isinstance(order, Mapping) and order.get("order_id"):
+            parts.append(f"order={order['order_id']}")
+        return " ".join(parts)
+
+
+def _contact(event: Mapping[str, Any]) -> str | None:
+    """The (masked) email of the person the event is about."""
+    for holder in ("customer", "lead"):
+        person = event.get(holder)
+        if isinstance(person, Mapping) and person.get("email"):
+            return f"email={person['email']}"
+    if event.get("old_email"):
+        return f"email={event['old_email']}"
+    return None
+
+
+def klaviyo_text(letter: DeadLetter) -> str:
+    status, code = letter.klaviyo_status, letter.klaviyo_code
+    if status is None:
+        return "-"
+    return f"{status}/{code}" if code else str(status)
+
+
+def inspect_line(letter: DeadLetter, original: Original, now: datetime, *, replayed: bool) -> str:
+    """``source stage reason klaviyo age | event | message [notes]`` on one line."""
+    key = letter.key.decode("utf-8", "replace") if letter.key is not None else "-"
+    notes = []
+    if replayed:
+        notes.append("replayed")
+    if letter.header(H_REPLAY_OF):
+        notes.append("failed again after a replay")
+    text = (
+        f"{letter.source}  stage={letter.stage} reason={letter.reason}"
+        f" klaviyo={klaviyo_text(letter)} age={format_duration(letter.age(now))}"
+        f"  key={redact_text(key)} {original.summary()}"
+    )
+    if letter.message:
+        text += f"  | {redact_text(letter.message)}"
+    if notes:
+        text += f"  [{', '.join(notes)}]"
+    return text
+
+
+def inspect_json(
+    letter: DeadLetter, original: Original, now: datetime, *, replayed: bool
+) -> dict[str, Any]:
+    age = letter.age(now)
+    return {
+        "dlq_partition": letter.partition,
+        "dlq_offset": letter.offset,
+        "source": letter.source,
+        "stage": letter.stage,
+        "reason": letter.reason,
+        "message": redact_text(letter.message),
+        "klaviyo_status": letter.klaviyo_status,
+        "klaviyo_code": letter.klaviyo_code,
+        "first_failure": letter.first_failure.isoformat() if letter.first_failure else None,
+        "age_seconds": round(age.total_seconds(), 3) if age is not None else None,
+        "replayed": replayed,
+        "replay_of": letter.header(H_REPLAY_OF),
+        "record": original.record,
+        "event": original.event,
+        "undecodable": original.undecodable,
+    }

@@ -1,0 +1,99 @@
+{{/* Chart name. */}}
+{{- define "klaviyo-relay.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name: release-chart, or the release name when it already contains the chart name. */}}
+{{- define "klaviyo-relay.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "klaviyo-relay.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "klaviyo-relay.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "klaviyo-relay.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "klaviyo-relay.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: relay
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "klaviyo-relay.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "klaviyo-relay.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "klaviyo-relay.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret and key holding the Klaviyo API key. */}}
+{{- define "klaviyo-relay.klaviyoSecretName" -}}
+{{- default (printf "%s-klaviyo" (include "klaviyo-relay.fullname" .)) .Values.klaviyo.existingSecret -}}
+{{- end -}}
+
+{{- define "klaviyo-relay.autoscaling" -}}
+{{- if and .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled -}}
+{{- fail "autoscaling.hpa.enabled and autoscaling.keda.enabled are exclusive: enable one" -}}
+{{- end -}}
+{{- if or .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled }}true{{ end -}}
+{{- end -}}
+
+{{/* The most replicas this release can run: what each pod's quota share is divided by. */}}
+{{- define "klaviyo-relay.maxReplicas" -}}
+{{- if .Values.autoscaling.hpa.enabled -}}
+{{- .Values.autoscaling.hpa.maxReplicas -}}
+{{- else if .Values.autoscaling.keda.enabled -}}
+{{- .Values.autoscaling.keda.maxReplicaCount -}}
+{{- else -}}
+{{- .Values.replicaCount -}}
+{{- end -}}
+{{- end -}}
+
+{{/* RATE_LIMIT_SHARE: explicit, or 1/max replicas rounded down to 6 decimals. */}}
+{{- define "klaviyo-relay.rateLimitShare" -}}
+{{- if .Values.relay.rateLimitShare -}}
+{{- .Values.relay.rateLimitShare -}}
+{{- else -}}
+{{- $n := max 1 (int (include "klaviyo-relay.maxReplicas" .)) -}}
+{{- printf "%.6f" (divf (floor (divf 1000000 $n)) 1000000) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "klaviyo-relay.terminationGracePeriodSeconds" -}}
+{{- $drain := int .Values.relay.drainTimeoutSeconds -}}
+{{- if .Values.terminationGracePeriodSeconds -}}
+{{- if le (int .Values.terminationGracePeriodSeconds) $drain -}}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed relay.drainTimeoutSeconds (%v)" .Values.terminationGracePeriodSeconds $drain) -}}
+{{- end -}}
+{{- .Values.terminationGracePeriodSeconds -}}
+{{- else -}}
+{{- add $drain 15 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* PromQL label matchers that scope alerts to this release's scrape job. */}}
+{{- define "klaviyo-relay.promSelector" -}}
+namespace="{{ .Release.Namespace }}", job="{{ include "klaviyo-relay.fullname" . }}-metrics"
+{{- end -}}
+
+{{- define "klaviyo-relay.kafkaTlsDir" -}}/etc/klaviyo-relay/kafka-tls{{- end -}}

@@ -1,0 +1,121 @@
+"""``check``, run as an operator runs it, against the real broker and the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from consumer.sandbox import SandboxOptions, running_sandbox
+from consumer.settings import Settings
+from dev.kafka_broker import KafkaBroker
+from tests.conftest import TopicFactory
+
+pytestmark = pytest.mark.kafka
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "pk_test_check"
+
+
+def check(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    names = {name.upper() for name in Settings.model_fields}
+    clean = {k: v for k, v in os.environ.items() if k.upper().split("__")[0] not in names}
+    return subprocess.run(
+        [sys.executable, "-m", "consumer", "check", *args],
+        env={**clean, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def lines_of(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """``name → rest of line`` of the one-line-per-check output."""
+    out = {}
+    for line in result.stdout.splitlines():
+        name, _, rest = line.partition(": ")
+        out[name] = rest
+    return out
+
+
+@pytest.fixture
+def env(kafka_broker: KafkaBroker, topic_factory: TopicFactory) -> dict[str, str]:
+    topic = topic_factory("check-src")
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
+        "TOPICS": orjson.dumps([topic]).decode(),
+        "TOPIC_HANDLERS": orjson.dumps({topic: "shop.account.created"}).decode(),
+        "DLQ_TOPIC": topic_factory("check-dlq"),
+        "KLAVIYO_API_KEY": KEY,
+    }
+
+
+async def test_all_good(env: dict[str, str]) -> None:
+    async with running_sandbox(SandboxOptions(api_keys=(KEY,))) as sandbox:
+        result = await asyncio.to_thread(check, {**env, "KLAVIYO_BASE_URL": sandbox.base_url})
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = lines_of(result)
+    assert list(lines) == ["config", "kafka", "klaviyo", "scopes"]
+    assert all(rest.startswith("ok (") for rest in lines.values()), result.stdout
+    assert "1 source topics and the dead-letter topic" in lines["kafka"]
+    assert "profiles:read, events:write, profiles:write" in lines["scopes"]
+    assert KEY not in result.stdout + result.stderr
+    # The scope probes are refused by validation: nothing was created.
+    assert sandbox.state.events == [] and sandbox.state.profiles == {}
+
+
+async def test_wrong_key_fails_klaviyo(env: dict[str, str]) -> None:
+    async with running_sandbox(SandboxOptions(api_keys=("pk_other",))) as sandbox:
+        result = await asyncio.to_thread(check, {**env, "KLAVIYO_BASE_URL": sandbox.base_url})
+    assert result.returncode == 1
+    lines = lines_of(result)
+    assert lines["klaviyo"].startswith("FAIL (") and "401" in lines["klaviyo"]
+    assert lines["scopes"].startswith("FAIL (not checked")
+    assert lines["kafka"].startswith("ok (")
+
+
+async def test_missing_scopes_are_named(env: dict[str, str]) -> None:
+    options = SandboxOptions(api_keys=(KEY,), error_rates={403: 1.0})
+    async with running_sandbox(options) as sandbox:
+        result = await asyncio.to_thread(check, {**env, "KLAVIYO_BASE_URL": sandbox.base_url})
+    assert result.returncode == 1
+    scopes = lines_of(result)["scopes"]
+    assert scopes == "FAIL (missing profiles:read, events:write, profiles:write)"
+
+
+def test_missing_topic_and_missing_key(env: dict[str, str]) -> None:
+    result = check(
+        {**env, "DLQ_TOPIC": "no-such-topic-here", "KLAVIYO_API_KEY": ""}, "--timeout", "5"
+    )
+    assert result.returncode == 1
+    lines = lines_of(result)
+    assert lines["config"].startswith("ok (")
+    assert (
+        lines["kafka"].startswith("FAIL (")
+        and "missing topics: no-such-topic-here" in lines["kafka"]
+    )
+    assert "KLAVIYO_API_KEY is not set" in lines["klaviyo"]
+
+
+def test_unreachable_kafka(env: dict[str, str]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{sock.getsockname()[1]}"  # bound, never listening
+        result = check({**env, "KAFKA_BOOTSTRAP_SERVERS": closed}, "--timeout", "2")
+    assert result.returncode == 1
+    assert lines_of(result)["kafka"].startswith(f"FAIL (cannot reach {closed} within 2s")
+    assert "%3|" not in result.stderr  # librdkafka's own noise is not shown
+
+
+def test_bad_topic_routing_fails_config(env: dict[str, str]) -> None:
+    result = check({**env, "TOPIC_HANDLERS": "{}"}, "--timeout", "5")
+    assert result.returncode == 1
+    assert lines_of(result)["config"].startswith("FAIL (") and "TOPICS" in result.stdout

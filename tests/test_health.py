@@ -1,0 +1,97 @@
+"""The operations port: probes follow RelayState, /metrics serves the relay's registry."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from consumer.observability.health import RelayState, start_http_server
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[RelayState, str]]:
+    state = RelayState(assigned=False, halted=False, klaviyo_reachable=False)
+    runner = await start_http_server(0, state, host="127.0.0.1")
+    try:
+        host, port = runner.addresses[0][:2]
+        yield state, f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, Any]:
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(url, headers=headers) as resp,
+    ):
+        return resp.status, resp.headers["Content-Type"], await resp.text()
+
+
+def _gauge(text: str, name: str) -> float:
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return float(family.samples[0].value)
+    raise AssertionError(f"{name} not exposed")
+
+
+async def test_healthz_is_alive_whatever_the_state(served: tuple[RelayState, str]) -> None:
+    state, base = served
+    for halted in (False, True):
+        state.halted = halted
+        status, _, body = await _get(base + "/healthz")
+        assert status == 200
+        assert body.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    ("assigned", "halted", "reachable", "ready"),
+    [
+        (False, False, True, False),  # waiting for a partition assignment
+        (True, True, True, False),  # halted on a revoked key
+        (True, False, False, False),  # Klaviyo unreachable
+        (True, False, True, True),
+    ],
+)
+async def test_readyz_needs_assigned_not_halted_and_klaviyo(
+    served: tuple[RelayState, str], assigned: bool, halted: bool, reachable: bool, ready: bool
+) -> None:
+    state, base = served
+    state.assigned, state.halted, state.klaviyo_reachable = assigned, halted, reachable
+    status, content_type, body = await _get(base + "/readyz")
+    assert status == (200 if ready else 503)
+    assert content_type.startswith("application/json")
+    assert '"halted":' + ("true" if halted else "false") in body
+
+    # The gauges the alerts watch agree with the probe at every scrape.
+    _, _, metrics = await _get(base + "/metrics")
+    assert _gauge(metrics, "klaviyo_relay_ready") == float(ready)
+    assert _gauge(metrics, "klaviyo_relay_halted") == float(halted)
+
+
+async def test_metrics_in_prometheus_and_openmetrics_formats(
+    served: tuple[RelayState, str],
+) -> None:
+    _, base = served
+    status, content_type, text = await _get(base + "/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert "# TYPE klaviyo_relay_events_consumed_total counter" in text
+
+    status, content_type, text = await _get(
+        base + "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert status == 200
+    assert content_type.startswith("application/openmetrics-text")
+    assert "# TYPE klaviyo_relay_build info" in text
+    assert text.rstrip().endswith("# EOF")
+
+
+async def test_unknown_path_is_404(served: tuple[RelayState, str]) -> None:
+    _, base = served
+    status, _, _ = await _get(base + "/")
+    assert status == 404

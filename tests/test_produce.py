@@ -1,0 +1,171 @@
+"""``produce``: plain JSON lines in, Avro on Kafka out, keyed by customer id."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from confluent_kafka import Consumer, Message
+
+from consumer.cli import cli
+from consumer.codec import Decoder
+from consumer.plain_json import from_plain_json
+from consumer.schemas import SchemaStore
+from consumer.settings import Settings
+from consumer.topics import CONTRACT_TOPICS, event_key
+from dev.kafka_broker import KafkaBroker
+from tests.conftest import TopicFactory
+from tests.fixtures.contract import EXAMPLES_DIR, example
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+WAIT_SECONDS = 90.0
+# Nothing listens here: the tests that use it must fail before any connection is tried.
+NO_BROKER = "127.0.0.1:1"
+
+
+def _jsonl(path: Path, events: list[dict[str, Any]], extra: str = "") -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in events) + extra)
+    return path
+
+
+def _produce(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> Any:
+    return CliRunner().invoke(cli, ["produce", *args], env=env, input=stdin, catch_exceptions=False)
+
+
+def test_event_key_is_the_customer_lead_or_top_level_id() -> None:
+    assert event_key({"customer": {"customer_id": "c1"}, "order": {}}) == "c1"
+    assert (
+        event_key({"lead": {"customer_id": "l1"}, "representative": {"customer_id": "r"}}) == "l1"
+    )
+    assert event_key({"customer_id": "c2", "old_email": "a", "new_email": "b"}) == "c2"
+    with pytest.raises(ValueError, match="no customer"):
+        event_key({"event_id": "x"})
+
+
+def test_every_contract_topic_has_an_example_and_a_key() -> None:
+    if not EXAMPLES_DIR.is_dir():
+        pytest.skip(f"{EXAMPLES_DIR} is absent (needs ../shared next to the repo)")
+    assert sorted(p.stem for p in EXAMPLES_DIR.glob("*.json")) == sorted(CONTRACT_TOPICS)
+    store = SchemaStore.load(SCHEMAS)
+    for topic, record in CONTRACT_TOPICS.items():
+        datum = from_plain_json(record, example(topic), store)
+        assert event_key(datum).startswith("cust-")
+
+
+def test_invalid_line_names_line_and_field(tmp_path: Path) -> None:
+    good = example("shop.order.placed")
+    bad = json.loads(json.dumps(good))
+    bad["order"]["total"] = "12.345"
+    source = _jsonl(tmp_path / "in.jsonl", [good, bad])
+    result = _produce(
+        "--topic", "shop.order.placed", "--input", str(source), "--bootstrap", NO_BROKER
+    )
+    assert result.exit_code != 0
+    assert "line 2: order.total" in result.output
+    assert "decimal places" in result.output
+
+
+def test_broken_json_line(tmp_path: Path) -> None:
+    source = _jsonl(tmp_path / "in.jsonl", [example("shop.account.created")], extra="{nope\n")
+    result = _produce(
+        "--topic", "shop.account.created", "--input", str(source), "--bootstrap", NO_BROKER
+    )
+    assert result.exit_code != 0
+    assert "line 2:" in result.output
+
+
+def test_reads_stdin() -> None:
+    result = _produce(
+        "--topic",
+        "shop.account.created",
+        "--input",
+        "-",
+        "--bootstrap",
+        NO_BROKER,
+        stdin="\n[1]\n",
+    )
+    assert result.exit_code != 0
+    assert "line 2: expected a JSON object" in result.output
+
+
+def test_unknown_topic_needs_record(tmp_path: Path) -> None:
+    source = _jsonl(tmp_path / "in.jsonl", [example("shop.account.created")])
+    result = _produce("--topic", "elsewhere", "--input", str(source), "--bootstrap", NO_BROKER)
+    assert result.exit_code == 2
+    assert "--record" in result.output
+
+
+def _consume(bootstrap: str, topic: str, count: int) -> list[Message]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"produce-test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    received: list[Message] = []
+    deadline = time.monotonic() + WAIT_SECONDS
+    try:
+        while len(received) < count:
+            assert time.monotonic() < deadline, f"got {len(received)} of {count} in time"
+            message = consumer.poll(timeout=1.0)
+            if message is None:
+                continue
+            assert message.error() is None, message.error()
+            received.append(message)
+    finally:
+        consumer.close()
+    return received
+
+
+def _orders(n: int) -> list[dict[str, Any]]:
+    events = []
+    for i in range(n):
+        event = example("shop.order.placed")
+        event["event_id"] = str(uuid.uuid4())
+        event["customer"]["customer_id"] = f"cust-{i % 2}"
+        event["order"]["order_id"] = f"order-{i}"
+        events.append(event)
+    return events
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("registry", [None, "mock://produce-kafka"], ids=["single-object", "sr"])
+def test_produce_then_consume_gives_the_same_events(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path, registry: str | None
+) -> None:
+    topic = topic_factory("produce")
+    events = _orders(5)
+    source = _jsonl(tmp_path / "orders.jsonl", events)
+    env = {"SCHEMA_REGISTRY_URL": registry} if registry else {"SCHEMA_REGISTRY_URL": ""}
+    result = _produce(
+        "--topic",
+        topic,
+        "--record",
+        "OrderPlaced",
+        "--input",
+        str(source),
+        "--bootstrap",
+        kafka_broker.bootstrap_servers,
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"produced 5 events to {topic}"
+
+    decoder = Decoder.from_settings(Settings(schema_registry_url=registry or None))
+    messages = _consume(kafka_broker.bootstrap_servers, topic, len(events))
+    values = [m.value() or b"" for m in messages]
+    assert all(v[:1] == (b"\x00" if registry else b"\xc3") for v in values)
+    decoded = [decoder.decode(v) for v in values]
+    store = SchemaStore.load(SCHEMAS)
+    assert [d.datum for d in decoded] == [
+        from_plain_json("shop.events.OrderPlaced", e, store) for e in events
+    ]
+    assert [m.key() for m in messages] == [e["customer"]["customer_id"].encode() for e in events]
