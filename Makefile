@@ -7,13 +7,13 @@ BIN := $(VENV)/bin
 # Touched after a successful install: the venv is refreshed only when pyproject.toml is newer.
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test lint kafka-jars demo tools broker-start broker-stop broker-status
+.PHONY: venv test lint kafka-jars demo tools bench broker-start broker-stop broker-status
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
 	touch $(STAMP)
 
 # pytest exits 5 when it collected no test: report it rather than fail on it.
@@ -23,7 +23,7 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict consumer dev
+	$(BIN)/mypy --strict consumer dev bench
 
 # Resolve the Kafka broker's jars from Maven Central into the cache (done on first use anyway).
 kafka-jars: venv
@@ -32,6 +32,10 @@ kafka-jars: venv
 # The main job on its embedded default: local Kafka + Klaviyo sandbox + sample events.
 demo: venv
 	$(BIN)/python -m dev.demo $(DEMO_ARGS)
+
+# Benchmarks (bench/README.md): the full suite, or BENCH_ARGS=--quick for the CI-sized run.
+bench: venv
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # helm and promtool built from the Go module proxy into ~/.cache/klaviyo-relay/bin (cached).
 tools:

@@ -1,0 +1,108 @@
+"""``python -m bench [--quick] [--only 1,2,3] [--bootstrap HOST:PORT] [--out DIR]``.
+
+Starts a Kafka broker (unless ``--bootstrap``), creates the contract's topics, runs the
+scenarios and writes ``<out>/full.md`` (or ``quick.md``) and its JSON beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench import report
+from bench.scenarios import DLQ_TOPIC, FULL, OVERSUBSCRIBE, PARTITIONS, QUICK, Bench, SandboxProcess
+from consumer.topics import CONTRACT_TOPICS
+from dev.kafka_broker import KafkaBroker
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="small and short: proves it works")
+    parser.add_argument("--only", default="1,2,3", help="scenarios to run, e.g. 1,3")
+    parser.add_argument("--bootstrap", help="use this broker instead of starting one")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--profile", action="store_true", help="also run scenario 1 under py-spy")
+    parser.add_argument("--events", type=int, help="scenario 1 events per mode")
+    parser.add_argument("--backlog", type=int, help="scenario 3 backlog")
+    args = parser.parse_args(argv)
+    config = QUICK if args.quick else FULL
+    if args.events:
+        config = replace(config, events=args.events)
+    if args.backlog:
+        config = replace(config, backlog=args.backlog)
+    only = set(args.only.split(","))
+    began = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    print(f"logs in {workdir}", flush=True)
+    broker = KafkaBroker.external(args.bootstrap) if args.bootstrap else KafkaBroker.start()
+    try:
+        broker.create_topics(CONTRACT_TOPICS, partitions=PARTITIONS)
+        broker.create_topics([DLQ_TOPIC])
+        bench = Bench(config, broker.bootstrap_servers, workdir)
+        run(bench, only, args.profile)
+    finally:
+        broker.stop()
+    path = report.write(bench.rows, config, args.out, time.monotonic() - began, argv)
+    print(path.read_text())
+    return 0
+
+
+def run(bench: Bench, only: set[str], profile: bool) -> None:
+    config = bench.config
+    logs = bench.workdir
+    if only & {"1", "3"}:
+        sandbox = SandboxProcess(limits=None, latency_ms=None, log=logs / "sandbox-1.log")
+        try:
+            if "1" in only:
+                for mode in ("realtime", "batch"):
+                    _step(f"1: relay {mode}, {config.events} events")
+                    bench.backlog_run("1", sandbox, config.events, f"relay {mode}", mode=mode)
+                _step(f"1: baseline, {config.baseline_events} events")
+                bench.backlog_run("1", sandbox, config.baseline_events, "baseline (klaviyo-api)")
+                if profile:
+                    for mode in ("realtime", "batch"):
+                        _step(f"1: relay {mode} under py-spy (not in the table)")
+                        bench.backlog_run(
+                            "1", sandbox, config.events, f"relay {mode}", mode=mode, profile=True
+                        )
+                        bench.rows.pop()
+            if "3" in only:
+                for count in (config.backlog // 10, config.backlog):
+                    _step(f"3: relay batch, backlog of {count} events")
+                    bench.backlog_run("3", sandbox, count, "relay batch", mode="batch")
+        finally:
+            sandbox.stop()
+    if "2" in only:
+        sandbox = SandboxProcess(
+            limits=config.limits, latency_ms=config.latency_ms, log=logs / "sandbox-2.log"
+        )
+        try:
+            create = config.limits["create_event"].steady
+            bulk = config.limits["bulk_create_events"].steady
+            realtime = OVERSUBSCRIBE * create.requests / create.seconds / bench.per_event
+            batch = OVERSUBSCRIBE * bulk.requests * 1000 / bulk.seconds / bench.per_event
+            _step(f"2: relay realtime at {realtime:.0f} events/s")
+            bench.quota_run(sandbox, "relay realtime", "realtime", config.quota_windows, realtime)
+            _step(f"2: relay batch at {batch:.0f} events/s")
+            bench.quota_run(sandbox, "relay batch", "batch", config.quota_windows, batch)
+            _step(f"2: baseline at {realtime:.0f} events/s")
+            bench.quota_run(
+                sandbox, "baseline (klaviyo-api)", "realtime", config.baseline_windows, realtime
+            )
+        finally:
+            sandbox.stop()
+
+
+def _step(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

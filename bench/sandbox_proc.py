@@ -1,0 +1,208 @@
+"""The sandbox for benchmarks, in its own process, with an instrument on the side.
+
+``python -m bench.sandbox_proc --rate-limits default|none --window-scale S --latency-ms A-B``
+serves :mod:`consumer.sandbox` (``keep_events=False``: memory stays flat over a million events)
+and prints one JSON line ``{"base_url": ..., "control_url": ...}`` once it listens.
+
+The control port (never the API port, so the hot path is untouched) serves
+``GET /summary``, ``GET /progress`` (cheap: counts only) and ``POST /reset``. The summary
+comes from two hooks on the sandbox objects:
+
+- every event the store records: its end-to-end delay, the sandbox's clock minus the event's
+  ``time`` (the domain event's ``occurred_at``), kept in a compact float array, so percentiles
+  are exact over every accepted event (no sampling, no histogram buckets);
+- every quota admission: counted per steady window (window index = clock // window length), so
+  the share of the steady limit used is measured window by window, exactly as Klaviyo counts.
+
+uvloop runs this process's event loop when it is installed (``--no-uvloop`` to compare): the
+sandbox shares the two cores with the relay, so every microsecond it saves goes to the relay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from array import array
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from consumer.cli.sandbox import parse_latency, parse_rate_limits
+from consumer.sandbox import SandboxOptions, running_sandbox
+from consumer.sandbox.app import Sandbox
+from consumer.sandbox.ratelimit import EndpointQuota
+from consumer.sandbox.store import EventFate
+from consumer.settings import EndpointLimit
+
+# The Klaviyo SDK (klaviyo-api 25) sends this revision; the relay sends an older one, which a
+# sandbox on this revision accepts as well.
+SDK_REVISION = "2026-10-15"
+
+
+class CountingQuota(EndpointQuota):
+    """An endpoint's quota that also counts admissions and refusals per steady window."""
+
+    def __init__(self, limit: EndpointLimit) -> None:
+        super().__init__(limit)
+        self.admitted: dict[int, int] = {}
+        self.refused = 0
+
+    def take(self, now: float) -> int | None:
+        retry_after = super().take(now)
+        if retry_after is None:
+            window = int(now // self.steady.seconds)
+            self.admitted[window] = self.admitted.get(window, 0) + 1
+        else:
+            self.refused += 1
+        return retry_after
+
+
+class Recorder:
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        self.reset()
+
+    def reset(self) -> None:
+        self.sandbox.reset()
+        self.delays = array("d")
+        self.first = 0.0
+        self.last = 0.0
+        self.duplicates = 0
+        limits = self.sandbox.options.rate_limits or {}
+        self.sandbox.quotas = {name: CountingQuota(limit) for name, limit in limits.items()}
+        state = self.sandbox.state
+        record = type(state).record_event
+
+        def record_event(
+            endpoint: str, event: Any, profile_data: Any, backfill: bool = False
+        ) -> EventFate:
+            fate = record(state, endpoint, event, profile_data, backfill)
+            now = time.time()
+            if fate is EventFate.RECORDED:
+                occurred = datetime.fromisoformat(event["time"]).timestamp()
+                self.delays.append(now - occurred)
+                if not self.first:
+                    self.first = now
+                self.last = now
+            elif fate is EventFate.DUPLICATE:
+                self.duplicates += 1
+            return fate
+
+        state.record_event = record_event  # type: ignore[method-assign]
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "accepted": len(self.delays),
+            "first": self.first,
+            "last": self.last,
+            "throttled": sum(self.sandbox.throttled.values()),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        delays = sorted(self.delays)
+        sandbox = self.sandbox
+        quotas = {
+            name: {
+                "steady_limit": q.steady.limit,
+                "steady_seconds": q.steady.seconds,
+                "admitted": {str(k): v for k, v in sorted(q.admitted.items())},
+                "refused": q.refused,
+            }
+            for name, q in sandbox.quotas.items()
+            if isinstance(q, CountingQuota)
+        }
+        return {
+            "accepted": len(delays),
+            "duplicates": self.duplicates,
+            "first": self.first,
+            "last": self.last,
+            "p50": _quantile(delays, 0.50),
+            "p99": _quantile(delays, 0.99),
+            "max": delays[-1] if delays else None,
+            "requests": {e: {str(s): n for s, n in c.items()} for e, c in sandbox.counts.items()},
+            "throttled": sum(sandbox.throttled.values()),
+            "quotas": quotas,
+        }
+
+
+def _quantile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def serve(args: argparse.Namespace) -> None:
+    options = SandboxOptions(
+        revision=SDK_REVISION,
+        rate_limits=parse_rate_limits(args.rate_limits, args.window_scale),
+        latency_ms=parse_latency(args.latency_ms),
+        keep_events=False,
+        seed=1,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_sandbox(options, 0) as sb:
+        recorder = Recorder(sb.sandbox)
+
+        async def summary(_: web.Request) -> web.Response:
+            return web.Response(
+                body=orjson.dumps(recorder.summary()), content_type="application/json"
+            )
+
+        async def progress(_: web.Request) -> web.Response:
+            return web.Response(
+                body=orjson.dumps(recorder.progress()), content_type="application/json"
+            )
+
+        async def reset(_: web.Request) -> web.Response:
+            recorder.reset()
+            return web.Response(status=204)
+
+        control = web.Application()
+        control.router.add_get("/summary", summary)
+        control.router.add_get("/progress", progress)
+        control.router.add_post("/reset", reset)
+        runner = web.AppRunner(control, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        print(
+            orjson.dumps(
+                {"base_url": sb.base_url, "control_url": f"http://127.0.0.1:{port}"}
+            ).decode(),
+            flush=True,
+        )
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sandbox_proc")
+    parser.add_argument("--rate-limits", default="none")
+    parser.add_argument("--window-scale", type=float, default=1.0)
+    parser.add_argument("--latency-ms", default=None)
+    parser.add_argument("--no-uvloop", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.no_uvloop:
+        try:
+            import uvloop  # noqa: PLC0415  (optional: the bench extra)
+        except ImportError:
+            pass
+        else:
+            uvloop.run(serve(args))
+            return 0
+    asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""The scenarios: the relay and the naive baseline against the sandbox, on one broker.
+
+Every run gets a fresh consumer group whose committed offsets are first set to the topics'
+current end, so it reads exactly the events produced for it (the topics are never recreated),
+and a sandbox reset, so its counts and delays are its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from bench.loadgen import LoadGenerator, produce
+from bench.measure import ProcessSampler, Usage
+from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, WindowLimit
+from consumer.topics import CONTRACT_TOPICS
+
+REPO = Path(__file__).resolve().parents[1]
+PARTITIONS = 3
+DLQ_TOPIC = "bench.dead-letters"
+OVERSUBSCRIBE = 1.1  # scenario 2 produces 10 % more than the steady limit lets through
+STALL_SECONDS = 60.0
+
+
+def _limit(burst: int, steady: int, steady_seconds: float) -> EndpointLimit:
+    return EndpointLimit(
+        burst=WindowLimit(requests=burst, seconds=1.0),
+        steady=WindowLimit(requests=steady, seconds=steady_seconds),
+    )
+
+
+# --quick: small windows and counts so scenario 2 finishes in seconds (it proves the machinery,
+# not the numbers).
+QUICK_LIMITS: dict[str, EndpointLimit] = {
+    **DEFAULT_RATE_LIMITS,
+    "create_event": _limit(60, 150, 5.0),
+    "bulk_create_events": _limit(2, 6, 5.0),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    events: int  # scenario 1, per mode
+    baseline_events: int  # scenario 1 baseline
+    backlog: int  # scenario 3 (and backlog // 10 for the flatness check)
+    quota_windows: int  # full steady windows measured per relay mode in scenario 2
+    baseline_windows: int
+    limits: dict[str, EndpointLimit]
+    latency_ms: str = "50-150"
+    customers: int = 2000
+
+
+FULL = Config(
+    quick=False,
+    events=100_000,
+    baseline_events=10_000,
+    backlog=1_000_000,
+    quota_windows=3,
+    baseline_windows=1,
+    limits=DEFAULT_RATE_LIMITS,
+)
+QUICK = Config(
+    quick=True,
+    events=2_000,
+    baseline_events=200,
+    backlog=4_000,
+    quota_windows=1,
+    baseline_windows=1,
+    limits=QUICK_LIMITS,
+    customers=300,
+)
+
+
+@dataclass
+class Row:
+    scenario: str
+    system: str  # "relay realtime", "relay batch", "baseline (klaviyo-api)"
+    events: int  # domain events relayed
+    klaviyo_events: int  # events Klaviyo (the sandbox) accepted
+    seconds: float  # first to last acceptance
+    events_per_s: float
+    p50_s: float | None
+    p99_s: float | None
+    throttled: int  # 429 answers
+    cpu_s: float
+    peak_rss_mb: float
+    steady_share: float | None = None  # scenario 2: share of the steady limit used
+    wall_s: float | None = None  # start of the process to the last acceptance
+    notes: list[str] = field(default_factory=list)
+
+
+def _json_get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def _post(url: str) -> None:
+    request = urllib.request.Request(url, method="POST", data=b"")
+    with urllib.request.urlopen(request, timeout=60):
+        pass
+
+
+class SandboxProcess:
+    def __init__(
+        self, *, limits: dict[str, EndpointLimit] | None, latency_ms: str | None, log: Path
+    ) -> None:
+        args = [sys.executable, "-m", "bench.sandbox_proc"]
+        if limits is None:
+            args += ["--rate-limits", "none"]
+        else:
+            args += ["--rate-limits", json.dumps({k: v.model_dump() for k, v in limits.items()})]
+        if latency_ms:
+            args += ["--latency-ms", latency_ms]
+        self.limits = limits
+        self._log = log.open("ab")
+        self.process = subprocess.Popen(
+            args, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log, text=True
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the sandbox did not start (see {log})")
+        urls = json.loads(line)
+        self.base_url: str = urls["base_url"]
+        self.control_url: str = urls["control_url"]
+
+    def reset(self) -> None:
+        _post(self.control_url + "/reset")
+
+    def progress(self) -> dict[str, Any]:
+        result: dict[str, Any] = _json_get(self.control_url + "/progress")
+        return result
+
+    def summary(self) -> dict[str, Any]:
+        result: dict[str, Any] = _json_get(self.control_url + "/summary")
+        return result
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+        self._log.close()
+
+
+class Child:
+    """The relay or the baseline as a child process, measured while it runs."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._log = log.open("ab")
+        self.started = time.time()
+        self.process = subprocess.Popen(
+            args, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.sampler = ProcessSampler(self.process.pid)
+
+    def logged(self, message: str) -> bool:
+        return message in self.log.read_text(errors="replace")
+
+    def finish(self, timeout: float = 60) -> Usage:
+        """Read the usage, then stop the process (SIGTERM, SIGKILL after ``timeout``)."""
+        usage = self.sampler.finish()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+        self._log.close()
+        return usage
+
+
+def _wait(condition: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {within:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+class Bench:
+    def __init__(self, config: Config, bootstrap: str, workdir: Path) -> None:
+        self.config = config
+        self.bootstrap = bootstrap
+        self.workdir = workdir
+        self.rows: list[Row] = []
+        self.gen = LoadGenerator(config.customers)
+        self.gen.self_check()
+        self.per_event = self.gen.klaviyo_events_per_event
+        self.topics = list(CONTRACT_TOPICS)
+
+    # --- kafka ---------------------------------------------------------------------------------
+
+    def end_offsets(self) -> dict[tuple[str, int], int]:
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "bench-inspect"})
+        try:
+            out = {}
+            for topic in self.topics:
+                meta = consumer.list_topics(topic, timeout=30).topics[topic]
+                for partition in meta.partitions:
+                    tp = TopicPartition(topic, partition)
+                    out[(topic, partition)] = consumer.get_watermark_offsets(tp, timeout=30)[1]
+            return out
+        finally:
+            consumer.close()
+
+    def new_group(self, name: str, offsets: dict[tuple[str, int], int]) -> str:
+        """A consumer group that starts reading at ``offsets``."""
+        group = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+        consumer = Consumer(
+            {"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False}
+        )
+        try:
+            consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+        finally:
+            consumer.close()
+        return group
+
+    # --- processes -----------------------------------------------------------------------------
+
+    def relay(
+        self, name: str, group: str, sandbox: SandboxProcess, mode: str, limits: str
+    ) -> Child:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "KLAVIYO_"))}
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+            KAFKA_GROUP_ID=group,
+            DLQ_TOPIC=DLQ_TOPIC,
+            KLAVIYO_BASE_URL=sandbox.base_url,
+            KLAVIYO_API_KEY="pk_sandbox",
+            RATE_LIMITS=limits,
+            SEND_MODE=mode,
+            METRICS_PORT="0",
+            LOG_FORMAT="json",
+            LOG_LEVEL="INFO",
+        )
+        return Child(
+            [sys.executable, "-m", "consumer", "run"], env, self.workdir / f"{name}.relay.log"
+        )
+
+    def baseline(
+        self, name: str, group: str, sandbox: SandboxProcess, count: int = 0, seconds: float = 0
+    ) -> Child:
+        args = [
+            sys.executable,
+            "-m",
+            "bench.baseline",
+            "--bootstrap",
+            self.bootstrap,
+            "--group",
+            group,
+            "--base-url",
+            sandbox.base_url,
+            "--count",
+            str(count),
+            "--seconds",
+            str(seconds),
+        ]
+        return Child(args, dict(os.environ), self.workdir / f"{name}.baseline.log")
+
+    def drain(self, sandbox: SandboxProcess, expected: int, child: Child) -> None:
+        """Wait until the sandbox accepted ``expected`` events (or progress stalls)."""
+        seen, since = -1, time.monotonic()
+        while True:
+            accepted = sandbox.progress()["accepted"]
+            if accepted >= expected:
+                return
+            if child.process.poll() is not None:
+                raise RuntimeError(f"{child.log.name}: exited early ({child.process.returncode})")
+            if accepted != seen:
+                seen, since = accepted, time.monotonic()
+            elif time.monotonic() - since > STALL_SECONDS:
+                raise TimeoutError(f"stalled at {accepted} of {expected} accepted events")
+            time.sleep(0.25)
+
+    def row(
+        self,
+        scenario: str,
+        system: str,
+        sandbox: SandboxProcess,
+        *,
+        usage: Usage,
+        child: Child,
+        domain_events: int | None = None,
+    ) -> Row:
+        s = sandbox.summary()
+        seconds = max(s["last"] - s["first"], 1e-9)
+        events = (
+            domain_events if domain_events is not None else round(s["accepted"] / self.per_event)
+        )
+        row = Row(
+            scenario=scenario,
+            system=system,
+            events=events,
+            klaviyo_events=s["accepted"],
+            seconds=round(seconds, 2),
+            events_per_s=round(events / seconds, 1),
+            p50_s=s["p50"],
+            p99_s=s["p99"],
+            throttled=s["throttled"],
+            cpu_s=usage.cpu_seconds,
+            peak_rss_mb=usage.peak_rss_mb,
+            wall_s=round(s["last"] - child.started, 2) if s["last"] else None,
+        )
+        failed = {
+            f"{endpoint} {status}": n
+            for endpoint, counts in s["requests"].items()
+            for status, n in counts.items()
+            if not status.startswith("2") and status != "429"
+        }
+        if failed:
+            row.notes.append(f"refused by the sandbox: {failed}")
+        row.notes.append(f"summary: {json.dumps(_quota_digest(s))}")
+        self.rows.append(row)
+        return row
+
+    # --- scenario 1 and 3: drain a pre-filled backlog ----------------------------------------
+
+    def backlog_run(
+        self,
+        scenario: str,
+        sandbox: SandboxProcess,
+        count: int,
+        system: str,
+        *,
+        mode: str = "realtime",
+        profile: bool = False,
+    ) -> Row:
+        sandbox.reset()
+        start = self.end_offsets()
+        report = produce(self.gen, self.bootstrap, count)
+        print(f"  produced {count} events in {report.seconds:.1f}s", flush=True)
+        name = f"{scenario}-{system.split(maxsplit=1)[0]}-{mode}"
+        group = self.new_group(name, start)
+        if system.startswith("relay"):
+            child = self.relay(name, group, sandbox, mode, _unlimited())
+        else:
+            child = self.baseline(name, group, sandbox, count=count)
+        spy = _py_spy(child.process.pid, self.workdir / f"{name}.py-spy.txt") if profile else None
+        try:
+            self.drain(sandbox, report.klaviyo_events, child)
+        finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
+            usage = child.finish()
+        return self.row(scenario, system, sandbox, usage=usage, child=child, domain_events=count)
+
+    # --- scenario 2: steady production above the limit ---------------------------------------
+
+    def quota_run(
+        self, sandbox: SandboxProcess, system: str, mode: str, windows: int, rate: float
+    ) -> Row:
+        assert sandbox.limits is not None
+        endpoint = "bulk_create_events" if mode == "batch" else "create_event"
+        steady = sandbox.limits[endpoint].steady
+        sandbox.reset()
+        group = self.new_group(f"quota-{mode}", self.end_offsets())
+        name = f"2-{system.split(maxsplit=1)[0]}-{mode}"
+        if system.startswith("relay"):
+            limits = json.dumps({k: v.model_dump() for k, v in sandbox.limits.items()})
+            child = self.relay(name, group, sandbox, mode, limits)
+            _wait(lambda: child.logged("partitions assigned"), 120, "the relay's partitions")
+        else:
+            child = self.baseline(name, group, sandbox)
+        stop = threading.Event()
+        producer = threading.Thread(
+            target=_produce_until, args=(self.gen, self.bootstrap, rate, stop), daemon=True
+        )
+        producer.start()
+        try:
+            # Until ``windows`` steady windows have passed entirely after the first admission.
+            _wait(lambda: sandbox.progress()["first"] > 0, 120, "the first accepted event")
+            first_window = int(sandbox.progress()["first"] // steady.seconds)
+            end = (first_window + windows + 1) * steady.seconds + 0.5
+            while time.time() < end:
+                if child.process.poll() is not None:
+                    raise RuntimeError(f"{child.log.name}: exited early")
+                time.sleep(min(1.0, max(0.0, end - time.time())))
+        finally:
+            stop.set()
+            producer.join(60)
+            usage = child.finish()
+        row = self.row("2", system, sandbox, usage=usage, child=child)
+        admitted = sandbox.summary()["quotas"][endpoint]["admitted"]
+        full = [
+            admitted.get(str(w), 0) for w in range(first_window + 1, first_window + 1 + windows)
+        ]
+        row.steady_share = round(sum(full) / (len(full) * steady.requests), 4)
+        row.notes.append(
+            f"{endpoint}: {full} requests admitted in {len(full)} full {steady.seconds:g}s windows"
+            f" (limit {steady.requests}); produced at {rate:.0f} events/s"
+        )
+        return row
+
+
+def _produce_until(gen: LoadGenerator, bootstrap: str, rate: float, stop: threading.Event) -> None:
+    """Produce at ``rate`` events/s in one-second slices until ``stop``."""
+    while not stop.is_set():
+        produce(gen, bootstrap, max(1, round(rate)), rate=rate)
+
+
+def _unlimited() -> str:
+    window = {
+        "burst": {"requests": 1_000_000, "seconds": 1},
+        "steady": {"requests": 60_000_000, "seconds": 60},
+    }
+    return json.dumps({name: window for name in DEFAULT_RATE_LIMITS})
+
+
+def _quota_digest(summary: dict[str, Any]) -> dict[str, Any]:
+    return {"requests": summary["requests"], "duplicates": summary["duplicates"]}
+
+
+def _py_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return None
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
