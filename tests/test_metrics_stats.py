@@ -42,6 +42,7 @@ PROMISED: dict[str, str] = {
     "klaviyo_relay_commit_duration_seconds": "histogram",
     "klaviyo_relay_ready": "gauge",
     "klaviyo_relay_halted": "gauge",
+    "klaviyo_relay_plan_warnings_total": "counter",
 }
 # Labels must stay bounded: none of these may ever label a series.
 UNBOUNDED_LABELS = {"email", "phone", "profile_id", "event_id", "unique_id", "offset", "key", "id"}
@@ -65,7 +66,7 @@ async def scraped_text() -> AsyncIterator[str]:
             await runner.cleanup()
 
 
-def _metric_families(text: str) -> dict[str, Any]:
+def metric_families(text: str) -> dict[str, Any]:
     # The parser names counters without "_total"; key by the exposed family name instead.
     families = {}
     for family in text_string_to_metric_families(text):
@@ -75,7 +76,7 @@ def _metric_families(text: str) -> dict[str, Any]:
 
 
 async def test_every_promised_metric_is_exposed_with_its_type(scraped_text: str) -> None:
-    families = _metric_families(scraped_text)
+    families = metric_families(scraped_text)
     missing = sorted(set(PROMISED) - set(families))
     assert not missing, f"not exposed: {missing}"
     wrong = {n: families[n].type for n, t in PROMISED.items() if families[n].type != t}

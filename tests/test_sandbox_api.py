@@ -562,6 +562,18 @@ async def test_patch_of_an_unknown_profile_is_404(api: Api) -> None:
     assert reply.status == 404 and reply.errors[0]["code"] == "not_found"
 
 
+async def test_patch_of_a_klaviyo_shaped_id_finds_the_accounts_profile(api: Api) -> None:
+    # Producers learn profile ids from Klaviyo, so an id of Klaviyo's shape names a profile that
+    # exists in the account even when this sandbox has not seen it yet.
+    profile_id = "01H81WC034AKRMQJQARPEEBHJE"
+    reply = await api.call(
+        "PATCH", f"/api/profiles/{profile_id}", patch_body(profile_id, email="new@shopmail.io")
+    )
+    assert reply.status == 200
+    stored = {p["id"]: p for p in (await api.inspect("profiles"))["data"]}
+    assert stored[profile_id]["attributes"]["email"] == "new@shopmail.io"
+
+
 async def test_patch_id_must_match_the_url(api: Api) -> None:
     profile = (
         await api.call("POST", "/api/profile-import", import_body(email="a@shopmail.io"))

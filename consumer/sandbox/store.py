@@ -6,7 +6,10 @@ Behaviour copied from Klaviyo where tests depend on it:
   external id, anonymous id, and created when none matches, so one person identified
   differently by two events is one profile. An ``id`` the sandbox has never seen is adopted
   (a profile with that id is created): it stands for a profile that already exists in the
-  account, as the ids producers carry do.
+  account, as the ids producers carry do. The same holds for ``PATCH /api/profiles/{id}`` and
+  an import naming an ``id``, as long as the id has the shape of Klaviyo's (a 26-character ULID):
+  producers learn ids from Klaviyo, so the profile is taken to exist already; an id of any other
+  shape is unknown (404).
 - Dedup: a repeated ``unique_id`` (or, without one, the same time to the second) for the same
   metric and profile is recorded once; the stored event's ``duplicate_count`` goes up.
 - Events whose email is ``@example.com`` / ``@test.com`` are accepted and silently dropped: they
@@ -18,6 +21,7 @@ Behaviour copied from Klaviyo where tests depend on it:
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +31,9 @@ from typing import Any
 from consumer.sandbox.validation import parse_time
 
 JSONObject = dict[str, Any]
+
+# Klaviyo's profile ids are ULIDs: 26 characters of Crockford's base32.
+_KLAVIYO_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
 # Identifiers in resolution order; emails match case-insensitively.
 IDENTIFIERS = ("email", "phone_number", "external_id", "anonymous_id")
@@ -217,11 +224,18 @@ class SandboxState:
         if ops:
             profile.attributes["properties"] = props
 
-    def update_profile(self, profile_id: str, data: JSONObject) -> Profile:
-        """PATCH /api/profiles/{id}: raises ProfileNotFound or DuplicateProfile."""
+    def _existing(self, profile_id: str) -> Profile:
+        """The profile ``profile_id`` names: stored, or adopted when it has Klaviyo's id shape."""
         profile = self.profiles.get(profile_id)
         if profile is None:
-            raise ProfileNotFound(profile_id)
+            if not _KLAVIYO_ID.match(profile_id):
+                raise ProfileNotFound(profile_id)
+            profile = self._create(profile_id)
+        return profile
+
+    def update_profile(self, profile_id: str, data: JSONObject) -> Profile:
+        """PATCH /api/profiles/{id}: raises ProfileNotFound or DuplicateProfile."""
+        profile = self._existing(profile_id)
         attrs = data.get("attributes") or {}
         self._check_free(profile.id, attrs)
         self._apply(profile, attrs, clear_nulls=True)
@@ -232,9 +246,7 @@ class SandboxState:
         """POST /api/profile-import: (profile, created); raises ProfileNotFound/DuplicateProfile."""
         attrs = {k: v for k, v in (data.get("attributes") or {}).items() if k != "_kx"}
         if data.get("id"):
-            profile = self.profiles.get(data["id"])
-            if profile is None:
-                raise ProfileNotFound(data["id"])
+            profile = self._existing(data["id"])
             self._check_free(profile.id, attrs)
         else:
             profile = self._holder(attrs)
