@@ -13,3 +13,5 @@ class HandlerContext:
     now: datetime
     # ISO 3166 region assumed for phone numbers written without a country code.
     default_region: str
+    # A replayed old event (``dlq replay``): recorded in Klaviyo without triggering flows again.
+    backfill: bool = False

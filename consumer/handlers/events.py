@@ -32,10 +32,13 @@ def create_event(
     now: datetime,
     value: Decimal | None = None,
     value_currency: str | None = None,
+    backfill: bool = False,
 ) -> KlaviyoRequest:
     """One Create Event request; raises ``LimitViolation`` if it breaks a documented limit.
 
     ``profile`` is the ``{"data": {...}}`` object of a :class:`~.profiles.Profile`.
+    ``backfill``: Klaviyo records the event without triggering flows (a replayed old event);
+    the attribute is only sent when true, like every other optional field.
     """
     attributes = compact(
         {
@@ -46,6 +49,7 @@ def create_event(
             "value": None if value is None else number(value),
             "value_currency": value_currency,
             "unique_id": unique_id,
+            "backfill": True if backfill else None,
         }
     )
     body: JSONObject = {"data": {"type": "event", "attributes": attributes}}
@@ -77,5 +81,6 @@ def person_event(
         now=context.now,
         value=value,
         value_currency=value_currency,
+        backfill=context.backfill,
     )
     return Plan((request,), profile.warnings)

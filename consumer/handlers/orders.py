@@ -46,6 +46,7 @@ def order_placed(datum: Datum, context: HandlerContext) -> Plan:
             now=context.now,
             value=_row_total(item),
             value_currency=order["currency"],
+            backfill=context.backfill,
         )
         for n, item in enumerate(order["items"])
     )
@@ -96,6 +97,7 @@ def _order_request(
         now=context.now,
         value=order["total"],
         value_currency=order["currency"],
+        backfill=context.backfill,
     )
 
 

@@ -74,11 +74,17 @@ class HandlerRegistry:
         """The full name of the record a topic carries (its first, when it carries several)."""
         return self._route(topic)[0]
 
-    def plan(self, topic: str, event: DecodedEvent, now: datetime) -> Plan:
-        """The Klaviyo requests for one decoded event; raises an ``EventRejected``."""
+    def plan(
+        self, topic: str, event: DecodedEvent, now: datetime, *, backfill: bool = False
+    ) -> Plan:
+        """The Klaviyo requests for one decoded event; raises an ``EventRejected``.
+
+        ``backfill``: the record is a replayed old event; its Create Events must not trigger
+        flows (see :class:`HandlerContext`).
+        """
         if event.record_name not in self._route(topic):
             raise UnknownRecord(f"topic {topic} does not carry record {event.record_name}")
-        context = HandlerContext(now=now, default_region=self._default_region)
+        context = HandlerContext(now=now, default_region=self._default_region, backfill=backfill)
         try:
             return HANDLERS[event.record_name](event.datum, context)
         except KeyError as exc:  # a datum lacking a field its record requires

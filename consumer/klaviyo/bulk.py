@@ -67,6 +67,8 @@ def _split(request: KlaviyoRequest) -> tuple[Any, JSONObject]:
     """A Create Event request → (its profile ``data``, the bulk ``event`` resource)."""
     if request.endpoint is not Endpoint.CREATE_EVENT or request.body is None:
         raise ValueError(f"not a Create Event request: {request.endpoint.value}")
+    # Everything but the profile stays on the event, ``backfill`` included: the bulk schema
+    # takes it per event (as well as per profile entry), so a replayed old event keeps it here.
     attributes = dict(request.body["data"]["attributes"])
     profile = attributes.pop("profile")["data"]
     return profile, {"type": "event", "attributes": attributes}
@@ -98,7 +100,9 @@ class _JobBuilder:
         return self.count < self._max_events and self.size + cost <= self._max_bytes
 
     def add(self, index: int, key: bytes, profile: Any, event: JSONObject, cost: int) -> None:
-        entry = self._entries.setdefault(key, _Entry(profile))
+        entry = self._entries.get(key)
+        if entry is None:  # not setdefault: that would build an _Entry for every event
+            entry = self._entries[key] = _Entry(profile)
         entry.events.append(event)
         entry.indexes.append(index)
         self.count += 1
@@ -127,10 +131,15 @@ def build_bulk_jobs(
     """
     jobs: list[BulkJob] = []
     builder = _JobBuilder(max_events, max_bytes)
+    # The events of one plan share one profile object (Placed Order and its Ordered Products):
+    # serialise it once. ``id`` is safe as a key while ``events`` keeps every profile alive.
+    encoded: dict[int, bytes] = {}
     for index, request in enumerate(events):
         profile, event = _split(request)
         # The profile's serialised form is both its identity and its size.
-        key = encode_body(profile)
+        key = encoded.get(id(profile))
+        if key is None:
+            key = encoded[id(profile)] = encode_body(profile)
         event_size = len(encode_body(event))
         cost = builder.cost(key, event_size)
         if builder.count and not builder.fits(cost):

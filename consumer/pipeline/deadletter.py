@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,9 @@ from consumer.pipeline.records import Headers, SourceRecord
 from consumer.settings import Settings
 
 log = get_logger(__name__)
+# librdkafka's own log lines (connection lost, broker down...), through our logging rather than
+# raw to stderr; delivered by the poll thread's ``poll`` calls.
+LIBRDKAFKA_LOG = logging.getLogger(f"{__name__}.librdkafka")
 
 STAGE_DECODE = "decode"
 STAGE_HANDLE = "handle"
@@ -185,6 +189,7 @@ class DeadLetterProducer:
                 "enable.idempotence": "true",
                 "linger.ms": "5",
                 "client.id": f"{settings.kafka_group_id}-dlq",
+                "logger": LIBRDKAFKA_LOG,
             }
         )
         self._stop = threading.Event()
@@ -240,10 +245,17 @@ class DeadLetterProducer:
         return await done
 
     async def close(self, wait_seconds: float) -> int:
-        """Wait (up to ``wait_seconds``) for outstanding writes; returns how many are left."""
+        """Wait (up to ``wait_seconds``) for outstanding writes, then release the producer;
+        returns how many writes were left unconfirmed. Those are dropped: their source offsets
+        were never committed, so the records are read (and dead-lettered) again."""
         left: int = await asyncio.to_thread(self._producer.flush, wait_seconds)
         self._stop.set()
         await asyncio.to_thread(self._thread.join, 5.0)
+        if left:
+            self._producer.purge()  # Producer.close flushes, with no time limit of its own
+        # Closed now, not whenever the object is collected: until then librdkafka keeps its
+        # connections and threads, and logs losing them when the broker goes away later.
+        await asyncio.to_thread(self._producer.close)
         return left
 
 

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import signal
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
+
+from prometheus_client import Counter, Histogram
 
 from consumer.codec import DecodedEvent, DecodeError, Decoder, RegistryUnavailable
 from consumer.handlers.errors import EventRejected
@@ -100,6 +103,7 @@ class Relay:
         self.state = RelayState()
         self._offsets = OffsetTracker()
         self._running: dict[PartitionOffsets, int] = {}
+        self._unplaced = 0  # batch mode: events handed to lanes and not yet in their bulk jobs
         self._revoking: set[TopicPartitionKey] = set()
         self._dispatcher: Dispatcher[Work] = Dispatcher(self._process, self._on_crash)
         self._halt = Halt(self._on_halt)
@@ -276,6 +280,8 @@ class Relay:
                 continue
             counts[record.topic] = counts.get(record.topic, 0) + 1
             self._dispatcher.submit(record.key, Work(record, tracker))
+            if self._batcher is not None:
+                self._unplaced += 1
         for topic, count in counts.items():
             EVENTS_CONSUMED.labels(topic).inc(count)
         self._source.release(dropped)
@@ -352,6 +358,22 @@ class Relay:
     # --- one event ---------------------------------------------------------------------------
 
     async def _process(self, lane: Lane[Work], work: Work) -> None:
+        try:
+            await self._process_one(lane, work)
+        finally:
+            if self._batcher is not None:
+                self._placed(self._batcher)
+
+    def _placed(self, batcher: BulkBatcher[Work]) -> None:
+        """Batch mode: one more event is in its bulk jobs (or needs none). With none left to
+        place while the source is paused, the open job cannot grow until jobs are answered:
+        it is sent now rather than after the linger. Without this, a full in-flight window
+        (the normal state while catching up) idled for a whole linger on every cycle."""
+        self._unplaced -= 1
+        if self._unplaced == 0 and self._source.paused:
+            batcher.flush()
+
+    async def _process_one(self, lane: Lane[Work], work: Work) -> None:
         tracker = work.offsets
         record = work.record
         if tracker.detached or (record.topic, record.partition) in self._revoking:
@@ -391,7 +413,7 @@ class Relay:
             self._dead_letter(work, Failure.from_exception(STAGE_DECODE, exc.reason, exc, now))
             return None
         try:
-            plan = self._registry.plan(record.topic, event, now)
+            plan = self._registry.plan(record.topic, event, now, backfill=record.backfill)
         except EventRejected as exc:
             self._dead_letter(work, Failure.from_exception(STAGE_HANDLE, exc.reason, exc, now))
             return None
@@ -484,10 +506,10 @@ class Relay:
 
     def _delivered(self, work: Work, request: KlaviyoRequest) -> None:
         topic = work.record.topic
-        EVENTS_DELIVERED.labels(topic, metric_name(request)).inc()
+        _delivered_counter(topic, metric_name(request)).inc()
         if work.occurred_at is not None:
             delay = (datetime.now(UTC) - work.occurred_at).total_seconds()
-            END_TO_END_DELAY.labels(topic).observe(max(delay, 0.0))
+            _delay_histogram(topic).observe(max(delay, 0.0))
 
     # --- dead letters ------------------------------------------------------------------------
 
@@ -517,6 +539,18 @@ class EmptyRecord(DecodeError):
 
 
 _RNG = random.Random()
+
+
+# ``.labels()`` looks its child up under a lock on every call; these run once per delivered
+# event, so the children are kept (label values are bounded: topics x metric names).
+@functools.cache
+def _delivered_counter(topic: str, metric: str) -> Counter:
+    return EVENTS_DELIVERED.labels(topic, metric)
+
+
+@functools.cache
+def _delay_histogram(topic: str) -> Histogram:
+    return END_TO_END_DELAY.labels(topic)
 
 
 def _names(partitions: list[TopicPartitionKey]) -> str:

@@ -139,6 +139,8 @@ class PlanRunner:
 
 def resolve(step: KlaviyoRequest, bindings: dict[str, str]) -> KlaviyoRequest:
     """The request to send for ``step``: bound, or its fallback when a binding is missing."""
+    if "{" not in step.path:  # most steps (every Create Event) have no placeholder: skip parsing
+        return step
     needs = step.needs()
     if not needs:
         return step

@@ -245,14 +245,14 @@ class SandboxState:
     def import_profile(self, data: JSONObject) -> tuple[Profile, bool]:
         """POST /api/profile-import: (profile, created); raises ProfileNotFound/DuplicateProfile."""
         attrs = {k: v for k, v in (data.get("attributes") or {}).items() if k != "_kx"}
+        created = False
         if data.get("id"):
             profile = self._existing(data["id"])
             self._check_free(profile.id, attrs)
         else:
-            profile = self._holder(attrs)
-        created = profile is None
-        if profile is None:
-            profile = self._create(None)
+            holder = self._holder(attrs)
+            created = holder is None
+            profile = holder if holder is not None else self._create(None)
         self._apply(profile, attrs, clear_nulls=True)
         self._patch_meta(profile, data.get("meta"))
         return profile, created
