@@ -366,11 +366,11 @@ class Relay:
 
     def _placed(self, batcher: BulkBatcher[Work]) -> None:
         """Batch mode: one more event is in its bulk jobs (or needs none). With none left to
-        place while the source is paused, the open job cannot grow until jobs are answered:
+        place while the source is saturated, the open job cannot grow until jobs are answered:
         it is sent now rather than after the linger. Without this, a full in-flight window
         (the normal state while catching up) idled for a whole linger on every cycle."""
         self._unplaced -= 1
-        if self._unplaced == 0 and self._source.paused:
+        if self._unplaced == 0 and self._source.saturated:
             batcher.flush()
 
     async def _process_one(self, lane: Lane[Work], work: Work) -> None:

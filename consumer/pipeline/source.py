@@ -82,6 +82,11 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "enable.auto.commit": "false",
         "enable.auto.offset.store": "false",
         "statistics.interval.ms": str(_STATS_INTERVAL_MS),
+        # librdkafka prefetches up to 100,000 records per partition and 64 MB by default; the
+        # relay holds max_in_flight events itself, so a few seconds' worth ahead is enough and
+        # keeps memory flat however large the backlog.
+        "queued.min.messages": "10000",
+        "queued.max.messages.kbytes": "16384",
         # The operator's own properties win (kafka_client_config applied them first).
         **settings.kafka_extra_config,
     }
@@ -141,10 +146,11 @@ class KafkaSource:
         return self._outstanding
 
     @property
-    def paused(self) -> bool:
-        """Whether the partitions are paused (back-pressure, halt or stop): no records come
-        until that changes. Read from the loop; a stale answer only delays a bulk job."""
-        return self._paused
+    def saturated(self) -> bool:
+        """Whether no more records come until events finish: paused (back-pressure, halt,
+        stop) or holding at the in-flight bound. Read from the loop; a stale answer only
+        delays a bulk job."""
+        return self._paused or self._outstanding >= self._max
 
     async def commit(self, positions: Positions) -> Positions:
         """Store and commit ``positions`` (those still assigned); returns what was committed."""
