@@ -107,6 +107,13 @@ class BulkBatcher(Generic[Token]):
             return
         self._spawn(self._send_job(job))
 
+    def expedite(self, ticket: asyncio.Future[None]) -> None:
+        """A lane waits on ``ticket``: if its job is still open, send it now. Lingering cannot
+        grow the job faster than the waiting lane is held up, and everything behind that lane
+        (its key's later events, and the in-flight window they occupy) waits with it."""
+        if self._open is not None and self._open.ticket is ticket:
+            self.flush()
+
     def set_linger(self, seconds: float) -> None:
         """Change the linger (short while draining, so no job waits a full linger); the open
         job is sent now."""

@@ -468,6 +468,7 @@ class Relay:
         # Profile steps go alone, and only after this key's earlier events were accepted.
         direct = any(r.endpoint is not Endpoint.CREATE_EVENT for r in plan.requests)
         if direct and lane.last_ticket is not None:
+            batcher.expedite(lane.last_ticket)
             await asyncio.shield(lane.last_ticket)
 
         async def into_job(request: KlaviyoRequest) -> StepFailure | None:
