@@ -601,16 +601,17 @@ def validate_bulk_create_events(body: Any, now: datetime | None = None) -> list[
 
 
 def validate_update_profile(body: Any) -> list[Problem]:
-    out: list[Problem] = []
-    check_shape(UPDATE_PROFILE, body, (), out)
-    if not out:
-        _profile_limits(body["data"], ("data",), False, out)
-    return out
+    # A PATCH names its profile by id in the path, so it needs no identifier attribute.
+    return _validate_profile_body(UPDATE_PROFILE, body, need_identifier=False)
 
 
 def validate_profile_import(body: Any) -> list[Problem]:
+    return _validate_profile_body(PROFILE_IMPORT, body, need_identifier=True)
+
+
+def _validate_profile_body(shape: Spec, body: Any, *, need_identifier: bool) -> list[Problem]:
     out: list[Problem] = []
-    check_shape(PROFILE_IMPORT, body, (), out)
+    check_shape(shape, body, (), out)
     if not out:
-        _profile_limits(body["data"], ("data",), True, out)
+        _profile_limits(body["data"], ("data",), need_identifier, out)
     return out
