@@ -12,12 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consumer.handlers.errors import ExpiredEvent, LimitViolation
+from consumer.headers import (
+    H_BACKFILL,
+    H_REPLAY_OF,
+)
 from consumer.klaviyo.outcomes import KlaviyoError, Permanent
 from consumer.pipeline.deadletter import Failure, build_dead_letter
 from consumer.pipeline.records import SourceRecord
 from consumer.tools.deadletters import (
-    H_BACKFILL,
-    H_REPLAY_OF,
     DeadLetter,
     NotReplayable,
     Selection,

@@ -24,6 +24,22 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
+from consumer.headers import (
+    CONNECT_PREFIX,
+    H_ATTEMPTS,
+    H_CLASS,
+    H_CODE,
+    H_ENDPOINT,
+    H_FIRST_FAILURE,
+    H_MESSAGE,
+    H_OFFSET,
+    H_PARTITION,
+    H_POINTER,
+    H_REASON,
+    H_STAGE,
+    H_STATUS,
+    H_TOPIC,
+)
 from consumer.klaviyo.outcomes import KlaviyoError, Permanent
 from consumer.observability.logging import get_logger
 from consumer.observability.redact import redact_text
@@ -39,20 +55,9 @@ STAGE_DECODE = "decode"
 STAGE_HANDLE = "handle"
 STAGE_SEND = "send"
 
-CONNECT_PREFIX = "__connect.errors."
-RELAY_PREFIX = "klaviyo-relay."
 # Relay headers this module writes; an older copy on the original record is replaced.
 _WRITTEN_RELAY_HEADERS = frozenset(
-    RELAY_PREFIX + name
-    for name in (
-        "reason",
-        "klaviyo.status",
-        "klaviyo.code",
-        "klaviyo.pointer",
-        "attempts",
-        "first-failure",
-        "endpoint",
-    )
+    (H_REASON, H_STATUS, H_CODE, H_POINTER, H_ATTEMPTS, H_FIRST_FAILURE, H_ENDPOINT)
 )
 _MAX_MESSAGE = 500
 
@@ -140,23 +145,23 @@ class DeadLetter:
 def build_dead_letter(record: SourceRecord, failure: Failure) -> DeadLetter:
     """``record``'s dead letter: original key, value, timestamp and headers + error headers."""
     error_headers: list[tuple[str, str]] = [
-        (CONNECT_PREFIX + "topic", record.topic),
-        (CONNECT_PREFIX + "partition", str(record.partition)),
-        (CONNECT_PREFIX + "offset", str(record.offset)),
-        (CONNECT_PREFIX + "stage", failure.stage),
-        (CONNECT_PREFIX + "class.name", failure.class_name),
-        (CONNECT_PREFIX + "exception.message", failure.message),
-        (RELAY_PREFIX + "reason", failure.reason),
-        (RELAY_PREFIX + "attempts", str(failure.attempts)),
-        (RELAY_PREFIX + "first-failure", rfc3339(failure.first_failure)),
+        (H_TOPIC, record.topic),
+        (H_PARTITION, str(record.partition)),
+        (H_OFFSET, str(record.offset)),
+        (H_STAGE, failure.stage),
+        (H_CLASS, failure.class_name),
+        (H_MESSAGE, failure.message),
+        (H_REASON, failure.reason),
+        (H_ATTEMPTS, str(failure.attempts)),
+        (H_FIRST_FAILURE, rfc3339(failure.first_failure)),
     ]
     optional = {
-        "klaviyo.status": None if failure.klaviyo_status is None else str(failure.klaviyo_status),
-        "klaviyo.code": failure.klaviyo_code,
-        "klaviyo.pointer": failure.klaviyo_pointer,
-        "endpoint": failure.endpoint,
+        H_STATUS: None if failure.klaviyo_status is None else str(failure.klaviyo_status),
+        H_CODE: failure.klaviyo_code,
+        H_POINTER: failure.klaviyo_pointer,
+        H_ENDPOINT: failure.endpoint,
     }
-    error_headers += [(RELAY_PREFIX + k, v) for k, v in optional.items() if v is not None]
+    error_headers += [(k, v) for k, v in optional.items() if v is not None]
     kept = tuple(
         (name, value)
         for name, value in record.headers

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-Headers = tuple[tuple[str, bytes], ...]
+from consumer.headers import H_BACKFILL
 
-BACKFILL_HEADER = "klaviyo-relay.backfill"
+Headers = tuple[tuple[str, bytes], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +40,7 @@ class SourceRecord:
     def backfill(self) -> bool:
         """Set by ``dlq replay`` on records old enough that flows must not fire again."""
         return any(
-            name == BACKFILL_HEADER and value.strip().lower() == b"true"
-            for name, value in self.headers
+            name == H_BACKFILL and value.strip().lower() == b"true" for name, value in self.headers
         )
 
     @property

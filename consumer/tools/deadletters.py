@@ -12,27 +12,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-Headers = list[tuple[str, bytes]]
+from consumer.headers import (
+    CONNECT_PREFIX,
+    H_BACKFILL,
+    H_CODE,
+    H_FIRST_FAILURE,
+    H_MESSAGE,
+    H_OFFSET,
+    H_PARTITION,
+    H_REASON,
+    H_REPLAY_OF,
+    H_STAGE,
+    H_STATUS,
+    H_TOPIC,
+    RELAY_PREFIX,
+)
 
-# Kafka Connect's error headers, written by the pipeline's dead-letter writer.
-CONNECT_PREFIX = "__connect.errors."
-H_TOPIC = CONNECT_PREFIX + "topic"
-H_PARTITION = CONNECT_PREFIX + "partition"
-H_OFFSET = CONNECT_PREFIX + "offset"
-H_STAGE = CONNECT_PREFIX + "stage"
-H_CLASS = CONNECT_PREFIX + "class.name"
-H_MESSAGE = CONNECT_PREFIX + "exception.message"
-# The relay's own headers.
-RELAY_PREFIX = "klaviyo-relay."
-H_REASON = RELAY_PREFIX + "reason"
-H_STATUS = RELAY_PREFIX + "klaviyo.status"
-H_CODE = RELAY_PREFIX + "klaviyo.code"
-H_POINTER = RELAY_PREFIX + "klaviyo.pointer"
-H_ATTEMPTS = RELAY_PREFIX + "attempts"
-H_FIRST_FAILURE = RELAY_PREFIX + "first-failure"
-H_ENDPOINT = RELAY_PREFIX + "endpoint"
-H_REPLAY_OF = RELAY_PREFIX + "replay-of"
-H_BACKFILL = RELAY_PREFIX + "backfill"
+Headers = list[tuple[str, bytes]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from consumer.headers import (
+    H_REPLAY_OF,
+)
 from consumer.observability.redact import redact_text
 from consumer.tools.deadletters import (
-    H_REPLAY_OF,
     DeadLetter,
     format_duration,
 )
