@@ -18,31 +18,6 @@ OCCURRED_AT = datetime(2023, 10, 15, tzinfo=UTC)
 EVENT_ID = "9f1c6a58-2d1e-4c36-8f60-1a2b3c4d5e01"
 PROFILE_ID = "01H81WC034AKRMQJQARPEEBHJE"
 
-RECORDS = (
-    "AccountCreated",
-    "AccountUpdated",
-    "AccountEmailChanged",
-    "PasswordResetRequested",
-    "InvoiceCreated",
-    "OrderPlaced",
-    "PaymentFailed",
-    "ShipmentUpdated",
-    "LeadCaptured",
-    "LeadAssigned",
-)
-TOPICS = {
-    "AccountCreated": "shop.account.created",
-    "AccountUpdated": "shop.account.updated",
-    "AccountEmailChanged": "shop.account.email-changed",
-    "PasswordResetRequested": "shop.account.password-reset-requested",
-    "InvoiceCreated": "shop.order.invoice-created",
-    "OrderPlaced": "shop.order.placed",
-    "PaymentFailed": "shop.order.payment-failed",
-    "ShipmentUpdated": "shop.order.shipment-updated",
-    "LeadCaptured": "shop.lead.captured",
-    "LeadAssigned": "shop.lead.assigned",
-}
-
 
 def customer(**overrides: Any) -> dict[str, Any]:
     return {

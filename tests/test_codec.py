@@ -37,21 +37,9 @@ from consumer.codec import (
 from consumer.plain_json import from_plain_json, to_plain_json
 from consumer.schemas import SchemaStore
 from consumer.settings import Settings
-from tests.fixtures.contract import datums
+from tests.fixtures.contract import RECORDS, datums
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
-EVENTS = [
-    "AccountCreated",
-    "AccountUpdated",
-    "AccountEmailChanged",
-    "PasswordResetRequested",
-    "InvoiceCreated",
-    "OrderPlaced",
-    "PaymentFailed",
-    "ShipmentUpdated",
-    "LeadCaptured",
-    "LeadAssigned",
-]
 EVENT_ID = "0b9d6f7e-3c1a-4e59-9a53-2f4c1d0e8b71"
 OCCURRED = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
 CUSTOMER = {
@@ -329,7 +317,7 @@ def test_single_object_still_accepted_with_a_registry(store: SchemaStore) -> Non
 # --- Property: any valid datum survives both the wire and the plain JSON form ----------------
 
 
-@pytest.mark.parametrize("record", EVENTS)
+@pytest.mark.parametrize("record", RECORDS)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_datum_round_trips(store: SchemaStore, record: str, data: st.DataObject) -> None:

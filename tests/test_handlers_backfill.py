@@ -13,7 +13,8 @@ from consumer.handlers.registry import HandlerRegistry
 from consumer.klaviyo.bulk import build_bulk_jobs
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.settings import load_settings
-from tests.handler_events import NOW, RECORDS, TOPICS, sample
+from tests.fixtures.contract import RECORDS, TOPICS
+from tests.handler_events import NOW, sample
 from tests.klaviyo_schemas import assert_valid_request, body_errors
 
 

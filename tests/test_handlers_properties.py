@@ -22,7 +22,8 @@ from consumer.handlers.errors import (
 from consumer.handlers.profiles import e164
 from consumer.handlers.registry import HandlerRegistry
 from consumer.settings import load_settings
-from tests.handler_events import RECORDS, TOPICS, datums, within_time_limits
+from tests.fixtures.contract import RECORDS, TOPICS
+from tests.handler_events import datums, within_time_limits
 from tests.klaviyo_schemas import assert_valid_request, require_schemas
 
 REGISTRY = HandlerRegistry.from_settings(load_settings())

@@ -9,7 +9,8 @@ from consumer.handlers.errors import MalformedEvent, UnknownRecord
 from consumer.handlers.registry import HANDLERS, HandlerRegistry
 from consumer.schemas import default_schemas_dir, load_store
 from consumer.settings import SettingsError, load_settings
-from tests.handler_events import NOW, RECORDS, TOPICS, customer, sample
+from tests.fixtures.contract import RECORDS, TOPICS
+from tests.handler_events import NOW, customer, sample
 
 
 def event(record: str, **overrides: object) -> DecodedEvent:

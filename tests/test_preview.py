@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from consumer.cli import cli
-from tests.handler_events import TOPICS
+from tests.fixtures.contract import TOPICS
 from tests.klaviyo_schemas import body_errors, operation_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "contract" / "examples"

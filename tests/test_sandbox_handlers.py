@@ -32,7 +32,8 @@ from consumer.sandbox.validation import (
     validate_update_profile,
 )
 from consumer.settings import load_settings
-from tests.handler_events import RECORDS, TOPICS, datums
+from tests.fixtures.contract import RECORDS, TOPICS
+from tests.handler_events import datums
 from tests.klaviyo_schemas import body_errors, operation_for, require_schemas
 from tests.test_sandbox_api import REJECTED
 from tests.test_sandbox_support import Api, event_body, mutated, sandbox_api
