@@ -89,7 +89,6 @@ class Dispatcher(Generic[Item]):
             while lane.queue:
                 await self._process(lane, lane.queue.popleft())
         except Exception as exc:  # a bug: the lane cannot go on without breaking its order
-            lane.task = None
             self._on_crash(exc)
             return
         finally:
