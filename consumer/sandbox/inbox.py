@@ -186,7 +186,8 @@ class Inbox:
             f' data-email="{_e(attrs.get("email"))}">'
             f'<header><h2 class="profile-title">{_e(title)}</h2>'
             f'<span class="names">{names}</span>'
-            f'<span class="count">{len(events)} event{"" if len(events) == 1 else "s"}</span>'
+            f'<span class="count">{len(events)} event{"" if len(events) == 1 else "s"},'
+            " in the order received</span>"
             f'</header><dl class="ids">{ids}</dl>{details}{listing}</article>'
         )
 
