@@ -509,7 +509,7 @@ async def run_demo(
             )
         )
         inbox_url = f"{sandbox.base_url}/"
-        say(f"• Klaviyo sandbox listening on {sandbox.base_url}; its inbox: {inbox_url}")
+        say(f"• Klaviyo sandbox listening on {sandbox.base_url} (its inbox: {inbox_url})")
 
         records = sample(datetime.now(UTC), per_topic)
         published = await asyncio.to_thread(publish_sample, broker.bootstrap_servers, records)

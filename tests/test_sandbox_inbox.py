@@ -16,12 +16,9 @@ import asyncio
 import os
 import shutil
 import threading
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from contextlib import suppress
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,12 +31,14 @@ from consumer.handlers.errors import EventRejected
 from consumer.handlers.registry import HandlerRegistry
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.plain_json import from_plain_json
-from consumer.sandbox import SandboxOptions, running_sandbox
+from consumer.sandbox import SandboxOptions
 from consumer.sandbox.store import REJECTED_KEPT
 from consumer.settings import DEFAULT_RATE_LIMITS, load_settings
 from dev.sample_events import Planted, sample
+from tests.test_sandbox_handlers import send_plan
 from tests.test_sandbox_support import (
-    HEADERS,
+    Api,
+    Reply,
     bulk_body,
     event_attributes,
     event_body,
@@ -103,8 +102,11 @@ async def test_the_page_and_its_files_are_served_with_a_strict_policy() -> None:
 
 
 class SandboxThread:
+    """The sandbox and a client of it on their own loop, so the blocking browser driver never
+    stalls them; the test calls in with :meth:`run`."""
+
     def __init__(self) -> None:
-        self._started: Future[str] = Future()
+        self._started: Future[Api] = Future()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
@@ -114,63 +116,30 @@ class SandboxThread:
         self._stop = asyncio.Event()
         options = SandboxOptions(seed=11, rate_limits=dict(DEFAULT_RATE_LIMITS))
         try:
-            async with running_sandbox(options) as sandbox:
-                self._started.set_result(sandbox.base_url)
+            async with sandbox_api(options) as api:
+                self._started.set_result(api)
                 await self._stop.wait()
         except BaseException as exc:
             if not self._started.done():
                 self._started.set_exception(exc)
             raise
 
-    def start(self) -> str:
+    def start(self) -> None:
         self._thread.start()
-        return self._started.result(timeout=30)
+        self.api = self._started.result(timeout=30)
+        self.base_url = self.api.base_url
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout=60)
+
+    def call(self, method: str, path: str, body: Any = None) -> Reply:
+        return self.run(self.api.call(method, path, body))
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=30)
-
-
-@dataclass
-class Reply:
-    status: int
-    body: Any
-
-
-class Client:
-    """Klaviyo requests to the sandbox, with its headers (blocking, stdlib only)."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-
-    def call(self, method: str, path: str, body: Any = None) -> Reply:
-        data = None if body is None else orjson.dumps(body)
-        request = urllib.request.Request(
-            self.base_url + path, data=data, method=method, headers=HEADERS
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                raw = response.read()
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            raw, status = exc.read(), exc.code
-        return Reply(status, orjson.loads(raw) if raw else None)
-
-    def send_plan(self, requests: list[KlaviyoRequest]) -> None:
-        """As the relay's client does: lookups bind ids, a missing binding takes the fallback."""
-        bindings: dict[str, str] = {}
-        for request in requests:
-            step = request
-            if any(name not in bindings for name in request.needs()):
-                assert request.fallback is not None, request
-                step = request.fallback
-            else:
-                step = request.bind(bindings)
-            reply = self.call(step.method, step.target, step.body)
-            assert 200 <= reply.status < 300, (step.to_preview(), reply.body)
-            if step.binds is not None and reply.body["data"]:
-                bindings[step.binds] = reply.body["data"][0]["id"]
 
 
 def demo_requests(now: datetime) -> list[list[KlaviyoRequest]]:
@@ -230,10 +199,11 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture
-def sandbox() -> Iterator[Client]:
+def sandbox() -> Iterator[SandboxThread]:
     thread = SandboxThread()
     try:
-        yield Client(thread.start())
+        thread.start()
+        yield thread
     finally:
         thread.stop()
 
@@ -312,11 +282,11 @@ def type_filter(driver: Any, name: str, text: str) -> None:
         )
 
 
-def test_the_inbox_shows_what_klaviyo_received(browser: Any, sandbox: Client) -> None:
+def test_the_inbox_shows_what_klaviyo_received(browser: Any, sandbox: SandboxThread) -> None:
     now = datetime.now(UTC)
     plans = demo_requests(now)
     for requests in plans:
-        sandbox.send_plan(requests)
+        sandbox.run(send_plan(sandbox.api, requests))
     events = sent_events(plans)
     assert len(events) >= 10, "the demo's sample should make a good number of events"
 
@@ -349,14 +319,14 @@ def test_the_inbox_shows_what_klaviyo_received(browser: Any, sandbox: Client) ->
     bulk = sandbox.call(
         "POST", "/api/event-bulk-create-jobs", bulk_body([(backfill_profile, [backfilled])])
     )
-    assert bulk.status == 202, bulk.body
+    assert bulk.status == 202, bulk.raw
 
     # A request Klaviyo refuses: a metric without a name.
     bad = event_body(metric="")
     refused = sandbox.call("POST", "/api/events", bad)
     assert refused.status == 400
-    pointer = refused.body["errors"][0]["source"]["pointer"]
-    code = refused.body["errors"][0]["code"]
+    pointer = refused.pointers[0]
+    code = refused.errors[0]["code"]
 
     browser.get(sandbox.base_url + "/")
     wait_for(browser, lambda d: profile_card(d, email), f"no profile card for {email}")
@@ -434,7 +404,7 @@ def test_the_inbox_shows_what_klaviyo_received(browser: Any, sandbox: Client) ->
 
 
 def test_an_event_appears_live_and_its_markup_is_shown_not_run(
-    browser: Any, sandbox: Client
+    browser: Any, sandbox: SandboxThread
 ) -> None:
     first = event_body(metric="Placed Order", unique_id="first-1")
     assert sandbox.call("POST", "/api/events", first).status == 202
@@ -473,7 +443,9 @@ def test_an_event_appears_live_and_its_markup_is_shown_not_run(
     assert browser.title != "owned"
 
 
-def test_an_empty_sandbox_says_how_to_point_the_relay_at_it(browser: Any, sandbox: Client) -> None:
+def test_an_empty_sandbox_says_how_to_point_the_relay_at_it(
+    browser: Any, sandbox: SandboxThread
+) -> None:
     browser.get(sandbox.base_url + "/_sandbox/")
     empty = browser.find_element(By.CSS_SELECTOR, "#content .empty")
     assert "KLAVIYO_BASE_URL" in empty.text
