@@ -442,6 +442,15 @@ def test_an_event_appears_live_and_its_markup_is_shown_not_run(
     assert browser.find_elements(By.CSS_SELECTOR, "#content img, #content script, b") == []
     assert browser.title != "owned"
 
+    # Klaviyo accepts test domains and drops them: listed apart, never as a profile.
+    tester = event_body(
+        {"type": "profile", "attributes": {"email": "qa@example.com"}}, unique_id="qa-1"
+    )
+    assert sandbox.call("POST", "/api/events", tester).status == 202
+    dropped = wait_for(browser, lambda d: text_in(d, "#dropped ul"), "no dropped event shown")
+    assert dropped == "qa@example.com Placed Order"
+    assert "qa@example.com" not in read(browser, visible_emails)
+
 
 def test_an_empty_sandbox_says_how_to_point_the_relay_at_it(
     browser: Any, sandbox: SandboxThread

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -42,7 +43,12 @@ _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
-_STATIC_TYPES = {"inbox.css": "text/css", "inbox.js": "text/javascript"}
+# Read once: the page is served from the event loop, which must not wait on the disk.
+_TEMPLATE = string.Template(_STATIC.joinpath("inbox.html").read_text(encoding="utf-8"))
+_FILES = {
+    name: (_STATIC.joinpath(name).read_bytes(), f"{kind}; charset=utf-8")
+    for name, kind in (("inbox.css", "text/css"), ("inbox.js", "text/javascript"))
+}
 _NAME_FIELDS = ("first_name", "last_name", "organization", "title", "locale")
 
 
@@ -68,7 +74,7 @@ class Filters:
     metric: str = ""
 
     @classmethod
-    def from_query(cls, query: Any) -> Filters:
+    def from_query(cls, query: Mapping[str, str]) -> Filters:
         return cls(query.get("email", "").strip(), query.get("metric", "").strip())
 
     def profile_matches(self, profile: Profile) -> bool:
@@ -125,8 +131,7 @@ class Inbox:
         return "".join(parts)
 
     def page(self, filters: Filters) -> str:
-        template = string.Template(_STATIC.joinpath("inbox.html").read_text(encoding="utf-8"))
-        return template.substitute(
+        return _TEMPLATE.substitute(
             email=_e(filters.email), metric=_e(filters.metric), content=self.content(filters)
         )
 
@@ -286,12 +291,12 @@ class Inbox:
             return ""
         items = "".join(
             f"<li><code>{_e(d['profile'].get('email'))}</code> {_e(d['metric'])}</li>"
-            for d in list(dropped)[-20:]
+            for d in reversed(dropped[-20:])  # the latest 20, newest first
         )
         return (
             '<section class="panel" id="dropped"><h2>Dropped (test domains)</h2>'
-            '<p class="note">Accepted, then dropped as Klaviyo does for @example.com and'
-            f" @test.com.</p><ul>{items}</ul></section>"
+            f'<p class="note">{len(dropped)} accepted, then dropped as Klaviyo does for'
+            f" @example.com and @test.com.</p><ul>{items}</ul></section>"
         )
 
     # --- handlers ----------------------------------------------------------------------------
@@ -312,14 +317,13 @@ class Inbox:
         )
 
     async def serve_static(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        content_type = _STATIC_TYPES.get(name)
-        if content_type is None:
+        found = _FILES.get(request.match_info["name"])
+        if found is None:
             raise web.HTTPNotFound()
-        body = _STATIC.joinpath(name).read_bytes()
+        body, content_type = found
         return web.Response(
             body=body,
-            headers={**_SECURITY_HEADERS, "Content-Type": f"{content_type}; charset=utf-8"},
+            headers={**_SECURITY_HEADERS, "Content-Type": content_type},
         )
 
 
