@@ -8,6 +8,8 @@ bad value is reported by its environment name (see :func:`load_settings`).
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
 import tomllib
 from enum import StrEnum
@@ -28,6 +30,7 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings import SettingsError as SourceError
 
 DEFAULT_REVISION = "2026-07-15"
 
@@ -84,12 +87,27 @@ class _TomlFileSource(PydanticBaseSettingsSource):
         if path is not None:
             with path.open("rb") as fh:
                 self._values = {k.lower(): v for k, v in tomllib.load(fh).items()}
+            _refuse_unknown_keys(path, self._values, settings_cls)
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return self._values.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
         return dict(self._values)
+
+
+def _refuse_unknown_keys(
+    path: Path, values: dict[str, Any], settings_cls: type[BaseSettings]
+) -> None:
+    """A misspelt key or a table of our own invention would otherwise be ignored silently."""
+    known = [name for name in settings_cls.model_fields if name != "config_file"]
+    problems = []
+    for key in sorted(set(values) - set(known)):
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"unknown key {key!r}{hint}")
+    if problems:
+        raise SettingsError(f"config file {path}: " + "; ".join(problems))
 
 
 class Settings(BaseSettings):
@@ -181,6 +199,21 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @field_validator("klaviyo_base_url", "schema_registry_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # Without a scheme aiohttp fails on the first request, long after start-up.
+        if value is not None and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", value):
+            raise ValueError("must be an http:// or https:// URL, e.g. https://a.klaviyo.com")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in logging.getLevelNamesMapping():
+            raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value.upper()
+
     @field_validator("rate_limits")
     @classmethod
     def _merge_limits(cls, value: dict[str, EndpointLimit]) -> dict[str, EndpointLimit]:
@@ -243,5 +276,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             shown = "" if _SECRET_NAME.search(name) else f" (got {error.get('input')!r})"
             problems.append(f"{name}: {error['msg']}{shown}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+    except SourceError as exc:
+        # pydantic-settings could not parse a complex value (a list or an object) as JSON.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = field.group(1).upper() if field else "SETTINGS"
+        raise SettingsError(f"invalid configuration: {name}: not valid JSON") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"cannot read config file {config_file}: {exc}") from None
