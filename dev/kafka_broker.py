@@ -423,7 +423,8 @@ def _launch(
     data_dir = root / "data"
     shutil.rmtree(data_dir, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
-    broker_port, controller_port = _free_port(preferred_port), _free_port()
+    broker_port = _free_port(preferred_port) if preferred_port else _free_port()
+    controller_port = _free_port()
     config = root / "server.properties"
     config.write_text(_server_properties(data_dir, broker_port, controller_port, extra))
     log4j = root / "log4j2.properties"
