@@ -16,6 +16,7 @@ from consumer.sandbox import SandboxOptions, running_sandbox
 from consumer.settings import Settings
 from dev.kafka_broker import KafkaBroker
 from tests.conftest import TopicFactory
+from tests.fixtures.cli import run_cli
 
 pytestmark = pytest.mark.kafka
 
@@ -128,16 +129,9 @@ OFFLINE = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "KLAVIYO_BASE_URL": "http:/
 
 
 def command(name: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    names = {field.upper() for field in Settings.model_fields}
-    clean = {k: v for k, v in os.environ.items() if k.upper().split("__")[0] not in names}
-    return subprocess.run(
-        [sys.executable, "-m", "consumer", *args, name, *(["--timeout", "2"] * (name == "check"))],
-        env={**clean, "METRICS_PORT": "0", **OFFLINE, "KLAVIYO_API_KEY": KEY, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    timeout = ["--timeout", "2"] if name == "check" else []
+    return run_cli(
+        *args, name, *timeout, env={"METRICS_PORT": "0", **OFFLINE, "KLAVIYO_API_KEY": KEY, **env}
     )
 
 
@@ -195,5 +189,15 @@ def test_config_file_unknown_keys_are_refused_with_a_suggestion(tmp_path: Path) 
 def test_config_file_of_known_keys_is_used(tmp_path: Path) -> None:
     config = tmp_path / "relay.toml"
     config.write_text('max_in_flight = 500\nSEND_MODE = "batch"\n')
+    result = command("check", {}, "--config", str(config))
+    assert lines_of(result)["config"].startswith("ok (") and "mode batch" in result.stdout
+
+
+def test_readme_config_file_example_loads(tmp_path: Path) -> None:
+    """The TOML example in the README is a file the relay accepts."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "relay.toml"
+    config.write_text(block)
     result = command("check", {}, "--config", str(config))
     assert lines_of(result)["config"].startswith("ok (") and "mode batch" in result.stdout

@@ -35,6 +35,7 @@ from consumer.settings import Settings, load_settings
 from dev.kafka_broker import KafkaBroker
 from dev.sample_events import Planted, SampleRecord, sample
 from tests.conftest import TopicFactory
+from tests.fixtures.cli import run_cli
 
 pytestmark = pytest.mark.kafka
 
@@ -406,14 +407,7 @@ def read_all(scenario: Scenario, topic: str) -> list[dict[str, Any]]:
 
 def test_unknown_reason_lists_the_valid_ones() -> None:
     for command in ("inspect", "replay"):
-        result = subprocess.run(
-            [sys.executable, "-m", "consumer", "dlq", command, "--reason", "klaviyo_refused"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=WAIT,
-            check=False,
-        )
+        result = run_cli("dlq", command, "--reason", "klaviyo_refused")
         assert result.returncode == 2
         assert "unknown reason klaviyo_refused; valid reasons: bad_magic," in result.stderr
         assert "klaviyo_rejected" in result.stderr
@@ -455,17 +449,7 @@ async def test_replay_skips_what_cannot_be_fixed_unless_asked(
 
 
 def test_unreachable_kafka_is_one_line_naming_it() -> None:
-    names = {name.upper() for name in Settings.model_fields}
-    env = {k: v for k, v in os.environ.items() if k.upper().split("__")[0] not in names}
-    result = subprocess.run(
-        [sys.executable, "-m", "consumer", "dlq", "inspect"],
-        env={**env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        check=False,
-    )
+    result = run_cli("dlq", "inspect", env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
     assert result.returncode == 1
     assert result.stderr.startswith("Error: cannot reach 127.0.0.1:1 within 10s")
     assert len(result.stderr.splitlines()) == 1, result.stderr

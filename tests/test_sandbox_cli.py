@@ -91,6 +91,15 @@ async def test_serves_until_sigterm() -> None:
         match = re.fullmatch(r"Klaviyo sandbox listening on (http://127\.0\.0\.1:(\d+))\n", line)
         assert match, line
         base_url = match.group(1)
+        # Then what a developer needs next: the key it accepts and what to export.
+        rest = [(await proc.stdout.readline()).decode().rstrip("\n") for _ in range(5)]
+        assert rest == [
+            "accepted API key(s): pk_sandbox",
+            "point the relay at it with:",
+            f"  export KLAVIYO_BASE_URL={base_url}",
+            "  export KLAVIYO_API_KEY=pk_sandbox",
+            f"what it received: {base_url}/_sandbox/events",
+        ]
         async with aiohttp.ClientSession() as session:
             async with session.post(
                 f"{base_url}/api/events", data=orjson.dumps(event_body()), headers=HEADERS
@@ -105,52 +114,6 @@ async def test_serves_until_sigterm() -> None:
                 f"{base_url}/api/events", data=orjson.dumps(event_body()), headers=HEADERS
             ) as response:
                 assert response.status == 202
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), timeout=60) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def test_start_up_says_how_to_point_the_relay_at_it() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "consumer",
-        "sandbox",
-        "--port",
-        "0",
-        "--api-key",
-        "pk_first",
-        "--api-key",
-        "pk_second",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = [
-            (await asyncio.wait_for(proc.stdout.readline(), timeout=60)).decode().rstrip("\n")
-            for _ in range(6)
-        ]
-        base_url = lines[0].removeprefix("Klaviyo sandbox listening on ")
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", base_url), lines
-        assert lines[1:] == [
-            "accepted API key(s): pk_first, pk_second",
-            "point the relay at it with:",
-            f"  export KLAVIYO_BASE_URL={base_url}",
-            "  export KLAVIYO_API_KEY=pk_first",
-            f"what it received: {base_url}/_sandbox/events",
-        ]
-        # The printed variables work: the key is accepted at that address.
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(
-                f"{base_url}/api/profiles",
-                headers={**HEADERS, "Authorization": "Klaviyo-API-Key pk_first"},
-            ) as response,
-        ):
-            assert response.status == 200
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=60) == 0
     finally:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -13,24 +11,14 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from consumer.cli.topics import parse_retention
-from consumer.settings import Settings
 from dev.kafka_broker import KafkaBroker
+from tests.fixtures.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def topics_create(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    names = {name.upper() for name in Settings.model_fields}
-    clean = {k: v for k, v in os.environ.items() if k.upper().split("__")[0] not in names}
-    return subprocess.run(
-        [sys.executable, "-m", "consumer", "topics", "create", *args],
-        env={**clean, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli("topics", "create", *args, env=env)
 
 
 def test_retention_forms() -> None:
