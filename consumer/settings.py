@@ -33,6 +33,7 @@ from pydantic_settings import (
 from pydantic_settings import SettingsError as SourceError
 
 DEFAULT_REVISION = "2026-07-15"
+_URL = re.compile(r"(https?|mock)://[^/\s]+(/\S*)?")
 
 
 class SendMode(StrEnum):
@@ -199,12 +200,29 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
-    @field_validator("klaviyo_base_url", "schema_registry_url")
+    @field_validator("rate_limits")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
+    def _merge_limits(cls, value: dict[str, EndpointLimit]) -> dict[str, EndpointLimit]:
+        unknown = set(value) - set(DEFAULT_RATE_LIMITS)
+        if unknown:
+            raise ValueError(f"unknown endpoint(s) {sorted(unknown)}")
+        return {**DEFAULT_RATE_LIMITS, **value}
+
+    @field_validator("klaviyo_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
         # Without a scheme aiohttp fails on the first request, long after start-up.
-        if value is not None and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", value):
+        if not _URL.fullmatch(value) or value.startswith("mock://"):
             raise ValueError("must be an http:// or https:// URL, e.g. https://a.klaviyo.com")
+        return value
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_urls(cls, value: str | None) -> str | None:
+        # Empty means unset; several URLs are comma-separated; mock:// is the client's in-memory
+        # registry (tests).
+        if value and not all(_URL.fullmatch(url.strip()) for url in value.split(",")):
+            raise ValueError("must be http:// or https:// URL(s), e.g. http://registry:8081")
         return value
 
     @field_validator("log_level")
@@ -213,14 +231,6 @@ class Settings(BaseSettings):
         if value.upper() not in logging.getLevelNamesMapping():
             raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return value.upper()
-
-    @field_validator("rate_limits")
-    @classmethod
-    def _merge_limits(cls, value: dict[str, EndpointLimit]) -> dict[str, EndpointLimit]:
-        unknown = set(value) - set(DEFAULT_RATE_LIMITS)
-        if unknown:
-            raise ValueError(f"unknown endpoint(s) {sorted(unknown)}")
-        return {**DEFAULT_RATE_LIMITS, **value}
 
     @classmethod
     def settings_customise_sources(
