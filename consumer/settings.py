@@ -8,6 +8,8 @@ bad value is reported by its environment name (see :func:`load_settings`).
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
 import tomllib
 from enum import StrEnum
@@ -29,8 +31,10 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings import SettingsError as SourceError
 
 DEFAULT_REVISION = "2026-07-15"
+_URL = re.compile(r"(https?|mock)://[^/\s]+(/\S*)?")
 
 
 class SendMode(StrEnum):
@@ -85,12 +89,27 @@ class _TomlFileSource(PydanticBaseSettingsSource):
         if path is not None:
             with path.open("rb") as fh:
                 self._values = {k.lower(): v for k, v in tomllib.load(fh).items()}
+            _refuse_unknown_keys(path, self._values, settings_cls)
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return self._values.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
         return dict(self._values)
+
+
+def _refuse_unknown_keys(
+    path: Path, values: dict[str, Any], settings_cls: type[BaseSettings]
+) -> None:
+    """A misspelt key or a table of our own invention would otherwise be ignored silently."""
+    known = [name for name in settings_cls.model_fields if name != "config_file"]
+    problems = []
+    for key in sorted(set(values) - set(known)):
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"unknown key {key!r}{hint}")
+    if problems:
+        raise SettingsError(f"config file {path}: " + "; ".join(problems))
 
 
 class Settings(BaseSettings):
@@ -220,6 +239,30 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown endpoint(s) {sorted(unknown)}")
         return {**DEFAULT_RATE_LIMITS, **value}
 
+    @field_validator("klaviyo_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        # Without a scheme aiohttp fails on the first request, long after start-up.
+        if not _URL.fullmatch(value) or value.startswith("mock://"):
+            raise ValueError("must be an http:// or https:// URL, e.g. https://a.klaviyo.com")
+        return value
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_urls(cls, value: str | None) -> str | None:
+        # Empty means unset; several URLs are comma-separated; mock:// is the client's in-memory
+        # registry (tests).
+        if value and not all(_URL.fullmatch(url.strip()) for url in value.split(",")):
+            raise ValueError("must be http:// or https:// URL(s), e.g. http://registry:8081")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in logging.getLevelNamesMapping():
+            raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value.upper()
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -275,5 +318,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             shown = "" if _SECRET_NAME.search(name) else f" (got {error.get('input')!r})"
             problems.append(f"{name}: {error['msg']}{shown}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+    except SourceError as exc:
+        # pydantic-settings could not parse a complex value (a list or an object) as JSON.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = field.group(1).upper() if field else "SETTINGS"
+        raise SettingsError(f"invalid configuration: {name}: not valid JSON") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"cannot read config file {config_file}: {exc}") from None

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.observability.health import RelayState, start_http_server
+from consumer.sandbox import SandboxOptions, running_sandbox
+from tests.relay_harness import RelayProcess, metrics_port, readiness, relay_env, wait_for
 
 
 @pytest.fixture
@@ -95,3 +100,61 @@ async def test_unknown_path_is_404(served: tuple[RelayState, str]) -> None:
     _, base = served
     status, _, _ = await _get(base + "/")
     assert status == 404
+
+
+async def test_readyz_says_what_is_missing(served: tuple[RelayState, str]) -> None:
+    state, base = served
+    state.kafka_problem = "127.0.0.1:1: 1/1 brokers are down"
+    _, _, body = await _get(base + "/readyz")
+    missing = orjson.loads(body)["missing"]
+    assert len(missing) == 2
+    assert missing[0].startswith("klaviyo not reachable")
+    assert missing[1].startswith("no partitions assigned yet") and "127.0.0.1:1" in missing[1]
+
+    state.halted = state.klaviyo_reachable = state.assigned = True
+    _, _, body = await _get(base + "/readyz")
+    assert orjson.loads(body)["missing"] == [
+        "klaviyo refused the API key (401/403): restart with a valid key"
+    ]
+
+    state.halted = False
+    status, _, body = await _get(base + "/readyz")
+    assert (status, orjson.loads(body)["missing"]) == (200, [])
+
+
+async def test_relay_with_a_refused_key_and_no_kafka(tmp_path: Path) -> None:
+    """A relay started with a revoked key and a broker that is not there: /readyz names both,
+    Klaviyo counts as reachable (it answered), "relay started" comes before "relay halted", and
+    the broker's refusals are summarised instead of logged many times a second."""
+    nowhere = "127.0.0.1:1"
+    async with running_sandbox(SandboxOptions(fail_auth=True, rate_limits=None)) as sandbox:
+        env = relay_env(nowhere, sandbox.base_url, {"src": "shop.account.created"}, "g", "dlq")
+        relay = RelayProcess(env, tmp_path / "relay.log")
+        try:
+            await wait_for(lambda: metrics_port(relay) is not None, what="relay started")
+            port = metrics_port(relay)
+            assert port is not None
+
+            async def kafka_named() -> bool:
+                missing = (await readiness(port))["missing"]
+                return any(nowhere in reason for reason in missing)
+
+            await wait_for(kafka_named, what="/readyz to name the broker")
+            # Not a synchronisation: the log is judged over a window of three seconds, in which
+            # librdkafka retries about 20 times a second (an unsummarised log: ~100 lines).
+            until = time.monotonic() + 3.0
+            await wait_for(lambda: time.monotonic() >= until, what="a window of retries")
+            body = await readiness(port)
+            relay.terminate()
+            assert await relay.wait_exit() == 0
+        finally:
+            relay.stop()
+    assert body["status"] == 503
+    assert body["halted"] is True and body["klaviyo_reachable"] is True
+    assert body["missing"][0].startswith("klaviyo refused the API key")
+    messages = [str(line.get("message")) for line in relay.log_lines()]
+    started = messages.index("relay started")
+    halted = next(i for i, m in enumerate(messages) if "relay halted" in m)
+    assert started < halted
+    kafka_lines = [m for m in messages if "kafka client error" in m or "Connect to" in m]
+    assert 1 <= len(kafka_lines) <= 4, kafka_lines

@@ -23,10 +23,31 @@ class RelayState:
     assigned: bool = False
     halted: bool = False
     klaviyo_reachable: bool = False
+    # The last Kafka client error while no partition is assigned (e.g. every broker down).
+    kafka_problem: str | None = None
 
     @property
     def ready(self) -> bool:
         return self.assigned and not self.halted and self.klaviyo_reachable
+
+    def not_ready_because(self) -> list[str]:
+        """What is missing, in words an operator can act on (the body of a 503)."""
+        reasons = []
+        if self.halted:
+            reasons.append("klaviyo refused the API key (401/403): restart with a valid key")
+        elif not self.klaviyo_reachable:
+            reasons.append("klaviyo not reachable (KLAVIYO_BASE_URL)")
+        if not self.assigned:
+            kafka = f": {self.kafka_problem}" if self.kafka_problem else ""
+            reasons.append(
+                "no partitions assigned yet: kafka not reachable, topics missing,"
+                f" or the group is rebalancing{kafka}"
+            )
+        return reasons
+
+
+class OperationsPortError(Exception):
+    """The operations port (METRICS_PORT) cannot be bound; the message names it."""
 
 
 _STATE_KEY = web.AppKey("relay_state", RelayState)
@@ -48,6 +69,7 @@ async def _readyz(request: web.Request) -> web.Response:
         "assigned": state.assigned,
         "halted": state.halted,
         "klaviyo_reachable": state.klaviyo_reachable,
+        "missing": state.not_ready_because(),
     }
     return web.Response(
         body=orjson.dumps(body),
@@ -78,5 +100,11 @@ async def start_http_server(
     runner = web.AppRunner(create_app(state), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OperationsPortError(
+            f"METRICS_PORT: cannot listen on {host}:{port}: {exc.strerror}"
+        ) from None
     return runner

@@ -145,13 +145,8 @@ class Relay:
                         max_bytes=MAX_BYTES,
                         linger=self._settings.batch_linger_seconds,
                     )
-                await self._probe(client)
-                self._dlq = DeadLetterProducer(self._settings, loop)
                 topics = self._registry.topics()
-                self._source = KafkaSource(self._settings, topics, self, loop)
-                if self._halt.halted:
-                    self._source.hold(discard=False)
-                self._source.start()
+                # Logged before the first probe, so a refused key reads "started" then "halted".
                 log.info(
                     "relay started",
                     topics=len(topics),
@@ -159,6 +154,14 @@ class Relay:
                     mode=self._settings.send_mode.value,
                     metrics_port=_port_of(http),
                 )
+                await self._probe(client)
+                self._dlq = DeadLetterProducer(self._settings, loop)
+                self._source = KafkaSource(
+                    self._settings, topics, self, loop, on_client_error=self._on_kafka_error
+                )
+                if self._halt.halted:
+                    self._source.hold(discard=False)
+                self._source.start()
                 background = [
                     asyncio.create_task(self._commit_loop(), name="commit"),
                     asyncio.create_task(self._probe_loop(client), name="probe"),
@@ -233,6 +236,7 @@ class Relay:
     async def _probe(self, client: KlaviyoClient) -> None:
         outcome = await client.ping()
         if isinstance(outcome, Fatal):
+            self._set_reachable(True)  # Klaviyo answered; it refused the key
             self._halt.trigger(outcome, PING_REQUEST)
         else:
             self._set_reachable(not (isinstance(outcome, Retryable) and outcome.status is None))
@@ -286,8 +290,13 @@ class Relay:
             EVENTS_CONSUMED.labels(topic).inc(count)
         self._source.release(dropped)
 
+    def _on_kafka_error(self, error: str) -> None:
+        # Shown by /readyz while nothing is assigned: why the relay is not consuming.
+        self.state.kafka_problem = f"{self._settings.kafka_bootstrap_servers}: {error}"
+
     def on_assigned(self, partitions: list[TopicPartitionKey]) -> None:
         self._offsets.assign(partitions)
+        self.state.kafka_problem = None
         if not self.state.assigned:
             self.state.assigned = True
         if partitions:

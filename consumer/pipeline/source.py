@@ -37,7 +37,7 @@ from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from consumer.observability.logging import get_logger
+from consumer.observability.logging import LibrdkafkaLogFilter, RepeatSummary, get_logger
 from consumer.observability.metrics import COMMIT_DURATION, EVENTS_IN_FLIGHT, PARTITIONS_PAUSED
 from consumer.observability.stats import record_kafka_stats
 from consumer.pipeline.offsets import TopicPartitionKey
@@ -46,6 +46,8 @@ from consumer.settings import Settings
 
 log = get_logger(__name__)
 LIBRDKAFKA_LOG = logging.getLogger(f"{__name__}.librdkafka")
+# Connection failures (FAIL) also reach the error callback, which summarises them.
+LIBRDKAFKA_LOG.addFilter(LibrdkafkaLogFilter(drop_facilities=frozenset({"FAIL"})))
 
 T = TypeVar("T")
 Positions = dict[TopicPartitionKey, int]
@@ -99,8 +101,13 @@ class KafkaSource:
         topics: list[str],
         listener: SourceListener,
         loop: asyncio.AbstractEventLoop,
+        *,
+        on_client_error: Callable[[str], None] = lambda _error: None,
     ) -> None:
         self._topics = topics
+        self._servers = settings.kafka_bootstrap_servers
+        self._on_client_error = on_client_error
+        self._errors = RepeatSummary()
         self._listener = listener
         self._loop = loop
         self._max = settings.max_in_flight
@@ -338,7 +345,15 @@ class KafkaSource:
         if error.fatal():
             self._to_loop(self._listener.on_fatal_error, f"kafka fatal error: {error}")
         else:
-            log.warning("kafka client error", error=str(error))
+            held = self._errors.admit(error.name())
+            if held is not None:
+                log.warning(
+                    "kafka client error",
+                    error=error.str(),
+                    servers=self._servers,
+                    held_back=held,
+                )
+            self._to_loop(self._on_client_error, error.str())
 
     def _wait_for_loop(self, coroutine: Coroutine[Any, Any, Positions]) -> Positions:
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
