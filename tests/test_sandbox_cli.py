@@ -98,7 +98,7 @@ async def test_serves_until_sigterm() -> None:
             "point the relay at it with:",
             f"  export KLAVIYO_BASE_URL={base_url}",
             "  export KLAVIYO_API_KEY=pk_sandbox",
-            f"what it received: {base_url}/_sandbox/events",
+            f"what it received: {base_url}/ (inbox page; JSON at /_sandbox/events)",
         ]
         async with aiohttp.ClientSession() as session:
             async with session.post(

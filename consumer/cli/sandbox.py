@@ -165,5 +165,5 @@ async def _serve(options: SandboxOptions, host: str, port: int, access_log: bool
         click.echo("point the relay at it with:")
         click.echo(f"  export KLAVIYO_BASE_URL={sb.base_url}")
         click.echo(f"  export KLAVIYO_API_KEY={options.api_keys[0]}")
-        click.echo(f"what it received: {sb.base_url}/_sandbox/events")
+        click.echo(f"what it received: {sb.base_url}/ (inbox page; JSON at /_sandbox/events)")
         await stop.wait()
