@@ -66,13 +66,14 @@ from consumer.pipeline.sending import (
     UnboundStep,
     metric_name,
 )
-from consumer.pipeline.source import KafkaSource, Positions
+from consumer.pipeline.source import FINAL_COMMIT_SECONDS, KafkaSource, Positions
 from consumer.settings import SendMode, Settings
 
 log = get_logger(__name__)
 
 _PROBE_INTERVAL = 5.0
 _DRAIN_LINGER = 0.005
+DLQ_FLUSH_SECONDS = 5.0  # part of the shutdown budget, like the source's (see source.py)
 EXIT_OK = 0
 EXIT_FAILED = 1
 
@@ -194,13 +195,14 @@ class Relay:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        await self._commit_now()
+        final_commit = asyncio.ensure_future(self._commit_now())
+        await asyncio.wait([final_commit], timeout=FINAL_COMMIT_SECONDS)
         await self._source.close()
         await self._dispatcher.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        left = await self._dlq.close(5.0)
+        left = await self._dlq.close(DLQ_FLUSH_SECONDS)
         if left:
             log.warning("dead-letter writes unconfirmed at exit", count=left)
 

@@ -62,6 +62,10 @@ _CONSUME_BATCH = 1000
 _SOFT_HOLD_SECONDS = 2.0
 _CONSUME_TIMEOUT = 0.05
 _STATS_INTERVAL_MS = 5000
+# Shutdown budget after the drain (the chart's terminationGracePeriodSeconds adds these up, see
+# docs/operations.md): the final commit, leaving the group and closing the consumer.
+FINAL_COMMIT_SECONDS = 5.0
+CLOSE_SECONDS = 10.0
 
 
 class SourceListener(Protocol):
@@ -178,8 +182,9 @@ class KafkaSource:
     async def close(self) -> None:
         """Leave the group (librdkafka revokes, so the listener drains and we commit) and stop."""
         self._closing.set()
-        await asyncio.wrap_future(self._closed)
-        await asyncio.to_thread(self._thread.join, 10.0)
+        # Bounded: past it the process exits anyway and the group times this member out.
+        # (asyncio.wait, not wait_for: the thread must still be able to resolve the future.)
+        await asyncio.wait([asyncio.wrap_future(self._closed)], timeout=CLOSE_SECONDS)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
