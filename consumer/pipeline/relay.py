@@ -8,7 +8,8 @@ An event is *finished* when every Klaviyo request of it was accepted, or when it
 written to the dead-letter topic and the broker acknowledged it; only then does its offset count
 towards the partition's contiguous watermark, which the commit loop commits every
 ``commit_interval_seconds``. A revoke drains the partition's started events (bounded by the
-drain timeout) and commits its watermark; a loss drops its work uncommitted; a fatal Klaviyo
+drain timeout) and commits its watermark; a loss (or a revoke the loop could not answer in
+time) drops its work uncommitted; a fatal Klaviyo
 answer halts dispatching and committing; SIGTERM/SIGINT drains everything, commits and leaves
 the group.
 """
