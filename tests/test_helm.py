@@ -79,6 +79,11 @@ def _helm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120, check=False)
 
 
+def _template(*args: str) -> subprocess.CompletedProcess[str]:
+    """``helm template`` of the chart with ``args``, failing or not."""
+    return _helm("template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, *args)
+
+
 def _values_args(
     values: dict[str, Any] | None, files: Sequence[Path], tmp: Path | None
 ) -> list[str]:
@@ -239,12 +244,7 @@ def test_grace_period_outlasts_the_drain(tmp_path: Path) -> None:
         worst = drain + FINAL_COMMIT_SECONDS + CLOSE_SECONDS + DLQ_FLUSH_SECONDS
         assert grace > worst
     for grace in (30, 50):  # not beyond the drain; not beyond the worst case after it
-        result = _helm(
-            "template",
-            RELEASE,
-            str(CHART),
-            "--kube-version",
-            KUBE_VERSION,
+        result = _template(
             "--set",
             "relay.drainTimeoutSeconds=30",
             "--set",
@@ -568,14 +568,7 @@ def test_schema_rejects_invalid_values(case: str, values: dict[str, Any]) -> Non
 @needs_helm
 @pytest.mark.parametrize(("case", "values"), INVALID_VALUES, ids=[c for c, _ in INVALID_VALUES])
 def test_helm_refuses_invalid_values(case: str, values: dict[str, Any], tmp_path: Path) -> None:
-    result = _helm(
-        "template",
-        RELEASE,
-        str(CHART),
-        "--kube-version",
-        KUBE_VERSION,
-        *_values_args(values, [], tmp_path),
-    )
+    result = _template(*_values_args(values, [], tmp_path))
     assert result.returncode != 0, f"{case}: accepted"
     assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
 
