@@ -1,0 +1,125 @@
+"""Batch mode: Create Event requests go into Bulk Create Events jobs (see
+:mod:`consumer.pipeline.batching`); every other step of a plan is sent on its own, in order.
+
+An event is finished when every one of its items is settled (accepted, or a duplicate of an
+item already in its job) and every step of its plan was placed; a rejected item dead-letters
+the whole event. A key's events keep their order across jobs through the lane's *ticket*: a
+lane waits for its previous job before it adds to another, and a profile step (sent alone)
+waits until the key's earlier events were accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from consumer.klaviyo.bulk import MAX_BYTES
+from consumer.klaviyo.outcomes import KlaviyoError, Permanent
+from consumer.klaviyo.requests import Endpoint, KlaviyoRequest, Plan
+from consumer.observability.metrics import BULK_DUPLICATES
+from consumer.pipeline.batching import BulkBatcher
+from consumer.pipeline.deadletter import Failure
+from consumer.pipeline.delivery.base import Reject, Spawn, delivered, on_accepted
+from consumer.pipeline.dispatch import Lane
+from consumer.pipeline.inflight import InFlight, Work
+from consumer.pipeline.sending import PlanRunner, Sender, StepFailure
+
+# While draining, a job is sent almost at once: nobody waits a full linger to leave.
+DRAIN_LINGER = 0.005
+
+
+class BatchDelivery:
+    def __init__(
+        self,
+        sender: Sender,
+        book: InFlight,
+        reject: Reject,
+        spawn: Spawn,
+        saturated: Callable[[], bool],
+        *,
+        max_events: int,
+        linger: float,
+    ) -> None:
+        self._runner = PlanRunner(sender)
+        self._book = book
+        self._reject = reject
+        self._saturated = saturated
+        self._linger = linger
+        self._unplaced = 0  # events handed to lanes and not yet in their bulk jobs
+        self._batcher: BulkBatcher[Work] = BulkBatcher(
+            sender, self, spawn, max_events=max_events, max_bytes=MAX_BYTES, linger=linger
+        )
+
+    def submitted(self) -> None:
+        self._unplaced += 1
+
+    def processed(self) -> None:
+        """One more event is in its bulk jobs (or needs none). With none left to place while
+        the source is saturated, the open job cannot grow until jobs are answered: it is sent
+        now rather than after the linger. Without this, a full in-flight window (the normal
+        state while catching up) idled for a whole linger on every cycle."""
+        self._unplaced -= 1
+        if self._unplaced == 0 and self._saturated():
+            self._batcher.flush()
+
+    def hurry(self) -> None:
+        self._batcher.set_linger(DRAIN_LINGER)
+
+    def relax(self) -> None:
+        self._batcher.set_linger(self._linger)
+
+    async def deliver(self, lane: Lane[Work], work: Work, plan: Plan) -> StepFailure | None:
+        batcher = self._batcher
+        # Profile steps go alone, and only after this key's earlier events were accepted.
+        direct = any(r.endpoint is not Endpoint.CREATE_EVENT for r in plan.requests)
+        if direct and lane.last_ticket is not None:
+            batcher.expedite(lane.last_ticket)
+            await asyncio.shield(lane.last_ticket)
+
+        async def into_job(request: KlaviyoRequest) -> StepFailure | None:
+            while await lane.wait_for_ticket_unless(batcher.open_ticket()):
+                pass  # the open job changed while we waited: look again
+            work.remaining += 1
+            # The record key orders a customer's events within the job; no key, no order.
+            order = work if work.record.key is None else work.record.key
+            lane.last_ticket = batcher.add(request, work, order)
+            return None
+
+        work.remaining += 1  # held until every step is placed, so an early verdict cannot finish it
+        failure = await self._runner.run(plan, into_job, on_accepted(work))
+        work.remaining -= 1
+        if failure is None and work.remaining == 0 and not work.dead:
+            self._book.finish(work)
+        return failure
+
+    # verdicts on the items of a bulk job (batching.ItemSink)
+
+    def item_accepted(self, token: Work, request: KlaviyoRequest) -> None:
+        delivered(token, request)
+        self._item_settled(token)
+
+    def item_duplicate(self, token: Work, _request: KlaviyoRequest) -> None:
+        BULK_DUPLICATES.labels(token.record.topic).inc()
+        self._item_settled(token)
+
+    def item_rejected(
+        self,
+        token: Work,
+        request: KlaviyoRequest,
+        outcome: Permanent,
+        error: KlaviyoError | None,
+        endpoint: Endpoint,
+    ) -> None:
+        token.remaining -= 1
+        if not token.dead:
+            self._reject(token, Failure.from_klaviyo(outcome, endpoint.value, _now(), error))
+
+    def _item_settled(self, token: Work) -> None:
+        token.remaining -= 1
+        if token.remaining == 0 and not token.dead:
+            self._book.finish(token)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,207 @@
+"""The book of work in flight: where an event's offset becomes committable.
+
+The invariant: a record's offset counts towards its partition's contiguous watermark (see
+:mod:`consumer.pipeline.offsets`) only when :meth:`InFlight.finish` is called for it, and that
+happens exactly when the event is *finished*: every Klaviyo request of it was accepted (in batch
+mode: every Create Event item of it was accepted or found to be a duplicate in its bulk job), or
+its record was written to the dead-letter topic and the broker acknowledged the write. Nothing
+else moves a watermark; the commit loop commits only what :meth:`InFlight.committable` gives.
+
+The book also answers, for a revoke, whether the partition's *started* events are done
+(``running``), keeps records of a partition being revoked from starting (``revoking``), and
+forgets a revoked or lost partition at once (``detach``): work still running for it can no
+longer move any watermark, even if the partition comes back (see ``PartitionOffsets``).
+
+Every method runs on the event loop. The book tells the source (its :class:`Flow`) how many
+taken records are done, so the source's in-flight bound holds, and which partitions are crowded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Protocol
+
+from consumer.observability.logging import get_logger
+from consumer.observability.metrics import EVENTS_CONSUMED, OLDEST_UNFINISHED_AGE
+from consumer.pipeline.offsets import OffsetTracker, PartitionOffsets, TopicPartitionKey
+from consumer.pipeline.records import SourceRecord
+
+log = get_logger(__name__)
+
+Positions = dict[TopicPartitionKey, int]
+
+
+class Flow(Protocol):
+    """What the book tells the source (a subset of :class:`consumer.pipeline.ports.Source`)."""
+
+    def release(self, count: int) -> None: ...
+
+    def crowd(self, partitions: frozenset[TopicPartitionKey]) -> None: ...
+
+
+class Work:
+    """One Kafka record on its way through the relay."""
+
+    __slots__ = ("dead", "done", "occurred_at", "offsets", "record", "remaining", "started")
+
+    def __init__(self, record: SourceRecord, offsets: PartitionOffsets) -> None:
+        self.record = record
+        self.offsets = offsets
+        self.started = False
+        self.done = False
+        self.dead = False  # handed to the dead-letter topic: Klaviyo verdicts no longer count
+        self.remaining = 0  # batch mode: Create Event items not yet settled
+        self.occurred_at: datetime | None = None
+
+
+class InFlight:
+    def __init__(self, bound: int | None) -> None:
+        self._offsets = OffsetTracker(bound)
+        self._running: dict[PartitionOffsets, int] = {}  # started and unfinished, per partition
+        self._revoking: set[TopicPartitionKey] = set()
+        # Set whenever an event finishes or partitions go: drains re-check their condition.
+        self._progress = asyncio.Event()
+        # The source exists once the relay runs; before that no record is in flight.
+        self._flow: Flow | None = None
+
+    def attach(self, flow: Flow) -> None:
+        self._flow = flow
+
+    # --- taking records ----------------------------------------------------------------------
+
+    def assign(self, partitions: Iterable[TopicPartitionKey]) -> None:
+        self._offsets.assign(partitions)
+
+    def take(self, records: list[SourceRecord]) -> list[Work]:
+        """Track the records the source handed over; returns the work to dispatch. Records of
+        partitions no longer ours (or out of order) are dropped and released at once."""
+        taken: list[Work] = []
+        dropped = 0
+        counts: dict[str, int] = {}
+        now = time.monotonic()
+        crowded = False
+        for record in records:
+            tracker = self._offsets.get(record.topic, record.partition)
+            if tracker is None or (record.topic, record.partition) in self._revoking:
+                dropped += 1  # no longer ours: the next owner reads it from the watermark
+                continue
+            was_crowded = tracker.crowded
+            try:
+                tracker.track(record.offset, now)
+            except ValueError:
+                log.warning("record out of order, skipped", where=record.where)
+                dropped += 1
+                continue
+            crowded = crowded or tracker.crowded != was_crowded
+            counts[record.topic] = counts.get(record.topic, 0) + 1
+            taken.append(Work(record, tracker))
+        for topic, count in counts.items():
+            EVENTS_CONSUMED.labels(topic).inc(count)
+        self._release(dropped)
+        if crowded:
+            self._crowd()
+        return taken
+
+    # --- one event ---------------------------------------------------------------------------
+
+    def current(self, work: Work) -> bool:
+        """Whether ``work`` may still start: False once its partition is revoked or lost (the
+        next owner sends it)."""
+        record = work.record
+        revoking = (record.topic, record.partition) in self._revoking
+        return not work.offsets.detached and not revoking
+
+    def start(self, work: Work) -> None:
+        """``work`` is being processed: a revoke of its partition now waits for it."""
+        work.started = True
+        self._running[work.offsets] = self._running.get(work.offsets, 0) + 1
+
+    def finish(self, work: Work) -> None:
+        """``work`` is finished (see the module's invariant); idempotent."""
+        if work.done:
+            return
+        work.done = True
+        tracker = work.offsets
+        if work.started and tracker in self._running:
+            self._running[tracker] -= 1
+        if not tracker.detached:
+            was_crowded = tracker.crowded
+            tracker.finish(work.record.offset)
+            self._release(1)
+            if was_crowded and not tracker.crowded:
+                self._crowd()
+        self._progress.set()
+
+    # --- revokes and losses ------------------------------------------------------------------
+
+    def revoking(self, partitions: list[TopicPartitionKey]) -> Callable[[], bool]:
+        """Keep these partitions' waiting records from starting; returns a condition that holds
+        once their started events are finished."""
+        trackers = [t for key in partitions if (t := self._offsets.get(*key)) is not None]
+        self._revoking.update(partitions)
+        return lambda: all(self._running.get(t, 0) == 0 for t in trackers)
+
+    def detach(self, partitions: list[TopicPartitionKey]) -> None:
+        """Forget these partitions: their unfinished events stop counting, and work still
+        running for them is ignored."""
+        self._revoking.difference_update(partitions)
+        for tracker in self._offsets.detach(partitions):
+            self._release(tracker.unfinished)
+            self._running.pop(tracker, None)
+            with contextlib.suppress(KeyError):
+                OLDEST_UNFINISHED_AGE.remove(tracker.topic, str(tracker.partition))
+        self._progress.set()
+
+    async def wait_until(
+        self, condition: Callable[[], bool], deadline: float, give_up: Callable[[], bool]
+    ) -> bool:
+        """Wait for ``condition()`` (re-checked whenever an event finishes) until ``deadline``
+        (loop time) or ``give_up()``; returns whether it holds."""
+        loop = asyncio.get_running_loop()
+        while not condition():
+            remaining = deadline - loop.time()
+            if remaining <= 0 or give_up():
+                return condition()
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
+        return True
+
+    # --- committing --------------------------------------------------------------------------
+
+    def committable(self, only: list[TopicPartitionKey] | None = None) -> Positions:
+        return self._offsets.committable(only)
+
+    def mark_committed(self, positions: Positions) -> None:
+        self._offsets.mark_committed(positions)
+
+    @property
+    def partitions(self) -> int:
+        return len(self._offsets.partitions())
+
+    def get(self, topic: str, partition: int) -> PartitionOffsets | None:
+        return self._offsets.get(topic, partition)
+
+    def crowded(self) -> frozenset[TopicPartitionKey]:
+        return self._offsets.crowded()
+
+    def watch(self) -> None:
+        """Report how long each partition's watermark has been held, and repeat which ones are
+        crowded (the source applies the set; a repeat corrects a call lost in a rebalance)."""
+        now = time.monotonic()
+        for tracker in self._offsets.partitions():
+            age = tracker.oldest_unfinished_age(now)
+            OLDEST_UNFINISHED_AGE.labels(tracker.topic, str(tracker.partition)).set(age)
+        self._crowd()
+
+    def _release(self, count: int) -> None:
+        if self._flow is not None and count:
+            self._flow.release(count)
+
+    def _crowd(self) -> None:
+        if self._flow is not None:
+            self._flow.crowd(self._offsets.crowded())

@@ -1,0 +1,106 @@
+"""The relay's I/O as the relay sees it: the Kafka source, Klaviyo, the dead-letter writer.
+
+The relay is given these (production ones by default), so its core (revoke, halt, drain,
+ordering) runs in-process against fakes in tests (``tests/fixtures/fakes.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Protocol
+
+from consumer.klaviyo.client import KlaviyoClient
+from consumer.klaviyo.outcomes import Outcome
+from consumer.klaviyo.requests import KlaviyoRequest
+from consumer.pipeline.deadletter import DeadLetterProducer, Failure
+from consumer.pipeline.offsets import TopicPartitionKey
+from consumer.pipeline.records import SourceRecord
+from consumer.pipeline.source import KafkaSource, Positions, SourceListener
+from consumer.settings import Settings
+
+
+class Source(Protocol):
+    """Hands records to a :class:`SourceListener` and commits what it is told (KafkaSource)."""
+
+    def start(self) -> None: ...
+
+    def release(self, count: int) -> None: ...
+
+    def crowd(self, partitions: frozenset[TopicPartitionKey]) -> None: ...
+
+    def hold(self, *, discard: bool) -> None: ...
+
+    @property
+    def outstanding(self) -> int: ...
+
+    @property
+    def saturated(self) -> bool: ...
+
+    async def commit(self, positions: Positions) -> Positions: ...
+
+    async def close(self) -> None: ...
+
+
+class OpenSource(Protocol):
+    def __call__(
+        self,
+        settings: Settings,
+        topics: list[str],
+        listener: SourceListener,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        on_client_error: Callable[[str], None],
+    ) -> Source: ...
+
+
+class Klaviyo(Protocol):
+    """Sends requests and answers the reachability probe (KlaviyoClient); ``async with``."""
+
+    async def __aenter__(self) -> Klaviyo: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def send(self, request: KlaviyoRequest) -> Outcome: ...
+
+    async def ping(self) -> Outcome: ...
+
+
+class DeadLetterWriter(Protocol):
+    """Writes a dead letter; ``send`` returns once the broker acknowledged it."""
+
+    async def send(self, record: SourceRecord, failure: Failure) -> None: ...
+
+    async def close(self, wait_seconds: float) -> int:
+        """Returns how many writes were left unconfirmed."""
+        ...
+
+
+OpenDeadLetters = Callable[[Settings, asyncio.AbstractEventLoop], Awaitable[DeadLetterWriter]]
+
+
+def kafka_source(
+    settings: Settings,
+    topics: list[str],
+    listener: SourceListener,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    on_client_error: Callable[[str], None],
+) -> Source:
+    return KafkaSource(settings, topics, listener, loop, on_client_error=on_client_error)
+
+
+def klaviyo_client(settings: Settings) -> Klaviyo:
+    return KlaviyoClient(settings)
+
+
+async def dead_letter_producer(
+    settings: Settings, loop: asyncio.AbstractEventLoop
+) -> DeadLetterWriter:
+    return DeadLetterProducer(settings, loop)
