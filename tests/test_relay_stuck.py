@@ -19,8 +19,10 @@ import pytest
 from confluent_kafka import KafkaException, Producer
 
 from consumer.observability.metrics import REGISTRY
-from consumer.pipeline.relay import Relay, Work
+from consumer.pipeline.inflight import Work
+from consumer.pipeline.relay import Relay
 from consumer.pipeline.source import _CONSUME_BATCH
+from consumer.pipeline.stages import Stages
 from consumer.sandbox import SandboxOptions, running_sandbox
 from consumer.settings import load_settings
 from dev.kafka_broker import KafkaBroker
@@ -62,7 +64,7 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[tuple[str, int], i
 
 
 async def test_one_stuck_event_pauses_only_its_partition_until_it_finishes(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     topic = topic_factory("orders-stuck", partitions=2)
@@ -100,14 +102,14 @@ async def test_one_stuck_event_pauses_only_its_partition_until_it_finishes(
         )
         relay = Relay(settings)
         release = asyncio.Event()
-        plan = relay._plan
+        plan = Stages.plan
 
-        async def held_plan(work: Work, now: Any) -> Any:
+        async def held_plan(stages: Stages, work: Work, now: Any) -> Any:
             if work.record.partition == 0 and work.record.offset == 0:
                 await release.wait()  # the event that does not finish
-            return await plan(work, now)
+            return await plan(stages, work, now)
 
-        relay._plan = held_plan  # type: ignore[method-assign]
+        monkeypatch.setattr(Stages, "plan", held_plan)
         task = asyncio.create_task(relay.run())
         try:
             # The other partition flows to its end while partition 0 is held.
@@ -117,9 +119,9 @@ async def test_one_stuck_event_pauses_only_its_partition_until_it_finishes(
                 interval=0.3,
             )
             await wait_for(
-                lambda: relay._offsets.crowded() == {(topic, 0)}, what="partition 0 crowded"
+                lambda: relay._book.crowded() == {(topic, 0)}, what="partition 0 crowded"
             )
-            held = relay._offsets.get(topic, 0)
+            held = relay._book.get(topic, 0)
             assert held is not None
             taken_before = held.pending
             # Paused: no more records of partition 0 come in, however long it stays stuck.
@@ -152,7 +154,7 @@ async def test_one_stuck_event_pauses_only_its_partition_until_it_finishes(
                 what="every partition committed to its end",
                 interval=0.3,
             )
-            assert relay._offsets.crowded() == frozenset()
+            assert relay._book.crowded() == frozenset()
         finally:
             release.set()
             if not task.done():

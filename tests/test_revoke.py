@@ -15,10 +15,13 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from consumer.pipeline import source as source_module
+from consumer.pipeline.inflight import Work
 from consumer.pipeline.records import SourceRecord
-from consumer.pipeline.relay import Relay, Work
+from consumer.pipeline.relay import Relay
 from consumer.pipeline.source import KafkaSource
+from consumer.pipeline.stages import Stages
 from consumer.settings import Settings
+from tests.fixtures.fakes import FakeKlaviyo
 
 TOPIC = "orders"
 KEY = (TOPIC, 0)
@@ -55,19 +58,18 @@ def relay_and_source(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     async def build() -> tuple[Relay, KafkaSource, list[Work]]:
         settings = Settings(drain_timeout_seconds=60.0, max_in_flight=10)
-        relay = Relay(settings)
+        relay = Relay(settings, klaviyo=FakeKlaviyo())
         loop = asyncio.get_running_loop()
         source = KafkaSource(settings, [TOPIC], relay, loop)
         source._revoke_timeout = 0.2  # the loop will be stalled far longer
-        relay._source = source
-        relay._progress = asyncio.Event()
+        relay._book.attach(source)  # what run() does; the source thread is driven by hand here
         stuck: list[Work] = []
 
-        async def plan_forever(work: Work, _now: Any) -> None:
+        async def plan_forever(_stages: Stages, work: Work, _now: Any) -> None:
             stuck.append(work)  # an event that never finishes: the drain cannot end
             await asyncio.Event().wait()
 
-        relay._plan = plan_forever  # type: ignore[method-assign]
+        monkeypatch.setattr(Stages, "plan", plan_forever)
         return relay, source, stuck
 
     return build
@@ -79,19 +81,19 @@ async def test_revoke_past_its_deadline_detaches_and_a_reassigned_partition_flow
     relay, source, stuck = await relay_and_source()
     consumer = source._consumer
     source._on_assign(consumer, [TopicPartition(*KEY)])
-    await until(lambda: relay._offsets.get(*KEY) is not None)
+    await until(lambda: relay._book.get(*KEY) is not None)
     source._outstanding = 2  # what _hand_over counts for the two records below
     relay.on_records([record(0), record(1)])
     await until(lambda: len(stuck) == 2)
 
     revoke = threading.Thread(target=source._on_revoke, args=(consumer, [TopicPartition(*KEY)]))
     revoke.start()
-    await until(lambda: KEY in relay._revoking)  # the drain is waiting on the stuck event
+    await until(lambda: KEY in relay._book._revoking)  # the drain is waiting on the stuck event
     # Stall the loop until the source thread has given up on the drain.
     revoke.join()
     # Then the partition comes back to this member.
     source._on_assign(consumer, [TopicPartition(*KEY)])
-    await until(lambda: relay._offsets.get(*KEY) is not None and KEY not in relay._revoking)
+    await until(lambda: relay._book.get(*KEY) is not None and KEY not in relay._book._revoking)
 
     assert source.outstanding == 0, "the revoked partition's in-flight places were not released"
     source._outstanding = 1

@@ -50,6 +50,7 @@ class OpenSource(Protocol):
         topics: list[str],
         listener: SourceListener,
         loop: asyncio.AbstractEventLoop,
+        /,
         *,
         on_client_error: Callable[[str], None],
     ) -> Source: ...
