@@ -60,7 +60,7 @@ def relay_and_source(monkeypatch: pytest.MonkeyPatch) -> Any:
         settings = Settings(drain_timeout_seconds=60.0, max_in_flight=10)
         relay = Relay(settings, klaviyo=FakeKlaviyo())
         loop = asyncio.get_running_loop()
-        source = KafkaSource(settings, [TOPIC], relay, loop)
+        source = KafkaSource(settings, [TOPIC], relay._listener, loop)
         source._revoke_timeout = 0.2  # the loop will be stalled far longer
         relay._book.attach(source)  # what run() does; the source thread is driven by hand here
         stuck: list[Work] = []
@@ -83,7 +83,7 @@ async def test_revoke_past_its_deadline_detaches_and_a_reassigned_partition_flow
     source._on_assign(consumer, [TopicPartition(*KEY)])
     await until(lambda: relay._book.get(*KEY) is not None)
     source._outstanding = 2  # what _hand_over counts for the two records below
-    relay.on_records([record(0), record(1)])
+    relay._listener.on_records([record(0), record(1)])
     await until(lambda: len(stuck) == 2)
 
     revoke = threading.Thread(target=source._on_revoke, args=(consumer, [TopicPartition(*KEY)]))
@@ -97,7 +97,7 @@ async def test_revoke_past_its_deadline_detaches_and_a_reassigned_partition_flow
 
     assert source.outstanding == 0, "the revoked partition's in-flight places were not released"
     source._outstanding = 1
-    relay.on_records([record(2)])
+    relay._listener.on_records([record(2)])
     await until(lambda: len(stuck) == 3)
     assert stuck[2].record.offset == 2
     await relay._dispatcher.cancel()

@@ -4,13 +4,12 @@ Threads: the event loop (everything below), the Kafka source thread (the consume
 dead-letter producer's poll thread. Tasks: one per busy key lane, one per sealed bulk job, one
 per dead-letter write, the commit loop, the reachability probe.
 
-Where an event's offset becomes committable is :mod:`consumer.pipeline.inflight`; one event's
-stages are :mod:`consumer.pipeline.stages`; how its requests reach Klaviyo is the send mode's
-:mod:`consumer.pipeline.delivery`. Here: the commit loop commits the book's watermarks every
-``commit_interval_seconds``. A revoke drains the partition's started events (bounded by the
-drain timeout) and commits its watermark; a loss (or a revoke the loop could not answer in
-time) drops its work uncommitted; a fatal Klaviyo answer halts dispatching and committing;
-SIGTERM/SIGINT drains everything, commits and leaves the group.
+Where an event's offset becomes committable: :mod:`consumer.pipeline.inflight`. Records in,
+rebalances and commits: :mod:`~consumer.pipeline.listener`. One event's stages:
+:mod:`~consumer.pipeline.stages`. How its requests reach Klaviyo: the send mode's
+:mod:`~consumer.pipeline.delivery`. Here: start-up, the halt (a fatal Klaviyo answer stops
+dispatching and committing), and the stop: SIGTERM/SIGINT drains everything (bounded by the
+drain timeout), commits, leaves the group and flushes the dead-letter writes.
 
 The I/O (source, Klaviyo, dead-letter writer) is given as factories with the production ones
 as defaults (:mod:`consumer.pipeline.ports`), so all of this runs in-process against fakes.
@@ -34,7 +33,7 @@ from consumer.pipeline.deadletter import class_name
 from consumer.pipeline.delivery import delivery_for
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.inflight import InFlight, Work
-from consumer.pipeline.offsets import TopicPartitionKey
+from consumer.pipeline.listener import Listener
 from consumer.pipeline.ports import (
     DeadLetterWriter,
     Klaviyo,
@@ -46,9 +45,8 @@ from consumer.pipeline.ports import (
     klaviyo_client,
 )
 from consumer.pipeline.reachability import Reachability
-from consumer.pipeline.records import SourceRecord
 from consumer.pipeline.sending import Halt, Sender
-from consumer.pipeline.source import FINAL_COMMIT_SECONDS, Positions
+from consumer.pipeline.source import FINAL_COMMIT_SECONDS
 from consumer.pipeline.stages import DeadLettering, Stages
 from consumer.settings import Settings
 
@@ -80,7 +78,6 @@ class Relay:
         self._halt = Halt(self._on_halt)
         self._tasks: set[asyncio.Task[None]] = set()
         self._exit_code = EXIT_OK
-        self._stopping = False
         self._stop = asyncio.Event()
         self._reachability = Reachability(self._klaviyo, self.state, self._halt)
         self._dead_letters = DeadLettering(self._book, self._spawn)
@@ -104,6 +101,15 @@ class Relay:
             reject=self._dead_letters,
         )
         self._dispatcher: Dispatcher[Work] = Dispatcher(stages.process, self._on_crash)
+        self._listener = Listener(
+            settings,
+            self.state,
+            book=self._book,
+            dispatcher=self._dispatcher,
+            delivery=self._delivery,
+            halt=self._halt,
+            on_fatal=self._on_kafka_failed,
+        )
         self._source: Source | None = None  # opened by run(), on the loop
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -129,7 +135,11 @@ class Relay:
                 dead_letters = await self._open_dead_letters(self._settings, loop)
                 self._dead_letters.open(dead_letters)
                 source = self._open_source(
-                    self._settings, topics, self, loop, on_client_error=self._on_kafka_error
+                    self._settings,
+                    topics,
+                    self._listener,
+                    loop,
+                    on_client_error=self._listener.on_client_error,
                 )
                 self._source = source
                 self._book.attach(source)
@@ -137,7 +147,7 @@ class Relay:
                     source.hold(discard=False)
                 source.start()
                 background = [
-                    asyncio.create_task(self._commit_loop(source), name="commit"),
+                    asyncio.create_task(self._listener.commit_loop(source), name="commit"),
                     asyncio.create_task(self._reachability.watch(), name="probe"),
                 ]
                 await self._stop.wait()
@@ -158,7 +168,7 @@ class Relay:
         self, source: Source, dead_letters: DeadLetterWriter, background: list[asyncio.Task[None]]
     ) -> None:
         loop = asyncio.get_running_loop()
-        self._stopping = self.state.stopping = True
+        self.state.stopping = True
         source.hold(discard=True)
         self._delivery.hurry()
         deadline = loop.time() + self._settings.drain_timeout_seconds
@@ -173,7 +183,7 @@ class Relay:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        final_commit = asyncio.ensure_future(self._commit_now(source))
+        final_commit = asyncio.ensure_future(self._listener.commit_now(source))
         await asyncio.wait([final_commit], timeout=FINAL_COMMIT_SECONDS)
         await source.close()
         await self._dispatcher.cancel()
@@ -199,8 +209,6 @@ class Relay:
         if not task.cancelled() and task.exception() is not None:
             self._on_crash(task.exception())  # type: ignore[arg-type]
 
-    # --- halt -------------------------------------------------------------------------------
-
     def _on_halt(self, outcome: Fatal, request: KlaviyoRequest) -> None:
         self.state.halted = True
         if self._source is not None:  # a halt at the first probe: run() holds it when made
@@ -214,72 +222,10 @@ class Relay:
             endpoint=request.endpoint.value,
         )
 
-    # --- source listener (called on the loop) ------------------------------------------------
-
-    def on_records(self, records: list[SourceRecord]) -> None:
-        for work in self._book.take(records):
-            self._dispatcher.submit(work.record.key, work)
-            self._delivery.submitted()
-
-    def _on_kafka_error(self, error: str) -> None:
-        # Shown by /readyz while nothing is assigned: why the relay is not consuming.
-        self.state.kafka_problem = f"{self._settings.kafka_bootstrap_servers}: {error}"
-
-    def on_assigned(self, partitions: list[TopicPartitionKey]) -> None:
-        self._book.assign(partitions)
-        self.state.kafka_problem = None
-        self.state.joined = True  # even with nothing assigned: an idle member is a member
-        self.state.partitions = self._book.partitions
-        if partitions:
-            log.info("partitions assigned", partitions=_names(partitions))
-
-    async def on_revoked(self, partitions: list[TopicPartitionKey]) -> Positions:
-        drained = self._book.revoking(partitions)
-        if not self._stopping:
-            self._delivery.hurry()
-            deadline = asyncio.get_running_loop().time() + self._settings.drain_timeout_seconds
-            try:
-                done = await self._book.wait_until(drained, deadline, lambda: self._halt.halted)
-            finally:  # also when the source gave up on us (it then reports them lost)
-                self._delivery.relax()
-            if not done:
-                log.warning("revoke drain timeout", partitions=_names(partitions))
-        positions = {} if self._halt.halted else self._book.committable(partitions)
-        self._detach(partitions)
-        if partitions:
-            log.info("partitions revoked", partitions=_names(partitions))
-        return positions
-
-    def on_lost(self, partitions: list[TopicPartitionKey]) -> None:
-        self._detach(partitions)
-
-    def on_fatal_error(self, message: str) -> None:
+    def _on_kafka_failed(self, message: str) -> None:
         log.error("kafka failed: stopping", error=message)
         self._exit_code = EXIT_FAILED
         self.request_stop()
-
-    def _detach(self, partitions: list[TopicPartitionKey]) -> None:
-        self._book.detach(partitions)
-        self.state.partitions = self._book.partitions
-
-    # --- offsets -----------------------------------------------------------------------------
-
-    async def _commit_loop(self, source: Source) -> None:
-        while True:
-            await asyncio.sleep(self._settings.commit_interval_seconds)
-            await self._commit_now(source)
-            self._book.watch()
-
-    async def _commit_now(self, source: Source) -> None:
-        if self._halt.halted:
-            return
-        positions = self._book.committable()
-        if positions:
-            self._book.mark_committed(await source.commit(positions))
-
-
-def _names(partitions: list[TopicPartitionKey]) -> str:
-    return ",".join(f"{topic}/{partition}" for topic, partition in sorted(partitions))
 
 
 def _port_of(runner: Any) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import assert_never
 
 from consumer.pipeline.delivery.base import Delivery, Reject, Spawn
 from consumer.pipeline.delivery.batch import BatchDelivery
@@ -23,15 +24,19 @@ def delivery_for(
     spawn: Spawn,
     saturated: Callable[[], bool],
 ) -> Delivery:
-    """The delivery strategy of ``settings.send_mode``."""
-    if settings.send_mode is SendMode.BATCH:
-        return BatchDelivery(
-            sender,
-            book,
-            reject,
-            spawn,
-            saturated,
-            max_events=settings.batch_max_events,
-            linger=settings.batch_linger_seconds,
-        )
-    return RealtimeDelivery(sender, book)
+    """The delivery strategy of ``settings.send_mode`` (a new mode without one fails mypy)."""
+    match settings.send_mode:
+        case SendMode.REALTIME:
+            return RealtimeDelivery(sender, book)
+        case SendMode.BATCH:
+            return BatchDelivery(
+                sender,
+                book,
+                reject,
+                spawn,
+                saturated,
+                max_events=settings.batch_max_events,
+                linger=settings.batch_linger_seconds,
+            )
+        case unknown:
+            assert_never(unknown)
