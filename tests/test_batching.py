@@ -34,7 +34,8 @@ def create_event(uid: str, email: str, *, bad: bool = False, pad: int = 0) -> Kl
 class FakeBulkEndpoint:
     """Records what it accepted, in the order Klaviyo would process it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, name_bad: bool = False) -> None:
+        self.name_bad = name_bad  # point at bad events (source.pointer), or name none
         self.requests = 0
         self.in_flight = 0
         self.most_in_flight = 0
@@ -56,10 +57,26 @@ class FakeBulkEndpoint:
         uids = [attributes["unique_id"] for attributes, _ in events]
         if len(set(uids)) != len(uids):
             return Permanent(400, (KlaviyoError(400, code="invalid", detail="duplicate"),))
+        if self.name_bad:
+            pointers = bad_pointers(request.body)
+            if pointers:
+                errors = tuple(KlaviyoError(400, code="invalid", pointer=p) for p in pointers)
+                return Permanent(400, errors)
         if any(attributes["properties"]["bad"] for attributes, _ in events):
             return Permanent(400, (KlaviyoError(400, code="invalid", detail="no pointer"),))
         self.processed.extend((a["unique_id"], email) for a, email in events)
         return Accepted(202)
+
+
+def bad_pointers(body: Any) -> list[str]:
+    """JSON pointers at the bad events of a bulk body, as Klaviyo writes them."""
+    base = "/data/attributes/events-bulk-create/data"
+    return [
+        f"{base}/{g}/attributes/events/data/{e}"
+        for g, entry in enumerate(body["data"]["attributes"]["events-bulk-create"]["data"])
+        for e, event in enumerate(entry["attributes"]["events"]["data"])
+        if event["attributes"]["properties"]["bad"]
+    ]
 
 
 class Sink:
@@ -86,10 +103,10 @@ class Sink:
 
 
 async def run_job(
-    items: list[tuple[KlaviyoRequest, str, str]], *, max_bytes: int = MB
+    items: list[tuple[KlaviyoRequest, str, str]], *, max_bytes: int = MB, name_bad: bool = False
 ) -> tuple[FakeBulkEndpoint, Sink]:
     """Send ``(request, token, order key)`` items as one sealed job and wait for its verdicts."""
-    endpoint, sink = FakeBulkEndpoint(), Sink()
+    endpoint, sink = FakeBulkEndpoint(name_bad=name_bad), Sink()
     sender = Sender(endpoint.send, RetryPolicy(), Halt(lambda *_: None), rng=random.Random(1))
     tasks: list[asyncio.Task[None]] = []
 
@@ -177,3 +194,68 @@ async def test_a_job_too_big_for_one_request_goes_out_in_order() -> None:
     for uids in per_key(endpoint.processed).values():
         assert uids == sorted(uids)
     assert len(sink.accepted) == 30
+
+
+async def test_events_named_by_pointer_are_rejected_and_the_rest_sent_again_once() -> None:
+    items = [
+        (
+            create_event(f"k{i % 3}-{i}", f"c{i % 3}@example.com", bad=i in {1, 4}),
+            str(i),
+            str(i % 3),
+        )
+        for i in range(6)
+    ]
+    endpoint, sink = await run_job(items, name_bad=True)
+    assert endpoint.requests == 2  # the job, then the rest without the named events
+    assert sorted(sink.rejected) == ["1", "4"]
+    assert sorted(sink.accepted) == ["0", "2", "3", "5"]
+    for uids in per_key(endpoint.processed).values():
+        assert uids == sorted(uids)
+
+
+async def test_a_job_of_only_refused_events_rejects_each_and_accepts_none() -> None:
+    items = [
+        (create_event(f"k{i}-0", f"c{i}@example.com", bad=True), str(i), str(i)) for i in range(4)
+    ]
+    endpoint, sink = await run_job(items)
+    assert sorted(sink.rejected) == ["0", "1", "2", "3"]
+    assert sink.accepted == [] and endpoint.processed == []
+    assert endpoint.requests == 7  # 4, then 2 + 2, then 1 + 1 + 1 + 1
+
+
+def idle_batcher(
+    endpoint: FakeBulkEndpoint, sink: Sink, spawned: list[asyncio.Task[None]]
+) -> BulkBatcher[str]:
+    """A batcher whose jobs never linger out during a test (an hour)."""
+    sender = Sender(endpoint.send, RetryPolicy(), Halt(lambda *_: None), rng=random.Random(1))
+
+    def spawn(coroutine: Coroutine[Any, Any, None]) -> None:
+        spawned.append(asyncio.create_task(coroutine))
+
+    return BulkBatcher(sender, sink, spawn, max_events=1000, max_bytes=MB, linger=3600.0)
+
+
+async def test_expedite_sends_the_open_job_only_when_it_is_the_awaited_one() -> None:
+    endpoint, sink = FakeBulkEndpoint(), Sink()
+    spawned: list[asyncio.Task[None]] = []
+    batcher = idle_batcher(endpoint, sink, spawned)
+    ticket = batcher.add(create_event("k1-0", "a@example.com"), "first", "k1")
+    batcher.expedite(asyncio.get_running_loop().create_future())  # another job's ticket
+    assert spawned == [] and not ticket.done()
+    batcher.expedite(ticket)
+    await asyncio.wait_for(ticket, 5)
+    await asyncio.gather(*spawned)
+    assert sink.accepted == ["first"]
+    # The next add opens a new job rather than joining the sent one.
+    assert batcher.add(create_event("k1-1", "a@example.com"), "second", "k1") is not ticket
+
+
+async def test_a_shorter_linger_sends_the_open_job_now() -> None:
+    endpoint, sink = FakeBulkEndpoint(), Sink()
+    spawned: list[asyncio.Task[None]] = []
+    batcher = idle_batcher(endpoint, sink, spawned)
+    ticket = batcher.add(create_event("k1-0", "a@example.com"), "first", "k1")
+    batcher.set_linger(0.001)
+    await asyncio.wait_for(ticket, 5)
+    await asyncio.gather(*spawned)
+    assert sink.accepted == ["first"] and endpoint.requests == 1

@@ -150,7 +150,8 @@ async def test_a_keys_events_are_sent_one_after_another_in_offset_order() -> Non
 async def test_revoke_drains_started_events_then_commits_and_leaves_waiting_ones() -> None:
     gate = Gate()
     gate.hold("c")
-    async with running(gate) as core:
+    # A drain timeout far beyond the test's patience: the revoke must end because it drained.
+    async with running(gate, drain_timeout_seconds=600.0) as core:
         core.source.assign(P0)
         core.source.feed([record(0, "c"), record(1, "c")])
         await until(lambda: gate.waiting == {"c"}, "the first event is being sent")
@@ -299,8 +300,13 @@ def bulk_customers(request: KlaviyoRequest) -> list[str]:
 async def test_batch_a_keys_events_in_different_jobs_keep_their_order() -> None:
     answered: list[int] = []  # offsets, in the order Klaviyo accepted them
 
+    calls = 0
+
     async def slow_bulk(request: KlaviyoRequest) -> Outcome:
-        await asyncio.sleep(0.01)  # jobs overlap: a later job must not overtake for one key
+        nonlocal calls
+        calls += 1
+        # Earlier jobs take longer: a later job sent alongside would be accepted first.
+        await asyncio.sleep(0.05 / calls)
         answered.extend(offsets_in(request.body))
         return Accepted(202)
 
