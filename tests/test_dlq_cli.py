@@ -170,7 +170,6 @@ async def relaying(scenario: Scenario) -> AsyncIterator[Relay]:
         yield relay
     finally:
         if not task.done():
-            await wait_until(lambda: hasattr(relay, "_stop"), "the relay can be stopped")
             relay.request_stop()
         assert await asyncio.wait_for(task, WAIT) == 0
 

@@ -11,7 +11,14 @@ import pytest
 from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Permanent, Retryable
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest, Plan
 from consumer.klaviyo.retry import RetryPolicy
-from consumer.pipeline.sending import Halt, PlanRunner, Sender, StepFailure, UnboundStep
+from consumer.pipeline.sending import (
+    Halt,
+    PlanRunner,
+    Sender,
+    StepFailure,
+    UnboundStep,
+    metric_name,
+)
 
 FAST = RetryPolicy(base_seconds=0.001, cap_seconds=0.001)
 LOOKUP = KlaviyoRequest(Endpoint.GET_PROFILES, "GET", "/api/profiles", binds="profile_id")
@@ -135,3 +142,15 @@ async def test_a_step_without_its_binding_or_a_fallback_is_a_handler_bug() -> No
     with pytest.raises(UnboundStep):
         await PlanRunner(sender).run(Plan((unbound,)), create, lambda *_: None)
     assert script.sent == []
+
+
+def test_metric_name_is_read_from_a_create_event_body_or_empty() -> None:
+    named = KlaviyoRequest(
+        Endpoint.CREATE_EVENT,
+        "POST",
+        "/api/events",
+        {"data": {"attributes": {"metric": {"data": {"attributes": {"name": "Placed Order"}}}}}},
+    )
+    assert metric_name(named) == "Placed Order"
+    assert metric_name(EVENT) == ""  # no metric in the body
+    assert metric_name(LOOKUP) == ""  # no body at all
