@@ -71,6 +71,7 @@ class Relay:
         self._settings = settings
         self._registry = registry or HandlerRegistry.from_settings(settings)
         self._open_source = source
+        self._source: Source | None = None  # opened by run(), on the loop
         self._klaviyo = klaviyo or klaviyo_client(settings)
         self._open_dead_letters = dead_letters
         self.state = RelayState()
@@ -110,7 +111,6 @@ class Relay:
             halt=self._halt,
             on_fatal=self._on_kafka_failed,
         )
-        self._source: Source | None = None  # opened by run(), on the loop
 
     # --- lifecycle -------------------------------------------------------------------------
 
