@@ -48,6 +48,10 @@ def settings_for(broker: KafkaBroker, topic: str) -> Settings:
     )
 
 
+async def open_producer(broker: KafkaBroker, topic: str) -> DeadLetterProducer:
+    return await DeadLetterProducer.open(settings_for(broker, topic), asyncio.get_running_loop())
+
+
 def write_failures() -> float:
     return sum(
         sample.value
@@ -62,9 +66,7 @@ async def test_an_oversized_record_is_parked_as_a_marker_stamped_when_parked(
     kafka_broker: KafkaBroker, topic_factory: TopicFactory
 ) -> None:
     topic = topic_factory("dlq")
-    dlq = await DeadLetterProducer.open(
-        settings_for(kafka_broker, topic), asyncio.get_running_loop()
-    )
+    dlq = await open_producer(kafka_broker, topic)
     try:
         before = time.time()
         assert await asyncio.wait_for(dlq.send(BIG, BAD_MAGIC), WAIT) == "too_large"
@@ -95,9 +97,7 @@ async def test_a_topic_with_a_smaller_limit_gets_a_marker_that_fits_it(
     new = NewTopic(topic, 1, 1, config={"max.message.bytes": "200000"})
     admin.create_topics([new])[topic].result(timeout=WAIT)
     await wait_for(lambda: topic in admin.list_topics(timeout=10).topics, what="topic")
-    dlq = await DeadLetterProducer.open(
-        settings_for(kafka_broker, topic), asyncio.get_running_loop()
-    )
+    dlq = await open_producer(kafka_broker, topic)
     try:
         assert await asyncio.wait_for(dlq.send(BIG, BAD_MAGIC), WAIT) == "too_large"
     finally:
@@ -116,9 +116,7 @@ async def test_writes_to_a_deleted_topic_are_retried_and_counted_until_it_is_bac
     kafka_broker: KafkaBroker, topic_factory: TopicFactory
 ) -> None:
     topic = topic_factory("dlq")
-    dlq = await DeadLetterProducer.open(
-        settings_for(kafka_broker, topic), asyncio.get_running_loop()
-    )
+    dlq = await open_producer(kafka_broker, topic)
     admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap_servers})
     small = SourceRecord("shop.order.placed", 0, 3, b"k", b"v", CREATED_MS)
     try:

@@ -621,6 +621,24 @@ def test_promtool_check_rules(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _promtool_test(rules: Path, tests: list[dict[str, Any]]) -> None:
+    """Run promtool's unit ``tests`` against the rules file ``rules`` (in the same directory)."""
+    assert PROMTOOL is not None
+    spec = rules.with_name("alerts_test.yaml")
+    spec.write_text(
+        yaml.safe_dump({"rule_files": [rules.name], "evaluation_interval": "1m", "tests": tests})
+    )
+    result = subprocess.run(
+        [PROMTOOL, "test", "rules", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=rules.parent,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _series(metric: str, labels: dict[str, str], values: str) -> dict[str, str]:
     base = {"namespace": NAMESPACE, "job": f"{FULLNAME}-metrics", **labels}
     inner = ", ".join(f'{k}="{v}"' for k, v in base.items())
@@ -796,19 +814,7 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
             ],
         },
     ]
-    spec = tmp_path / "alerts_test.yaml"
-    spec.write_text(
-        yaml.safe_dump({"rule_files": [rules.name], "evaluation_interval": "1m", "tests": tests})
-    )
-    result = subprocess.run(
-        [PROMTOOL, "test", "rules", str(spec)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _promtool_test(rules, tests)
 
 
 @needs_helm
@@ -856,16 +862,4 @@ def test_dead_letter_write_failures_alert(tmp_path: Path) -> None:
             "alert_rule_test": [{"eval_time": "20m", "alertname": name, "exp_alerts": []}],
         },
     ]
-    spec = tmp_path / "dlq_alert_test.yaml"
-    spec.write_text(
-        yaml.safe_dump({"rule_files": [rules.name], "evaluation_interval": "1m", "tests": tests})
-    )
-    result = subprocess.run(
-        [PROMTOOL, "test", "rules", str(spec)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _promtool_test(rules, tests)

@@ -41,14 +41,11 @@ from tests.relay_harness import (
     relay_env,
     wait_for,
 )
+from tests.test_relay_failures import base_ids
 
 pytestmark = pytest.mark.kafka
 
 CREATED = "shop.account.created"
-
-
-def base_ids(events: list[dict[str, Any]]) -> set[str]:
-    return {str(e["unique_id"]).split(":", 1)[0] for e in events}
 
 
 def produce_big(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
