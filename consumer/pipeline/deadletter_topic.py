@@ -26,6 +26,7 @@ from consumer.settings import Settings
 
 # librdkafka's default ``message.max.bytes``: the producer refuses larger records.
 LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000
+_LIBRDKAFKA_MIN_MESSAGE_MAX_BYTES = 1_000
 
 # librdkafka reports every refused connection; the probe's result says it once.
 _QUIET = logging.getLogger("consumer.pipeline.deadletter_topic.kafka")
@@ -52,10 +53,12 @@ class DeadLetterTopicInfo:
 
     @property
     def max_bytes(self) -> int:
-        """The largest dead letter both the producer and the topic accept."""
-        if self.topic_max_bytes is None:
-            return self.producer_max_bytes
-        return min(self.producer_max_bytes, self.topic_max_bytes)
+        """The largest dead letter both the producer and the topic accept (at least the 1,000
+        bytes librdkafka allows as ``message.max.bytes``)."""
+        limit = self.producer_max_bytes
+        if self.topic_max_bytes is not None:
+            limit = min(limit, self.topic_max_bytes)
+        return max(limit, _LIBRDKAFKA_MIN_MESSAGE_MAX_BYTES)
 
     @classmethod
     def unchecked(cls, settings: Settings) -> DeadLetterTopicInfo:

@@ -426,7 +426,9 @@ class Relay:
             # A handler bug on one record must not stop the pipeline: park it for a fix and
             # replay. The message may quote data: it is logged and parked masked.
             failure = Failure.unexpected(STAGE_HANDLE, "invalid_event", exc, now)
-            log.error("handler failed", where=record.where, error=class_name(exc))
+            log.error(
+                "handler failed", where=record.where, error=class_name(exc), detail=failure.message
+            )
             self._dead_letter(work, failure)
             return None
         occurred = event.datum.get("occurred_at")
