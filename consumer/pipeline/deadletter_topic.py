@@ -79,11 +79,11 @@ def probe_dead_letter_topic(settings: Settings, timeout: float) -> DeadLetterTop
     ``max.message.bytes``; raises :class:`DeadLetterTopicUnusable` when it is missing or not
     writable, :class:`DeadLetterTopicUnchecked` when Kafka does not answer within ``timeout``."""
     topic = settings.dlq_topic
-    admin = AdminClient({**settings.kafka_client_config()}, logger=_QUIET)
-    futures = admin.describe_topics(
-        TopicCollection([topic]), request_timeout=timeout, include_authorized_operations=True
-    )
     try:
+        admin = AdminClient({**settings.kafka_client_config()}, logger=_QUIET)
+        futures = admin.describe_topics(
+            TopicCollection([topic]), request_timeout=timeout, include_authorized_operations=True
+        )
         description = futures[topic].result(timeout=timeout + 5)
     except KafkaException as exc:
         raise _topic_error(topic, exc.args[0]) from None
