@@ -179,3 +179,12 @@ def test_unexpected_exceptions_are_parked_masked() -> None:
         assert secret not in failure.message
     keyed = Failure.unexpected(STAGE_HANDLE, "invalid_event", KeyError("jane@shopmail.io"), NOW)
     assert keyed.message == "invalid_event: KeyError: '***'"
+
+
+def test_oversized_headers_are_left_out_and_the_value_kept_whole() -> None:
+    noisy = dataclasses.replace(BIG, value=b"small", headers=(("trace", b"t" * 5_000),))
+    letter = build_dead_letter(noisy, BAD_MAGIC, 2_000)
+    assert letter.reason == "too_large" and letter.value == b"small" and letter.size <= 2_000
+    headers = headers_of(letter.headers)
+    assert headers["klaviyo-relay.omitted"] == "headers"
+    assert "klaviyo-relay.value-truncated" not in headers and "trace" not in headers

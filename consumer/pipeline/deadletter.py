@@ -273,8 +273,9 @@ def build_marker(record: SourceRecord, failure: Failure, max_bytes: int) -> Dead
 
     It keeps the error headers (reason ``too_large``, the first reason in ``original-reason``),
     the value's size and SHA-256 and, as room allows, the key, the original headers and a prefix
-    of the value; ``value-truncated`` says whether a prefix is kept or none, ``omitted`` names
-    other parts left out. Given too little room it still comes out, with nothing optional.
+    of the value; ``value-truncated`` says whether a prefix is kept or none (absent: the whole
+    value is there), ``omitted`` names other parts left out. Given too little room it still
+    comes out, with nothing optional.
     """
     value = record.value or b""
     fixed = [
@@ -300,7 +301,8 @@ def build_marker(record: SourceRecord, failure: Failure, max_bytes: int) -> Dead
         omitted.insert(0, "headers")
     room -= _headers_size(kept)
     prefix = value[: max(room, 0)]
-    fixed.append((H_VALUE_TRUNCATED, "prefix" if prefix else "dropped"))
+    if len(prefix) < len(value):
+        fixed.append((H_VALUE_TRUNCATED, "prefix" if prefix else "dropped"))
     if omitted:
         fixed.append((H_OMITTED, ",".join(omitted)))
     return DeadLetter(key, prefix, kept + _encoded(fixed), REASON_TOO_LARGE)
