@@ -76,7 +76,9 @@ class Klaviyo(Protocol):
 class DeadLetterWriter(Protocol):
     """Writes a dead letter; ``send`` returns once the broker acknowledged it."""
 
-    async def send(self, record: SourceRecord, failure: Failure) -> None: ...
+    async def send(self, record: SourceRecord, failure: Failure) -> str:
+        """Returns the reason written (``too_large`` when the record did not fit)."""
+        ...
 
     async def close(self, wait_seconds: float) -> int:
         """Returns how many writes were left unconfirmed."""
@@ -104,4 +106,5 @@ def klaviyo_client(settings: Settings) -> Klaviyo:
 async def dead_letter_producer(
     settings: Settings, loop: asyncio.AbstractEventLoop
 ) -> DeadLetterWriter:
-    return DeadLetterProducer(settings, loop)
+    """The producer, once its topic was checked (raises ``DeadLetterTopicUnusable``)."""
+    return await DeadLetterProducer.open(settings, loop)

@@ -30,6 +30,7 @@ from consumer.klaviyo.retry import RetryPolicy
 from consumer.observability.health import RelayState, start_http_server
 from consumer.observability.logging import get_logger
 from consumer.pipeline.deadletter import class_name
+from consumer.pipeline.deadletter_topic import DeadLetterTopicUnusable
 from consumer.pipeline.delivery import delivery_for
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.inflight import InFlight, Work
@@ -122,6 +123,12 @@ class Relay:
         http = await start_http_server(self._settings.metrics_port, self.state)
         try:
             async with self._klaviyo:
+                try:
+                    dead_letters = await self._open_dead_letters(self._settings, loop)
+                except DeadLetterTopicUnusable as exc:
+                    log.error("relay not started: dead-letter topic unusable", error=str(exc))
+                    return EXIT_FAILED
+                self._dead_letters.open(dead_letters)
                 topics = self._registry.topics()
                 # Logged before the first probe, so a refused key reads "started" then "halted".
                 log.info(
@@ -132,8 +139,6 @@ class Relay:
                     metrics_port=_port_of(http),
                 )
                 await self._reachability.probe()
-                dead_letters = await self._open_dead_letters(self._settings, loop)
-                self._dead_letters.open(dead_letters)
                 source = self._open_source(
                     self._settings,
                     topics,

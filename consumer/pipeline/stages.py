@@ -100,9 +100,12 @@ class Stages:
             return None
         except Exception as exc:
             # A handler bug on one record must not stop the pipeline: park it for a fix and
-            # replay. The message may quote data, so only the exception class is logged.
-            log.error("handler failed", where=record.where, error=class_name(exc))
-            self._reject(work, Failure.from_exception(STAGE_HANDLE, "invalid_event", exc, now))
+            # replay. The message may quote data: it is logged and parked masked.
+            failure = Failure.unexpected(STAGE_HANDLE, "invalid_event", exc, now)
+            log.error(
+                "handler failed", where=record.where, error=class_name(exc), detail=failure.message
+            )
+            self._reject(work, failure)
             return None
         occurred = event.datum.get("occurred_at")
         work.occurred_at = occurred if isinstance(occurred, datetime) else None
@@ -150,13 +153,13 @@ class DeadLettering:
             stage=failure.stage,
             reason=failure.reason,
             error=failure.class_name,
-            message=failure.message,
+            detail=failure.message,
         )
         self._spawn(self._write(work, failure))
 
     async def _write(self, work: Work, failure: Failure) -> None:
         if self._writer is None:
             raise RuntimeError("dead letter before the writer was opened")
-        await self._writer.send(work.record, failure)
-        EVENTS_DEAD_LETTERED.labels(work.record.topic, failure.stage, failure.reason).inc()
+        reason = await self._writer.send(work.record, failure)  # too_large if it did not fit
+        EVENTS_DEAD_LETTERED.labels(work.record.topic, failure.stage, reason).inc()
         self._book.finish(work)
