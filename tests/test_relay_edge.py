@@ -1,6 +1,6 @@
 """Klaviyo's edge end to end: proxies answering 408/425 and Cloudflare's HTML 403 bot challenge
 are temporary. The relay retries them (never halts, never dead-letters) and every event reaches
-Klaviyo exactly once."""
+Klaviyo exactly once. Both kinds, and Klaviyo's partial-failure header, show in the metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.sandbox import SandboxOptions, running_sandbox
 from dev.kafka_broker import KafkaBroker
@@ -29,6 +31,22 @@ from tests.relay_harness import (
 pytestmark = pytest.mark.kafka
 
 
+async def counters(port: int, name: str, *labels: str) -> dict[tuple[str, ...], float]:
+    """The relay's ``name`` counter by ``labels``, scraped from its ``/metrics``."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        text = await response.text()
+    return {
+        tuple(sample.labels[label] for label in labels): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == name
+        for sample in family.samples
+        if sample.name == name + "_total"
+    }
+
+
 async def test_edge_answers_are_retried_without_halting_or_dead_letters(
     kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
@@ -43,7 +61,11 @@ async def test_edge_answers_are_retried_without_halting_or_dead_letters(
     ends = end_offsets(bootstrap, [topic])
 
     options = SandboxOptions(
-        rate_limits=None, error_rates={408: 0.015, 425: 0.015}, challenge_rate=0.01, seed=11
+        rate_limits=None,
+        error_rates={408: 0.015, 425: 0.015},
+        challenge_rate=0.01,
+        partial_failure_rate=0.02,
+        seed=11,
     )
     async with running_sandbox(options) as sandbox:
         relay = RelayProcess(
@@ -63,11 +85,18 @@ async def test_edge_answers_are_retried_without_halting_or_dead_letters(
             assert port is not None
             assert not halted() and (await readiness(port))["halted"] is False
             assert committed_offsets(bootstrap, group, [topic]) == ends
+            edge = await counters(port, "klaviyo_relay_klaviyo_edge_answers", "status", "kind")
+            partial = await counters(
+                port, "klaviyo_relay_klaviyo_partial_failures", "endpoint", "field"
+            )
             relay.terminate()
             assert await relay.wait_exit() == 0
         finally:
             relay.stop()
         stats = await sandbox_stats(sandbox.base_url)
+        # Sent once and accepted with the header: the relay counted each one.
+        assert partial == {("create_event", "phone_number"): stats["partial_failures"]}
+        assert edge == {("403", "challenge"): stats["challenged"]}
         unique_ids = Counter(str(e["unique_id"]) for e in sandbox.state.events)
 
     # The faults did happen, each kind of them.
