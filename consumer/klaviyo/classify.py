@@ -34,7 +34,6 @@ from consumer.klaviyo.outcomes import (
 )
 
 PARTIAL_FAILURE_HEADER = "X-Klaviyo-Partial-Failure"
-EDGE_KINDS = ("challenge", "html", "other")
 
 # Names a partial-failure header may report, as metric labels: profile and event attributes the
 # relay sends. Anything else is "other", so a label can never carry a value (an email, a name).
@@ -101,8 +100,8 @@ def classify_response(status: int, headers: Mapping[str, str], body: bytes) -> O
 
 
 def edge_kind(headers: Mapping[str, str]) -> str:
-    """Which of :data:`EDGE_KINDS` a non-Klaviyo answer is: Cloudflare's bot challenge
-    (``cf-mitigated: challenge``), some other HTML page, or anything else."""
+    """What answered instead of Klaviyo, as a bounded label: ``challenge`` (Cloudflare's bot
+    challenge, ``cf-mitigated: challenge``), ``html`` (some other page) or ``other``."""
     if (header(headers, "cf-mitigated") or "").strip().lower() == "challenge":
         return "challenge"
     if _media_type(headers) == "text/html":
