@@ -43,6 +43,8 @@ PROMISED: dict[str, str] = {
     "klaviyo_relay_ready": "gauge",
     "klaviyo_relay_halted": "gauge",
     "klaviyo_relay_plan_warnings_total": "counter",
+    "klaviyo_relay_klaviyo_edge_answers_total": "counter",
+    "klaviyo_relay_klaviyo_partial_failures_total": "counter",
 }
 # Labels must stay bounded: none of these may ever label a series.
 UNBOUNDED_LABELS = {"email", "phone", "profile_id", "event_id", "unique_id", "offset", "key", "id"}
