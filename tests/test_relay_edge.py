@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.sandbox import SandboxOptions, running_sandbox
@@ -29,6 +30,21 @@ from tests.relay_harness import (
 )
 
 pytestmark = pytest.mark.kafka
+
+
+def at_ends(bootstrap: str, group: str, topic: str, ends: dict[tuple[str, int], int]) -> bool:
+    """Whether the group has committed ``ends``; a group coordinator still settling on a freshly
+    started broker (NOT_COORDINATOR, load in progress) means "not yet", not a failure."""
+    try:
+        return committed_offsets(bootstrap, group, [topic]) == ends
+    except KafkaException as exc:
+        error: KafkaError = exc.args[0]
+        if error.retriable() or error.code() in (
+            KafkaError.NOT_COORDINATOR,
+            KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        ):
+            return False
+        raise
 
 
 async def counters(port: int, name: str, *labels: str) -> dict[tuple[str, ...], float]:
@@ -78,7 +94,7 @@ async def test_edge_answers_are_retried_without_halting_or_dead_letters(
 
             # Stop waiting as soon as the relay halts: it would never commit the rest.
             await wait_for(
-                lambda: committed_offsets(bootstrap, group, [topic]) == ends or halted(),
+                lambda: at_ends(bootstrap, group, topic, ends) or halted(),
                 what="every offset committed",
             )
             port = metrics_port(relay)
