@@ -27,13 +27,7 @@ from dev.demo import _free_port, publish_sample, relay_counters
 from dev.kafka_broker import KafkaBroker
 from dev.sample_events import sample
 from tests.conftest import TopicFactory
-from tests.relay_harness import (
-    committed_offsets,
-    end_offsets,
-    relay_env,
-    sandbox_stats,
-    wait_for,
-)
+from tests.relay_harness import relay_env, sandbox_stats, wait_committed_to_end, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "localhost/klaviyo-relay:test"
@@ -156,11 +150,6 @@ async def test_probes_through_a_published_port(engine: Engine, container_name: s
     assert f'klaviyo_relay_build_info{{version="{__version__}"}}' in text
 
 
-def _all_committed(bootstrap: str, group: str, ends: dict[tuple[str, int], int]) -> bool:
-    committed = committed_offsets(bootstrap, group, {topic for topic, _ in ends})
-    return all(committed[tp] >= end for tp, end in ends.items() if end > 0)
-
-
 def _exit_code(engine: Engine, name: str) -> int | None:
     state = engine.run("inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", name)
     running, code = state.stdout.split()
@@ -197,13 +186,7 @@ async def test_real_run_delivers_the_sample_and_stops_on_sigterm(
         )  # fmt: skip
         assert started.returncode == 0, started.stderr
         await asyncio.to_thread(publish_sample, bootstrap, records)
-        ends = await asyncio.to_thread(end_offsets, bootstrap, topics)
-        assert sum(ends.values()) == len(records)
-        await wait_for(
-            lambda: asyncio.to_thread(_all_committed, bootstrap, group, ends),
-            what="the image's relay committing the whole sample",
-            interval=0.5,
-        )
+        await wait_committed_to_end(bootstrap, group, topics, len(records))
         # As the demo checks it: every topic reached Klaviyo, and the sandbox holds what the
         # relay counted as accepted.
         status, text = await _get(f"http://127.0.0.1:{metrics}/metrics")

@@ -36,13 +36,12 @@ from dev.sample_events import Planted, SampleRecord, sample
 from tests.conftest import TopicFactory
 from tests.relay_harness import (
     RelayProcess,
-    committed_offsets,
-    end_offsets,
     metrics_port,
     readiness,
     relay_env,
     sandbox_stats,
     set_faults,
+    wait_committed_to_end,
     wait_for,
 )
 from tests.test_metrics_stats import PROMISED, metric_families
@@ -156,12 +155,6 @@ def _gauges_of_partitions(text: str, ends: dict[tuple[str, int], int]) -> bool:
     )
 
 
-def _all_committed(bootstrap: str, group: str, ends: dict[tuple[str, int], int]) -> bool:
-    # A partition no record went to has nothing to commit.
-    committed = committed_offsets(bootstrap, group, {topic for topic, _ in ends})
-    return all(committed[tp] >= end for tp, end in ends.items() if end > 0)
-
-
 async def test_running_relay_exposes_every_metric_and_logs_no_personal_data(
     kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
@@ -212,13 +205,7 @@ async def test_running_relay_exposes_every_metric_and_logs_no_personal_data(
             await wait_for(burst_seen, what="the relay meeting the 503/429 burst")
             await set_faults(sandbox.base_url, {"error_rates": {}})
 
-            ends = await asyncio.to_thread(end_offsets, bootstrap, topics)
-            assert sum(ends.values()) == len(produced)
-            await wait_for(
-                lambda: asyncio.to_thread(_all_committed, bootstrap, group, ends),
-                what="the group's offsets at the end offsets",
-                interval=0.5,
-            )
+            ends = await wait_committed_to_end(bootstrap, group, topics, len(produced))
 
             async def gauges_current() -> bool:
                 return _gauges_of_partitions((await scrape(port))[1], ends)
