@@ -7,14 +7,16 @@ BIN := $(VENV)/bin
 # Touched after a successful install: the venv is refreshed only when pyproject.toml is newer.
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test lint kafka-jars demo tools bench broker-start broker-stop broker-status
+.PHONY: venv test lint kafka-jars demo tools bench broker-start broker-stop broker-status image
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "venv: installing the relay and its dev tools into $(VENV) (pip; 1-3 min the first time, seconds with a warm pip cache)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
 	touch $(STAMP)
+	@echo "venv: ready ($(BIN)/python)"
 
 # pytest exits 5 when it collected no test: report it rather than fail on it.
 test: venv
@@ -31,6 +33,7 @@ kafka-jars: venv
 
 # The main job on its embedded default: local Kafka + Klaviyo sandbox + sample events.
 demo: venv
+	@echo "demo: starting Kafka (its jars come from Maven Central on first use, ~1 min) and the sandbox; about a minute in all"
 	$(BIN)/python -m dev.demo $(DEMO_ARGS)
 
 # Benchmarks (bench/README.md): the full suite, or BENCH_ARGS=--quick for the CI-sized run.
@@ -39,6 +42,8 @@ bench: venv
 
 # helm and promtool built from the Go module proxy into ~/.cache/klaviyo-relay/bin (cached).
 tools:
+	@echo "tools: building helm and promtool with Go (>= 1.24) from the module proxy into ~/.cache/klaviyo-relay/bin"
+	@echo "tools: the first build takes about 3-10 min (promtool is the long one); later runs use the cache"
 	bash dev/install-tools.sh
 
 # A broker that outlives the command (state in the jar cache folder), for trying things by hand.
@@ -50,3 +55,9 @@ broker-stop: venv
 
 broker-status: venv
 	$(BIN)/python -m dev.kafka_broker status
+
+# The container image with podman (or docker): dev/image.sh makes the Dockerfile's base image
+# locally where none can be pulled, and writes the podman configuration this machine needs.
+IMAGE ?= klaviyo-relay:dev
+image:
+	bash dev/image.sh build $(IMAGE)

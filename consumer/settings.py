@@ -8,6 +8,8 @@ bad value is reported by its environment name (see :func:`load_settings`).
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
 import tomllib
 from enum import StrEnum
@@ -21,6 +23,7 @@ from pydantic import (
     PositiveInt,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import (
@@ -28,8 +31,10 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings import SettingsError as SourceError
 
 DEFAULT_REVISION = "2026-07-15"
+_URL = re.compile(r"(https?|mock)://[^/\s]+(/\S*)?")
 
 
 class SendMode(StrEnum):
@@ -84,12 +89,27 @@ class _TomlFileSource(PydanticBaseSettingsSource):
         if path is not None:
             with path.open("rb") as fh:
                 self._values = {k.lower(): v for k, v in tomllib.load(fh).items()}
+            _refuse_unknown_keys(path, self._values, settings_cls)
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return self._values.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
         return dict(self._values)
+
+
+def _refuse_unknown_keys(
+    path: Path, values: dict[str, Any], settings_cls: type[BaseSettings]
+) -> None:
+    """A misspelt key or a table of our own invention would otherwise be ignored silently."""
+    known = [name for name in settings_cls.model_fields if name != "config_file"]
+    problems = []
+    for key in sorted(set(values) - set(known)):
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"unknown key {key!r}{hint}")
+    if problems:
+        raise SettingsError(f"config file {path}: " + "; ".join(problems))
 
 
 class Settings(BaseSettings):
@@ -114,6 +134,10 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Any other librdkafka property, as a JSON object (passed through as is).",
     )
+    kafka_secret_extra_config: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Secret librdkafka properties (JSON object), merged over KAFKA_EXTRA_CONFIG.",
+    )
     topics: list[str] = Field(
         default_factory=list,
         description="Topics to consume; empty means every topic of the handler registry.",
@@ -126,6 +150,16 @@ class Settings(BaseSettings):
 
     # --- Schemas ---
     schema_registry_url: str | None = None
+    schema_registry_basic_auth_user_info: SecretStr | None = Field(
+        default=None, description="Registry HTTP basic auth as user:password."
+    )
+    schema_registry_bearer_token: SecretStr | None = Field(
+        default=None, description="Registry bearer token (exclusive with basic auth)."
+    )
+    schema_registry_logical_cluster: str = Field(
+        default="", description="Confluent Cloud logical cluster id sent with the bearer token."
+    )
+    schema_registry_timeout_seconds: PositiveFloat = 5.0
     schemas_dir: Path | None = Field(
         default=None, description="Folder of .avsc files; the packaged schemas when unset."
     )
@@ -165,6 +199,11 @@ class Settings(BaseSettings):
     commit_interval_seconds: PositiveFloat = 1.0
     default_phone_region: str = "US"
     replay_backfill_after_seconds: PositiveFloat = 3600.0
+    max_pending_per_partition: PositiveInt | None = Field(
+        default=None,
+        description="Offsets a partition may hold behind an unfinished event before it pauses "
+        "(empty: 5 × max_in_flight).",
+    )
 
     # --- Operations ---
     metrics_port: int = Field(default=9400, ge=0, le=65535)
@@ -181,6 +220,22 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @field_validator("schema_registry_basic_auth_user_info")
+    @classmethod
+    def _user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and ":" not in value.get_secret_value():
+            raise ValueError("must be user:password")
+        return value
+
+    @field_validator("schema_registry_bearer_token")
+    @classmethod
+    def _one_registry_credential(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        if value is not None and info.data.get("schema_registry_basic_auth_user_info"):
+            raise ValueError("set this or SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO, not both")
+        return value
+
     @field_validator("rate_limits")
     @classmethod
     def _merge_limits(cls, value: dict[str, EndpointLimit]) -> dict[str, EndpointLimit]:
@@ -188,6 +243,30 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown endpoint(s) {sorted(unknown)}")
         return {**DEFAULT_RATE_LIMITS, **value}
+
+    @field_validator("klaviyo_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        # Without a scheme aiohttp fails on the first request, long after start-up.
+        if not _URL.fullmatch(value) or value.startswith("mock://"):
+            raise ValueError("must be an http:// or https:// URL, e.g. https://a.klaviyo.com")
+        return value
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_urls(cls, value: str | None) -> str | None:
+        # Empty means unset; several URLs are comma-separated; mock:// is the client's in-memory
+        # registry (tests).
+        if value and not all(_URL.fullmatch(url.strip()) for url in value.split(",")):
+            raise ValueError("must be http:// or https:// URL(s), e.g. http://registry:8081")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in logging.getLevelNamesMapping():
+            raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value.upper()
 
     @classmethod
     def settings_customise_sources(
@@ -204,6 +283,11 @@ class Settings(BaseSettings):
             env_settings,
             _TomlFileSource(settings_cls, Path(config_file) if config_file else None),
         )
+
+    @property
+    def pending_bound(self) -> int:
+        """MAX_PENDING_PER_PARTITION, or its default derived from MAX_IN_FLIGHT."""
+        return self.max_pending_per_partition or 5 * self.max_in_flight
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka properties shared by the consumer, producer and admin client."""
@@ -222,10 +306,11 @@ class Settings(BaseSettings):
         if self.kafka_ssl_key_password is not None:
             config["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
         config.update(self.kafka_extra_config)
+        config.update((k, v.get_secret_value()) for k, v in self.kafka_secret_extra_config.items())
         return config
 
 
-_SECRET_NAME = re.compile(r"KEY|PASSWORD|SECRET|TOKEN")
+_SECRET_NAME = re.compile(r"KEY|PASSWORD|SECRET|TOKEN|USER_INFO")
 
 
 class SettingsError(Exception):
@@ -243,5 +328,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             shown = "" if _SECRET_NAME.search(name) else f" (got {error.get('input')!r})"
             problems.append(f"{name}: {error['msg']}{shown}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+    except SourceError as exc:
+        # pydantic-settings could not parse a complex value (a list or an object) as JSON.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = field.group(1).upper() if field else "SETTINGS"
+        raise SettingsError(f"invalid configuration: {name}: not valid JSON") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"cannot read config file {config_file}: {exc}") from None

@@ -10,9 +10,11 @@
    dead-letter topic, print a summary, and stop everything it started.
 
 Every run starts from scratch (fresh broker data directory, fresh sandbox), so re-running just
-works. Run as ``.venv/bin/python -m dev.demo [--per-topic N] [--timeout S] [--json-summary F]``;
-exits 0 when every contract topic was delivered and every planted bad record ended where it
-should, 1 otherwise. The relay's log and a metrics snapshot are kept in ``.cache/demo/``.
+works. Run as ``.venv/bin/python -m dev.demo [--per-topic N] [--timeout S] [--json-summary F]
+[--keep] [--sandbox-port P]``; exits 0 when every contract topic was delivered and every
+planted bad record ended where it should, 1 otherwise. The relay's log and a metrics snapshot
+are kept in ``.cache/demo/``. The sandbox's inbox page (its address is printed) shows what
+Klaviyo received; ``--keep`` leaves the sandbox up after the summary until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.codec import DecodeError, Decoder, Encoder, from_plain_json, to_plain_json
 from consumer.sandbox import SandboxOptions, running_sandbox
-from consumer.settings import Settings, load_settings
+from consumer.settings import DEFAULT_RATE_LIMITS, Settings, load_settings
 from consumer.tools.deadletters import DeadLetter
 from consumer.tools.dlq_kafka import DeadLetterTopic
 from consumer.tools.masking import mask_email, mask_event
@@ -448,8 +450,41 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-async def run_demo(per_topic: int, drain_seconds: float, output: Path) -> Findings:
-    """The demo; ``output`` (an existing folder) receives the relay log and metrics."""
+async def after_summary(
+    keep: bool, inbox_url: str, positions: Positions, broker: KafkaBroker
+) -> None:
+    """``--keep``: stop the broker (the relay is done with it) and leave the sandbox up, so its
+    inbox can be looked at, until Ctrl-C or SIGTERM."""
+    if not keep:
+        say(f"• What Klaviyo received was shown at {inbox_url} (DEMO_ARGS=--keep keeps it up)")
+        return
+    positions.close()
+    await asyncio.to_thread(broker.stop)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    say(f"• Kept up (--keep): the inbox is at {inbox_url} · Ctrl-C stops the sandbox")
+    try:
+        await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def run_demo(
+    per_topic: int,
+    drain_seconds: float,
+    output: Path,
+    *,
+    keep: bool = False,
+    sandbox_port: int = 0,
+) -> Findings:
+    """The demo; ``output`` (an existing folder) receives the relay log and metrics.
+
+    ``keep``: after the summary, stop the broker but leave the sandbox up until a signal.
+    """
     relay_log = output / "relay.log"
     metrics_file = output / "metrics.prom"
     progress = Progress(sys.stdout)
@@ -466,10 +501,15 @@ async def run_demo(per_topic: int, drain_seconds: float, output: Path) -> Findin
             f" and {DLQ_TOPIC}"
         )
 
+        # Klaviyo's published limits, as `python -m consumer sandbox` enforces by default.
         sandbox = await stack.enter_async_context(
-            running_sandbox(SandboxOptions(api_keys=(SANDBOX_KEY,)))
+            running_sandbox(
+                SandboxOptions(api_keys=(SANDBOX_KEY,), rate_limits=dict(DEFAULT_RATE_LIMITS)),
+                sandbox_port,
+            )
         )
-        say(f"• Klaviyo sandbox listening on {sandbox.base_url}")
+        inbox_url = f"{sandbox.base_url}/"
+        say(f"• Klaviyo sandbox listening on {sandbox.base_url} (its inbox: {inbox_url})")
 
         records = sample(datetime.now(UTC), per_topic)
         published = await asyncio.to_thread(publish_sample, broker.bootstrap_servers, records)
@@ -537,6 +577,7 @@ async def run_demo(per_topic: int, drain_seconds: float, output: Path) -> Findin
         if status != 0:
             findings.problems.append(f"the relay exited with status {status} after SIGTERM")
         say(render_summary(findings, Decoder.from_settings(settings), datetime.now(UTC)))
+        await after_summary(keep, inbox_url, positions, broker)
         say("• Stopping the sandbox and the broker…")
     return findings
 
@@ -567,10 +608,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=OUTPUT_DIR, help="relay log and metrics")
     parser.add_argument("--json-summary", type=Path, help="also write the summary as JSON here")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the summary, keep the sandbox (and its inbox page) up until Ctrl-C",
+    )
+    parser.add_argument(
+        "--sandbox-port", type=int, default=0, help="the sandbox's port (0: any free port)"
+    )
     args = parser.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
     try:
-        findings = asyncio.run(run_demo(args.per_topic, args.timeout, args.output))
+        findings = asyncio.run(
+            run_demo(
+                args.per_topic,
+                args.timeout,
+                args.output,
+                keep=args.keep,
+                sandbox_port=args.sandbox_port,
+            )
+        )
     except (DemoError, BrokerError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1

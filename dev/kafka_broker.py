@@ -50,6 +50,7 @@ from confluent_kafka.cimpl import NewTopic
 
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 HOST = "127.0.0.1"
+DEFAULT_PORT = 9092  # what every command (and KAFKA_BOOTSTRAP_SERVERS's default) expects
 PROBE_TOPIC = "relay-broker-probe"
 _MAVEN_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 _LOG_TAIL_LINES = 40
@@ -175,9 +176,13 @@ def _java() -> str:
     return found
 
 
-def _free_port() -> int:
+def _free_port(preferred: int = 0) -> int:
+    """``preferred`` if it can be bound now (0 or taken: any free port)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
+        try:
+            sock.bind((HOST, preferred))
+        except OSError:
+            sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -307,13 +312,16 @@ class KafkaBroker:
         *,
         detached: bool = False,
         extra_config: Mapping[str, str] | None = None,
+        preferred_port: int = 0,
     ) -> KafkaBroker:
         """Start a broker and return once it has accepted a produce.
 
         ``workdir`` holds the data, config and ``broker.log``; when None a temporary directory is
         made and removed by :meth:`stop` (a given one is kept, for inspection). ``detached`` lets
-        the broker outlive this process (the CLI); otherwise it dies with it. The ``timeout``
-        covers fetching the jars too. Raises :class:`BrokerError` saying why it did not start.
+        the broker outlive this process (the CLI); otherwise it dies with it. ``preferred_port``
+        is used when free (the CLI asks for 9092, every command's default); otherwise, and for
+        a retry after a bind race, any free port. The ``timeout`` covers fetching the jars too.
+        Raises :class:`BrokerError` saying why it did not start.
         """
         began = time.monotonic()
         deadline = began + timeout
@@ -331,6 +339,7 @@ class KafkaBroker:
                         deadline=deadline,
                         detached=detached,
                         extra=extra_config or {},
+                        preferred_port=preferred_port if attempt == 1 else 0,
                     )
                     break
                 except _PortInUseError:
@@ -408,12 +417,14 @@ def _launch(
     deadline: float,
     detached: bool,
     extra: Mapping[str, str],
+    preferred_port: int = 0,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Format fresh storage, start the broker and wait until it accepts a produce."""
     data_dir = root / "data"
     shutil.rmtree(data_dir, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
-    broker_port, controller_port = _free_port(), _free_port()
+    broker_port = _free_port(preferred_port) if preferred_port else _free_port()
+    controller_port = _free_port()
     config = root / "server.properties"
     config.write_text(_server_properties(data_dir, broker_port, controller_port, extra))
     log4j = root / "log4j2.properties"
@@ -617,15 +628,26 @@ def _cmd_start(timeout: float) -> int:
     running = _read_state()
     if running is not None:
         print(f"Kafka broker already running on {running.bootstrap_servers} (pid {running.pid})")
+        _print_export(running.bootstrap_servers)
         return 0
-    broker = KafkaBroker.start(timeout=timeout, detached=True)
+    broker = KafkaBroker.start(timeout=timeout, detached=True, preferred_port=DEFAULT_PORT)
     assert broker.pid is not None and broker.workdir is not None
     state = _State(broker.pid, broker.bootstrap_servers, str(broker.workdir), kafka_version())
     state_file().write_text(json.dumps(asdict(state)) + "\n")
     print(broker.banner)
     print(f"pid {broker.pid}; log {broker.workdir / 'broker.log'}")
-    print("stop it with: python -m dev.kafka_broker stop")
+    _print_export(broker.bootstrap_servers)
+    print("stop it with: make broker-stop (python -m dev.kafka_broker stop)")
     return 0
+
+
+def _print_export(bootstrap_servers: str) -> None:
+    """Every command defaults to 127.0.0.1:9092; say so, or what to set when 9092 was taken."""
+    if bootstrap_servers == f"{HOST}:{DEFAULT_PORT}":
+        print("on the default address, where every command looks for it:")
+    else:
+        print(f"port {DEFAULT_PORT} was taken; point every command at this broker with:")
+    print(f"export KAFKA_BOOTSTRAP_SERVERS={bootstrap_servers}")
 
 
 def _cmd_stop() -> int:

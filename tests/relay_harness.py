@@ -305,6 +305,27 @@ def committed_offsets(
         consumer.close()
 
 
+async def wait_committed_to_end(
+    bootstrap: str, group: str, topics: Iterable[str], produced: int
+) -> dict[tuple[str, int], int]:
+    """Wait until ``group`` has committed every partition of ``topics`` (holding ``produced``
+    records in all) up to its end offset; returns the end offsets."""
+    ends = await asyncio.to_thread(end_offsets, bootstrap, topics)
+    assert sum(ends.values()) == produced
+
+    def all_committed() -> bool:
+        # A partition no record went to has nothing to commit.
+        committed = committed_offsets(bootstrap, group, {topic for topic, _ in ends})
+        return all(committed[tp] >= end for tp, end in ends.items() if end > 0)
+
+    await wait_for(
+        lambda: asyncio.to_thread(all_committed),
+        what=f"group {group} committed up to the end offsets",
+        interval=0.5,
+    )
+    return ends
+
+
 def read_all(bootstrap: str, topic: str, expected: int, timeout: float = WAIT) -> list[Message]:
     """Every record of ``topic`` (at least ``expected`` of them)."""
     consumer = _client(bootstrap)

@@ -16,6 +16,7 @@ from consumer.sandbox import SandboxOptions, running_sandbox
 from consumer.settings import Settings
 from dev.kafka_broker import KafkaBroker
 from tests.conftest import TopicFactory
+from tests.fixtures.cli import run_cli
 
 pytestmark = pytest.mark.kafka
 
@@ -119,3 +120,84 @@ def test_bad_topic_routing_fails_config(env: dict[str, str]) -> None:
     result = check({**env, "TOPIC_HANDLERS": "{}"}, "--timeout", "5")
     assert result.returncode == 1
     assert lines_of(result)["config"].startswith("FAIL (") and "TOPICS" in result.stdout
+
+
+# --- one validation path for check and run: one line naming the setting, never a traceback ---
+
+# Nothing listens on either: these settings must be refused before any connection matters.
+OFFLINE = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "KLAVIYO_BASE_URL": "http://127.0.0.1:9"}
+
+
+def command(name: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    timeout = ["--timeout", "2"] if name == "check" else []
+    return run_cli(
+        *args, name, *timeout, env={"METRICS_PORT": "0", **OFFLINE, "KLAVIYO_API_KEY": KEY, **env}
+    )
+
+
+@pytest.mark.parametrize("name", ["check", "run"])
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TOPICS": "shop.order.placed"}, "TOPICS: not valid JSON"),
+        ({"KAFKA_EXTRA_CONFIG": "acks=all"}, "KAFKA_EXTRA_CONFIG: not valid JSON"),
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
+        ({"KAFKA_EXTRA_CONFIG": '{"no.such.property": "1"}'}, '"no.such.property"'),
+        ({"KLAVIYO_BASE_URL": "a.klaviyo.com"}, "KLAVIYO_BASE_URL: Value error, must be an http"),
+        ({"SCHEMA_REGISTRY_URL": "registry:8081"}, "SCHEMA_REGISTRY_URL"),
+    ],
+)
+def test_bad_settings_are_one_line_in_check_and_run(
+    name: str, env: dict[str, str], named: str
+) -> None:
+    result = command(name, env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert named in result.stdout + result.stderr
+    if name == "check":
+        assert result.returncode == 1 or result.stderr.startswith("error: ")
+
+
+def test_run_without_key_is_one_line() -> None:
+    result = command("run", {"KLAVIYO_API_KEY": ""})
+    assert result.returncode == 2
+    assert result.stderr == "error: KLAVIYO_API_KEY is not set\n"
+
+
+def test_run_with_metrics_port_in_use_is_one_line() -> None:
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = command("run", {"METRICS_PORT": str(port)})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"error: METRICS_PORT: cannot listen on 0.0.0.0:{port}" in result.stderr
+
+
+def test_config_file_unknown_keys_are_refused_with_a_suggestion(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text('max_inflight = 500\nsend_mode = "batch"\n[kafka]\nbootstrap = "x:9092"\n')
+    for name in ("check", "run"):
+        result = command(name, {}, "--config", str(config))
+        assert result.returncode == 2
+        assert "unknown key 'max_inflight' (did you mean 'max_in_flight'?)" in result.stderr
+        assert "unknown key 'kafka'" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_config_file_of_known_keys_is_used(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text('max_in_flight = 500\nSEND_MODE = "batch"\n')
+    result = command("check", {}, "--config", str(config))
+    assert lines_of(result)["config"].startswith("ok (") and "mode batch" in result.stdout
+
+
+def test_readme_config_file_example_loads(tmp_path: Path) -> None:
+    """The TOML example in the README is a file the relay accepts."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "relay.toml"
+    config.write_text(block)
+    result = command("check", {}, "--config", str(config))
+    assert lines_of(result)["config"].startswith("ok (") and "mode batch" in result.stdout

@@ -35,6 +35,7 @@ from consumer.settings import Settings, load_settings
 from dev.kafka_broker import KafkaBroker
 from dev.sample_events import Planted, SampleRecord, sample
 from tests.conftest import TopicFactory
+from tests.fixtures.cli import run_cli
 
 pytestmark = pytest.mark.kafka
 
@@ -164,7 +165,7 @@ async def relaying(scenario: Scenario) -> AsyncIterator[Relay]:
     relay = Relay(scenario.settings)
     task = asyncio.create_task(relay.run())
     try:
-        await wait_until(lambda: relay.state.assigned or task.done(), "the relay is assigned")
+        await wait_until(lambda: relay.state.joined or task.done(), "the relay joined its group")
         assert not task.done(), "the relay stopped at start"
         yield relay
     finally:
@@ -399,3 +400,56 @@ def read_all(scenario: Scenario, topic: str) -> list[dict[str, Any]]:
     finally:
         consumer.close()
     return out
+
+
+# --- the first hour: reasons a replay cannot fix, and unknown reasons ---------------------------
+
+
+def test_unknown_reason_lists_the_valid_ones() -> None:
+    for command in ("inspect", "replay"):
+        result = run_cli("dlq", command, "--reason", "klaviyo_refused")
+        assert result.returncode == 2
+        assert "unknown reason klaviyo_refused; valid reasons: bad_magic," in result.stderr
+        assert "klaviyo_rejected" in result.stderr
+
+
+async def test_replay_skips_what_cannot_be_fixed_unless_asked(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory
+) -> None:
+    """Undecodable bytes and expired links fail again on replay: skipped, and said so."""
+    created = "shop.account.created"
+    scenario = make_scenario(kafka_broker, topic_factory, [created])
+    source = scenario.topics[created]
+    now = datetime.now(UTC)
+    kinds = [
+        (20, Failure.from_exception("decode", "bad_magic", ValueError("magic 0x7b"), now)),
+        (21, Failure.from_exception("handle", "expired", ValueError("link expired"), now)),
+        (22, Failure.from_exception("handle", "invalid_event", ValueError("bad"), now)),
+    ]
+    producer = Producer(scenario.settings.kafka_client_config())
+    for offset, failure in kinds:
+        key, value, ts, headers = dead_letter(source, offset, failure, now, b"v")
+        producer.produce(
+            scenario.settings.dlq_topic, value, key, timestamp=ts or 0, headers=headers
+        )
+    assert producer.flush(30) == 0
+
+    first = await scenario.acli("dlq", "replay")
+    assert first.returncode == 0, first.stderr
+    assert "skipping 2 that a replay cannot fix (bad_magic 1, expired 1)" in first.stdout
+    assert "replayed 1 (0 with backfill)" in first.stdout
+    assert "2 skipped as unfixable" in first.stdout
+    assert [m["key"] for m in read_all(scenario, source)] == [b"cust-22"]
+
+    named = await scenario.acli("dlq", "replay", "--reason", "expired")
+    assert "replayed 1 (0 with backfill)" in named.stdout, named.stdout + named.stderr
+    rest = await scenario.acli("dlq", "replay", "--include-unfixable")
+    assert "replayed 1 (0 with backfill); 2 replayed before" in rest.stdout, rest.stdout
+    assert [m["key"] for m in read_all(scenario, source)] == [b"cust-22", b"cust-21", b"cust-20"]
+
+
+def test_unreachable_kafka_is_one_line_naming_it() -> None:
+    result = run_cli("dlq", "inspect", env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: cannot reach 127.0.0.1:1 within 10s")
+    assert len(result.stderr.splitlines()) == 1, result.stderr

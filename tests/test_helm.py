@@ -24,6 +24,8 @@ import pytest
 import yaml
 
 from consumer.observability.metrics import REGISTRY
+from consumer.pipeline.relay import DLQ_FLUSH_SECONDS
+from consumer.pipeline.source import CLOSE_SECONDS, FINAL_COMMIT_SECONDS
 from consumer.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +48,7 @@ REQUIRED_ALERTS = {
     "KlaviyoRelayDeadLetters",
     "KlaviyoRelayThrottled",
     "KlaviyoRelayNoDeliveries",
+    "KlaviyoRelayEventStuck",
 }
 
 
@@ -74,6 +77,11 @@ needs_promtool = pytest.mark.skipif(
 def _helm(*args: str) -> subprocess.CompletedProcess[str]:
     assert HELM is not None
     return subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def _template(*args: str) -> subprocess.CompletedProcess[str]:
+    """``helm template`` of the chart with ``args``, failing or not."""
+    return _helm("template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, *args)
 
 
 def _values_args(
@@ -232,20 +240,18 @@ def test_grace_period_outlasts_the_drain(tmp_path: Path) -> None:
         config = config_of(docs)
         grace = one(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert int(config["DRAIN_TIMEOUT_SECONDS"]) == drain
-        assert grace > drain
-    result = _helm(
-        "template",
-        RELEASE,
-        str(CHART),
-        "--kube-version",
-        KUBE_VERSION,
-        "--set",
-        "relay.drainTimeoutSeconds=30",
-        "--set",
-        "terminationGracePeriodSeconds=30",
-    )
-    assert result.returncode != 0
-    assert "must exceed relay.drainTimeoutSeconds" in result.stderr
+        # The drain, then the final commit, the consumer's close and the dead-letter flush.
+        worst = drain + FINAL_COMMIT_SECONDS + CLOSE_SECONDS + DLQ_FLUSH_SECONDS
+        assert grace > worst
+    for grace in (30, 50):  # not beyond the drain; not beyond the worst case after it
+        result = _template(
+            "--set",
+            "relay.drainTimeoutSeconds=30",
+            "--set",
+            f"terminationGracePeriodSeconds={grace}",
+        )
+        assert result.returncode != 0
+        assert "must exceed relay.drainTimeoutSeconds + 20" in result.stderr
 
 
 @needs_helm
@@ -286,8 +292,8 @@ def test_rendered_settings_are_accepted_by_the_relay(
             monkeypatch.delenv(key)
     for key, value in config.items():
         monkeypatch.setenv(key, value)
-    for key in env:  # values from Secrets: any placeholder will do
-        monkeypatch.setenv(key, "from-secret")
+    for key in env:  # values from Secrets: any placeholder will do (a JSON object for maps)
+        monkeypatch.setenv(key, "{}" if key.endswith("_CONFIG") else "from-secret")
     settings = load_settings()
     assert settings.metrics_port == int(config["METRICS_PORT"])
     assert 0 < settings.rate_limit_share <= 1
@@ -345,6 +351,50 @@ def test_existing_secrets_for_klaviyo_and_kafka() -> None:
         "shop.accounts.password-reset-requested",
     ]
     assert json.loads(config["KAFKA_EXTRA_CONFIG"]) == {"statistics.interval.ms": "15000"}
+    assert env["KAFKA_SECRET_EXTRA_CONFIG"]["valueFrom"]["secretKeyRef"] == {
+        "name": "kafka-oauth",
+        "key": "kafka-secret-extra-config",
+    }
+    assert env["SCHEMA_REGISTRY_BEARER_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "schema-registry-token",
+        "key": "token",
+    }
+    assert "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO" not in env
+    assert config["SCHEMA_REGISTRY_LOGICAL_CLUSTER"] == "lsrc-123"
+    assert config["SCHEMA_REGISTRY_TIMEOUT_SECONDS"] == "5"
+
+
+@needs_helm
+def test_registry_credential_and_secret_kafka_properties_go_to_a_secret_only(
+    tmp_path: Path,
+) -> None:
+    user_info = "relay:pa55-registry"
+    secret_properties = {"sasl.oauthbearer.client.secret": "s3cr3t-oauth"}
+    docs = render(
+        values={
+            "schemaRegistry": {
+                "url": "https://sr.internal:8081",
+                "auth": {"type": "basic", "credential": user_info},
+            },
+            "kafka": {"secretExtraConfig": secret_properties},
+        },
+        tmp=tmp_path,
+    )
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    (secret,) = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"].endswith("-settings")]
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data["schema-registry-credential"] == user_info
+    assert json.loads(data["kafka-secret-extra-config"]) == secret_properties
+    config, env = _env_of(docs)
+    assert "pa55" not in json.dumps(config) and "s3cr3t" not in json.dumps(config)
+    for name, key in [
+        ("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "schema-registry-credential"),
+        ("KAFKA_SECRET_EXTRA_CONFIG", "kafka-secret-extra-config"),
+    ]:
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": secret["metadata"]["name"], "key": key}
+    assert "SCHEMA_REGISTRY_BEARER_TOKEN" not in env
 
 
 # --------------------------------------------------------------------------- scaling
@@ -516,6 +566,8 @@ INVALID_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("bootstrap servers without port", {"kafka": {"bootstrapServers": "kafka"}}),
     ("bad security protocol", {"kafka": {"securityProtocol": "TLS"}}),
     ("SASL without credentials", {"kafka": {"sasl": {"mechanism": "SCRAM-SHA-512"}}}),
+    ("registry auth without credential", {"schemaRegistry": {"auth": {"type": "basic"}}}),
+    ("unknown registry auth type", {"schemaRegistry": {"auth": {"type": "oauth"}}}),
     ("non-string librdkafka property", {"kafka": {"extraConfig": {"fetch.min.bytes": 1}}}),
     ("bad send mode", {"relay": {"sendMode": "fast"}}),
     ("share above 1", {"relay": {"rateLimitShare": "1.5"}}),
@@ -562,14 +614,7 @@ def test_schema_rejects_invalid_values(case: str, values: dict[str, Any]) -> Non
 @needs_helm
 @pytest.mark.parametrize(("case", "values"), INVALID_VALUES, ids=[c for c, _ in INVALID_VALUES])
 def test_helm_refuses_invalid_values(case: str, values: dict[str, Any], tmp_path: Path) -> None:
-    result = _helm(
-        "template",
-        RELEASE,
-        str(CHART),
-        "--kube-version",
-        KUBE_VERSION,
-        *_values_args(values, [], tmp_path),
-    )
+    result = _template(*_values_args(values, [], tmp_path))
     assert result.returncode != 0, f"{case}: accepted"
     assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
 
@@ -720,11 +765,13 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                 _series("klaviyo_relay_consumer_lag_messages", p0, "150x30"),
                 _series("klaviyo_relay_events_delivered_total", delivered, "0+600x30"),
                 _series("klaviyo_relay_klaviyo_requests_total", ok_requests, "0+600x30"),
+                _series("klaviyo_relay_oldest_unfinished_event_age_seconds", p0, "3x30"),
             ],
             "alert_rule_test": [
                 {"eval_time": "25m", "alertname": name, "exp_alerts": []}
                 for name in sorted(
-                    REQUIRED_ALERTS | {"KlaviyoRelayDown", "KlaviyoRelayKlaviyoErrors"}
+                    REQUIRED_ALERTS
+                    | {"KlaviyoRelayDown", "KlaviyoRelayKlaviyoErrors", "KlaviyoRelayEventStuck"}
                 )
             ],
         },
@@ -805,6 +852,34 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                             "Klaviyo's edge has answered challenge pages instead of the API"
                             " for 15 minutes",
                             kind="challenge",
+                        ),
+                    ],
+                },
+            ],
+        },
+        {  # one event on partition 0 never finishes; partition 1 keeps flowing
+            "interval": "1m",
+            "input_series": [
+                up,
+                _series("klaviyo_relay_oldest_unfinished_event_age_seconds", p0, "0+60x40"),
+                _series(
+                    "klaviyo_relay_oldest_unfinished_event_age_seconds",
+                    {**p0, "partition": "1"},
+                    "2x40",
+                ),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "17m", "alertname": "KlaviyoRelayEventStuck", "exp_alerts": []},
+                {
+                    "eval_time": "25m",
+                    "alertname": "KlaviyoRelayEventStuck",
+                    "exp_alerts": [
+                        fired(
+                            "KlaviyoRelayEventStuck",
+                            "warning",
+                            f"An event on {topic}/0 has been unfinished for 25m 0s",
+                            topic=topic,
+                            partition="0",
                         ),
                     ],
                 },

@@ -147,3 +147,26 @@ def test_port_taken_by_another_process_is_reported(
         monkeypatch.setattr(dev.kafka_broker, "_PORT_ATTEMPTS", 1)
         with pytest.raises(BrokerError, match=f"port 127.0.0.1:{taken} is in use"):
             KafkaBroker.start(tmp_path, timeout=120)
+
+
+def test_preferred_port_is_used_only_when_free() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    assert dev.kafka_broker._free_port(free) == free
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        taken = squatter.getsockname()[1]
+        assert dev.kafka_broker._free_port(taken) != taken
+
+
+def test_start_says_what_to_export(capsys: pytest.CaptureFixture[str]) -> None:
+    dev.kafka_broker._print_export("127.0.0.1:9092")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092"
+    dev.kafka_broker._print_export("127.0.0.1:40123")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "port 9092 was taken; point every command at this broker with:",
+        "export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:40123",
+    ]

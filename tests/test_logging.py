@@ -14,9 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from consumer.observability.logging import configure_logging, get_logger
+from consumer.observability.logging import (
+    LibrdkafkaLogFilter,
+    RepeatSummary,
+    configure_logging,
+    get_logger,
+)
 from consumer.observability.redact import redact_text
-from consumer.settings import Settings
+from consumer.settings import Settings, SettingsError, load_settings
 
 PNF = phonenumbers.PhoneNumberFormat
 # Countries whose national formats a shop's customers are likely to type.
@@ -188,5 +193,38 @@ def test_console_format_on_a_terminal() -> None:
 
 
 def test_unknown_log_level_is_refused() -> None:
-    with pytest.raises(ValueError, match="LOG_LEVEL"):
-        configure_logging(Settings(log_level="LOUD"), stream=io.StringIO())
+    # By the settings, so check refuses it as run does (not only once logging is configured).
+    with pytest.raises(SettingsError, match="LOG_LEVEL"):
+        load_settings(log_level="LOUD")
+
+
+def test_repeats_are_let_through_once_per_interval_and_counted() -> None:
+    now = [0.0]
+    summary = RepeatSummary(30.0, clock=lambda: now[0])
+    assert summary.admit("down") == 0
+    assert [summary.admit("down") for _ in range(5)] == [None] * 5
+    assert summary.admit("other") == 0  # each kind on its own
+    now[0] = 30.0
+    assert summary.admit("down") == 5
+    assert summary.admit("down") is None
+
+
+def test_librdkafka_lines_are_summarised_and_duplicates_dropped() -> None:
+    now = [0.0]
+    keep = LibrdkafkaLogFilter(RepeatSummary(10.0, clock=lambda: now[0]))
+    drop = LibrdkafkaLogFilter(drop_facilities=frozenset({"FAIL"}))
+
+    def record(after_ms: int) -> logging.LogRecord:
+        text = (
+            "FAIL [rdkafka#producer-2] [thrd:h:1/bootstrap]: h:1/bootstrap: Connect to ipv4#h:1"
+            f" failed: Connection refused (after {after_ms}ms in state CONNECT)"
+        )
+        return logging.LogRecord("x", logging.ERROR, __file__, 1, text, None, None)
+
+    assert keep.filter(record(0)) is True
+    assert [keep.filter(record(n)) for n in range(1, 40)] == [False] * 39
+    now[0] = 10.0
+    later = record(7)
+    assert keep.filter(later) is True
+    assert later.getMessage().endswith("(and 39 more like it held back)")
+    assert drop.filter(record(0)) is False

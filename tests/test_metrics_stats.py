@@ -45,6 +45,10 @@ PROMISED: dict[str, str] = {
     "klaviyo_relay_plan_warnings_total": "counter",
     "klaviyo_relay_klaviyo_edge_answers_total": "counter",
     "klaviyo_relay_klaviyo_partial_failures_total": "counter",
+    "klaviyo_relay_partitions_paused_pending": "gauge",
+    "klaviyo_relay_oldest_unfinished_event_age_seconds": "gauge",
+    "klaviyo_relay_assigned_partitions": "gauge",
+    "klaviyo_relay_bulk_duplicates_total": "counter",
 }
 # Labels must stay bounded: none of these may ever label a series.
 UNBOUNDED_LABELS = {"email", "phone", "profile_id", "event_id", "unique_id", "offset", "key", "id"}

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from consumer.schemas import SchemaStore
 from consumer.settings import Settings
 from consumer.topics import CONTRACT_TOPICS, event_key
 from dev.kafka_broker import KafkaBroker
+from dev.sample_events import sample
 from tests.conftest import TopicFactory
 from tests.fixtures.contract import EXAMPLES_DIR, example
 
@@ -169,3 +173,85 @@ def test_produce_then_consume_gives_the_same_events(
         from_plain_json("shop.events.OrderPlaced", e, store) for e in events
     ]
     assert [m.key() for m in messages] == [e["customer"]["customer_id"].encode() for e in events]
+
+
+# --- the first hour: documents as well as lines, and a clear failure when Kafka is not there ---
+
+
+def _sample_event(topic: str) -> dict[str, Any]:
+    found = next(r.event for r in sample(datetime.now(UTC), 1) if r.topic == topic and r.event)
+    assert isinstance(found, dict)
+    return found
+
+
+@pytest.mark.kafka
+def test_pretty_printed_document_is_one_event(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    topic = topic_factory("produce-doc")
+    event = _sample_event("shop.order.placed")
+    source = tmp_path / "event.json"
+    source.write_text(json.dumps(event, indent=2) + "\n")
+    result = _produce(
+        "--topic", topic, "--record", "OrderPlaced", "--input", str(source),
+        "--bootstrap", kafka_broker.bootstrap_servers,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"produced 1 events to {topic}"
+    [message] = _consume(kafka_broker.bootstrap_servers, topic, 1)
+    decoded = Decoder.from_settings(Settings()).decode(message.value() or b"")
+    assert decoded.datum["event_id"] == event["event_id"]
+
+
+@pytest.mark.kafka
+def test_contract_examples_are_accepted_as_they_are(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory
+) -> None:
+    for contract_topic in ("shop.order.placed", "shop.account.password-reset-requested"):
+        path = EXAMPLES_DIR / f"{contract_topic}.json"
+        if not path.is_file():
+            pytest.skip(f"{path} is absent (needs ../shared next to the repo)")
+        topic = topic_factory("produce-example")
+        result = _produce(
+            "--topic", topic, "--record", CONTRACT_TOPICS[contract_topic], "--input", str(path),
+            "--bootstrap", kafka_broker.bootstrap_servers,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+
+
+def test_broken_document_says_both_readings(tmp_path: Path) -> None:
+    source = tmp_path / "event.json"
+    source.write_text('{\n  "event_id": "x",\n  nope\n}\n')
+    result = _produce(
+        "--topic", "shop.account.created", "--input", str(source), "--bootstrap", NO_BROKER
+    )
+    assert result.exit_code != 0
+    assert "neither a JSON document" in result.output and "nor JSON Lines (line 1:" in result.output
+
+
+def test_unreachable_broker_fails_naming_the_address(tmp_path: Path) -> None:
+    source = tmp_path / "event.json"
+    source.write_text(json.dumps(_sample_event("shop.account.created")))
+    # A subprocess, as a user runs it: librdkafka writes its own lines to the real stderr.
+    result = subprocess.run(
+        [sys.executable, "-m", "consumer", "produce", "--topic", "shop.account.created",
+         "--input", str(source), "--bootstrap", NO_BROKER],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Error: cannot reach {NO_BROKER} within 10s")
+    assert len(result.stderr.splitlines()) == 1, result.stderr  # no librdkafka lines
+
+
+@pytest.mark.kafka
+def test_missing_topic_says_how_to_create_it(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
+    source = tmp_path / "event.json"
+    source.write_text(json.dumps(_sample_event("shop.account.created")))
+    missing = f"no-such-topic-{uuid.uuid4().hex[:8]}"
+    result = _produce(
+        "--topic", missing, "--record", "AccountCreated", "--input", str(source),
+        "--bootstrap", kafka_broker.bootstrap_servers,
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert f"topic(s) {missing} do not exist" in result.output
+    assert "python -m consumer topics create" in result.output

@@ -93,6 +93,15 @@ async def test_serves_until_sigterm() -> None:
         match = re.fullmatch(r"Klaviyo sandbox listening on (http://127\.0\.0\.1:(\d+))\n", line)
         assert match, line
         base_url = match.group(1)
+        # Then what a developer needs next: the key it accepts and what to export.
+        rest = [(await proc.stdout.readline()).decode().rstrip("\n") for _ in range(5)]
+        assert rest == [
+            "accepted API key(s): pk_sandbox",
+            "point the relay at it with:",
+            f"  export KLAVIYO_BASE_URL={base_url}",
+            "  export KLAVIYO_API_KEY=pk_sandbox",
+            f"what it received: {base_url}/ (inbox page; JSON at /_sandbox/events)",
+        ]
         async with aiohttp.ClientSession() as session:
             async with session.post(
                 f"{base_url}/api/events", data=orjson.dumps(event_body()), headers=HEADERS

@@ -24,6 +24,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "sandbox": ("consumer.cli.sandbox", "sandbox", "Serve the local Klaviyo stand-in."),
     "dlq": ("consumer.cli.dlq", "dlq", "Inspect and replay the dead-letter topic."),
     "check": ("consumer.cli.check", "check", "Check configuration, Kafka and Klaviyo."),
+    "topics": ("consumer.cli.topics", "topics", "Create the source and dead-letter topics."),
 }
 
 

@@ -12,15 +12,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from dataclasses import dataclass
 
 import click
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 
 from consumer.cli import settings_from
+from consumer.cli.kafka import KafkaUnreachable, admin_client, cluster_metadata, missing_topics
+from consumer.cli.preflight import preflight, source_topics
 from consumer.klaviyo.client import KlaviyoClient
 from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Permanent, Retryable
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
@@ -35,11 +35,6 @@ _WRITE_PROBES = (
         KlaviyoRequest(Endpoint.PROFILE_IMPORT, "POST", "/api/profile-import", _PROBE_BODY),
     ),
 )
-
-# librdkafka reports every refused connection; the kafka line says it once.
-_QUIET = logging.getLogger("consumer.check.kafka")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,25 +73,16 @@ def check(ctx: click.Context, timeout: float) -> None:
         sys.exit(1)
 
 
-def source_topics(settings: Settings) -> list[str]:
-    from consumer.handlers.registry import HandlerRegistry  # noqa: PLC0415 (loads handlers)
-
-    return HandlerRegistry.from_settings(settings).topics()
-
-
 def check_config(settings: Settings) -> Result:
-    from consumer.schemas import SchemaError, SchemaStore  # noqa: PLC0415 (parses schemas)
-
+    """Everything ``run`` checks before it starts (see consumer.cli.preflight)."""
     summary = (
         f"kafka {settings.kafka_bootstrap_servers}, group {settings.kafka_group_id}, "
         f"mode {settings.send_mode.value}, metrics :{settings.metrics_port}"
     )
-    try:
-        topics = source_topics(settings)
-        SchemaStore.from_settings(settings)
-    except (SettingsError, SchemaError) as exc:
-        return Result("config", False, f"{summary}; {exc}")
-    return Result("config", True, f"{summary}, {len(topics)} topics")
+    problems = preflight(settings, key=False)  # the klaviyo line reports the key
+    if problems:
+        return Result("config", False, f"{summary}; {'; '.join(problems)}")
+    return Result("config", True, f"{summary}, {len(source_topics(settings))} topics")
 
 
 def check_kafka(settings: Settings, timeout: float) -> Result:
@@ -105,19 +91,20 @@ def check_kafka(settings: Settings, timeout: float) -> Result:
         wanted = [*source_topics(settings), settings.dlq_topic]
     except SettingsError:
         wanted = [settings.dlq_topic]
-    config: dict[str, str | int | float | bool] = {**settings.kafka_client_config()}
-    admin = AdminClient(config, logger=_QUIET)
     try:
-        metadata = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        error = exc.args[0]
-        detail = error.str() if hasattr(error, "str") else str(error)
-        return Result("kafka", False, f"cannot reach {servers} within {timeout:g}s: {detail}")
+        metadata = cluster_metadata(admin_client(settings.kafka_client_config()), servers, timeout)
+    except KafkaUnreachable as exc:
+        return Result("kafka", False, str(exc))
+    except KafkaException as exc:  # the client itself was refused: the config line says why
+        return Result("kafka", False, f"{servers}: not checked ({exc.args[0].str()})")
     brokers = len(metadata.brokers)
-    missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error]
+    missing = missing_topics(metadata, wanted)
     if missing:
         return Result(
-            "kafka", False, f"{servers}: {brokers} broker(s); missing topics: {', '.join(missing)}"
+            "kafka",
+            False,
+            f"{servers}: {brokers} broker(s); missing topics: {', '.join(missing)}"
+            " (python -m consumer topics create makes them)",
         )
     return Result(
         "kafka",

@@ -16,6 +16,7 @@ import orjson
 from confluent_kafka import KafkaException
 
 from consumer.cli import settings_from
+from consumer.cli.kafka import require_topics
 from consumer.codec import DecodeError, Decoder, to_plain_json
 from consumer.settings import Settings
 from consumer.tools.deadletters import DeadLetter, Selection, count_by, newest, parse_since
@@ -25,13 +26,44 @@ from consumer.tools.progress import PartitionProgress, ProgressTooScattered
 from consumer.tools.render import Original, inspect_json, inspect_line
 from consumer.tools.replay import plan_replays, progress_after
 
+# Every reason code the relay writes (consumer.codec, consumer.handlers.errors, the pipeline).
+KNOWN_REASONS = (
+    "bad_magic",
+    "truncated",
+    "invalid_body",
+    "unknown_schema",
+    "registry_unavailable",
+    "unknown_record",
+    "invalid_event",
+    "no_identifier",
+    "limit_exceeded",
+    "expired",
+    "klaviyo_rejected",
+)
+# The record's bytes or its deadline: the same record fails the same way however often it is
+# sent. The other reasons can succeed after a fix elsewhere (a schema deployed, TOPIC_HANDLERS,
+# the registry back, a relay upgrade, Klaviyo's account settings).
+UNFIXABLE_BY_REPLAY = frozenset({"bad_magic", "truncated", "invalid_body", "expired"})
+
+
+def _known_reason(
+    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    unknown = [reason for reason in value if reason not in KNOWN_REASONS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown reason {', '.join(unknown)}; valid reasons: {', '.join(KNOWN_REASONS)}"
+        )
+    return value
+
+
 _selection_options = [
     click.option(
         "--reason",
         "reasons",
         multiple=True,
-        help="Only this reason code (bad_magic, limit_exceeded, expired, klaviyo_rejected, ...);"
-        " repeatable.",
+        callback=_known_reason,
+        help=f"Only this reason code ({', '.join(KNOWN_REASONS)}); repeatable.",
     ),
     click.option(
         "--topic", "topics", multiple=True, help="Only records from this source topic; repeatable."
@@ -60,6 +92,8 @@ def _selection(reasons: tuple[str, ...], topics: tuple[str, ...], since: str | N
 
 
 def _open(settings: Settings) -> DeadLetterTopic:
+    # Within seconds, naming the address, rather than after the reader's own timeouts.
+    require_topics(settings.kafka_client_config(), [settings.dlq_topic])
     try:
         return DeadLetterTopic(settings)
     except (DeadLetterTopicError, KafkaException) as exc:
@@ -91,7 +125,8 @@ def inspect(
     as_json: bool,
 ) -> None:
     """One line per dead letter: source topic/partition/offset, stage, reason, Klaviyo
-    status/code, age of the event, the event (personal data masked) and the error."""
+    status/code, age (since the source record was written to Kafka, its record time), the
+    event (personal data masked) and the error."""
     settings = settings_from(ctx)
     selection = _selection(reasons, topics, since)
     with _open(settings) as topic:
@@ -138,6 +173,12 @@ def _original(decoder: Decoder, letter: DeadLetter) -> Original:
 @dlq.command(short_help="Send selected dead letters again to their source topic.")
 @_with_selection
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; publish nothing.")
+@click.option(
+    "--include-unfixable",
+    is_flag=True,
+    help="Also replay reasons a replay cannot fix (undecodable bytes, expired links, ...),"
+    " which are skipped unless named with --reason.",
+)
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -146,9 +187,14 @@ def replay(
     topics: tuple[str, ...],
     since: str | None,
     dry_run: bool,
+    include_unfixable: bool,
 ) -> None:
     """Republish selected dead letters to their source topic (original key, value, headers),
-    with Klaviyo's backfill flag for events older than REPLAY_BACKFILL_AFTER_SECONDS."""
+    with Klaviyo's backfill flag for events older than REPLAY_BACKFILL_AFTER_SECONDS.
+
+    Undecodable records (bad_magic, truncated, invalid_body) and expired links (expired) would
+    only fail again: they are skipped unless named with --reason or --include-unfixable is
+    given."""
     settings = settings_from(ctx)
     selection = _selection(reasons, topics, since)
     backfill_after = timedelta(seconds=settings.replay_backfill_after_seconds)
@@ -165,15 +211,25 @@ def replay(
                 backfill_after=backfill_after,
                 partitions=topic.topic_partitions(sources),
             )
+            skip = frozenset() if include_unfixable or reasons else UNFIXABLE_BY_REPLAY
+            skipped = [item for item in plan.replays if item.letter.reason in skip]
+            replays = [item for item in plan.replays if item.letter.reason not in skip]
             low = {p: w.low for p, w in topic.watermarks.items()}
             # Refuse before publishing if the progress could not be recorded afterwards.
-            for done in progress_after(progress, plan.replays, low).values():
+            for done in progress_after(progress, replays, low).values():
                 done.metadata()
         except (DeadLetterTopicError, KafkaException, ProgressTooScattered) as exc:
             raise click.ClickException(str(exc)) from None
 
         verb = "would replay" if dry_run else "replaying"
-        for item in plan.replays:
+        if skipped:
+            by_reason = count_by(item.letter for item in skipped)
+            click.echo(
+                f"skipping {len(skipped)} that a replay cannot fix"
+                f" ({', '.join(f'{r} {n}' for r, n in by_reason.items())});"
+                " --include-unfixable (or --reason) sends them anyway"
+            )
+        for item in replays:
             where = f"{item.topic}/{'by key' if item.partition is None else item.partition}"
             flag = " (backfill)" if item.backfill else ""
             click.echo(f"{verb} {item.letter.source} reason={item.letter.reason} → {where}{flag}")
@@ -185,13 +241,13 @@ def replay(
         )
         counts = (
             f"{before} replayed before, {plan.not_selected} not selected,"
-            f" {len(plan.unreplayable)} not replayable"
+            f" {len(skipped)} skipped as unfixable, {len(plan.unreplayable)} not replayable"
         )
         if dry_run:
-            click.echo(f"dry run: {len(plan.replays)} would be replayed ({counts}); nothing sent")
+            click.echo(f"dry run: {len(replays)} would be replayed ({counts}); nothing sent")
             return
         try:
-            results = publish(settings, plan.replays) if plan.replays else []
+            results = publish(settings, replays) if replays else []
             sent = [item for item, error in results if error is None]
             topic.commit(progress_after(progress, sent, low))
         except (DeadLetterTopicError, KafkaException) as exc:

@@ -1,6 +1,8 @@
-"""``produce``: publish plain-JSON events (one per line), Avro-encoded as the relay reads them.
+"""``produce``: publish plain-JSON events, Avro-encoded as the relay reads them.
 
-Every line is checked before anything is sent, so a bad file publishes nothing.
+The input is one JSON document (an event, pretty-printed or not: the contract's examples as
+they are) or JSON Lines (one event per line). Every event is checked
+before anything is sent, so a bad file publishes nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.cli import settings_from
+from consumer.cli.kafka import QUIET_KAFKA_LOG, require_topics
 from consumer.codec import EncodeError, Encoder, InvalidEvent, from_plain_json
 from consumer.schemas import SchemaStore
 from consumer.settings import Settings
@@ -31,19 +34,42 @@ def record_for(topic: str, record: str | None, settings: Settings, store: Schema
     raise click.UsageError(f"no record known for topic {topic!r}; pass --record NAME")
 
 
-def _events(lines: IO[bytes], record_name: str, store: SchemaStore) -> list[dict[str, Any]]:
-    datums = []
-    for number, line in enumerate(lines, start=1):
+def _documents(text: bytes) -> list[tuple[str, Any]]:
+    """``(where, object)`` per event: the whole input as one JSON document, else JSON Lines."""
+    whole_error: orjson.JSONDecodeError | None = None
+    try:
+        whole = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        whole_error = exc
+    else:
+        if isinstance(whole, dict):
+            return [("event", whole)]
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            obj = orjson.loads(line)
+            found.append((f"line {number}", orjson.loads(line)))
+        except orjson.JSONDecodeError as exc:
+            if not found and whole_error is not None:
+                # Not even its first line parses: it may be a broken document; say both.
+                raise click.ClickException(
+                    f"neither a JSON document ({whole_error}) nor JSON Lines (line {number}: {exc})"
+                ) from None
+            raise click.ClickException(f"line {number}: {exc}") from None
+    return found
+
+
+def _events(source: IO[bytes], record_name: str, store: SchemaStore) -> list[dict[str, Any]]:
+    datums = []
+    for where, obj in _documents(source.read()):
+        try:
             if not isinstance(obj, dict):
                 raise InvalidEvent("expected a JSON object")
             datum = from_plain_json(record_name, obj, store)
             event_key(datum)
-        except (orjson.JSONDecodeError, ValueError) as exc:  # InvalidEvent is a ValueError
-            raise click.ClickException(f"line {number}: {exc}") from None
+        except ValueError as exc:  # InvalidEvent is a ValueError
+            raise click.ClickException(f"{where}: {exc}") from None
         datums.append(datum)
     return datums
 
@@ -55,7 +81,7 @@ def _events(lines: IO[bytes], record_name: str, store: SchemaStore) -> list[dict
     "input_file",
     type=click.File("rb"),
     required=True,
-    help="JSON Lines file of plain-JSON events ('-' for stdin).",
+    help="Plain-JSON events: one JSON document (an event or a list) or JSON Lines ('-' for stdin).",
 )
 @click.option(
     "--bootstrap", default=None, help="Kafka bootstrap servers [KAFKA_BOOTSTRAP_SERVERS]."
@@ -84,6 +110,8 @@ def produce(
     config: dict[str, Any] = {**settings.kafka_client_config(), "enable.idempotence": True}
     if bootstrap:
         config["bootstrap.servers"] = bootstrap
+    # Fail in seconds, naming the address, rather than after the flush timeout.
+    require_topics(config, [topic])
     failures: list[str] = []
 
     def delivered(error: KafkaError | None, _message: Message) -> None:
@@ -91,7 +119,7 @@ def produce(
             failures.append(error.str())
 
     try:
-        producer = Producer(config)
+        producer = Producer(config, logger=QUIET_KAFKA_LOG)
         for datum, value in zip(datums, values, strict=True):
             while True:
                 try:

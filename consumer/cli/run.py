@@ -9,6 +9,8 @@ import sys
 import click
 
 from consumer.cli import settings_from
+from consumer.cli.preflight import preflight
+from consumer.observability.health import OperationsPortError
 from consumer.observability.logging import configure_logging
 from consumer.pipeline.relay import Relay
 from consumer.settings import SettingsError
@@ -32,6 +34,12 @@ def tune_garbage_collector() -> None:
 def run(ctx: click.Context) -> None:
     """Relay Kafka events to Klaviyo; exits 0 after a clean stop (SIGTERM/SIGINT)."""
     settings = settings_from(ctx)
+    # The same checks as `check`'s config line: one line per problem, never a traceback.
+    problems = preflight(settings)
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(2)
     configure_logging(settings)
     try:
         relay = Relay(settings)
@@ -39,4 +47,8 @@ def run(ctx: click.Context) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     tune_garbage_collector()
-    sys.exit(asyncio.run(relay.run()))
+    try:
+        sys.exit(asyncio.run(relay.run()))
+    except OperationsPortError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)

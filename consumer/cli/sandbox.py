@@ -177,4 +177,9 @@ async def _serve(options: SandboxOptions, host: str, port: int, access_log: bool
         loop.add_signal_handler(sig, stop.set)
     async with running_sandbox(options, port, host, access_log=access_log) as sb:
         click.echo(f"Klaviyo sandbox listening on {sb.base_url}")
+        click.echo(f"accepted API key(s): {', '.join(options.api_keys)}")
+        click.echo("point the relay at it with:")
+        click.echo(f"  export KLAVIYO_BASE_URL={sb.base_url}")
+        click.echo(f"  export KLAVIYO_API_KEY={options.api_keys[0]}")
+        click.echo(f"what it received: {sb.base_url}/ (inbox page; JSON at /_sandbox/events)")
         await stop.wait()

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import orjson
@@ -95,6 +98,59 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
         # Not cached: reconfiguring must reach loggers created at import time.
         cache_logger_on_first_use=False,
     )
+
+
+# An unreachable broker makes librdkafka report the same failure many times a second.
+REPEAT_SUMMARY_SECONDS = 30.0
+
+
+class RepeatSummary:
+    """Lets a kind of message through once per ``interval`` and counts the ones held back."""
+
+    def __init__(
+        self, interval: float = REPEAT_SUMMARY_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()  # librdkafka calls back on its own threads
+        self._last: dict[str, tuple[float, int]] = {}  # key → (when let through, held back)
+
+    def admit(self, key: str) -> int | None:
+        """None to hold this one back; else how many of ``key`` were held back since the last."""
+        now = self._clock()
+        with self._lock:
+            shown, held = self._last.get(key, (float("-inf"), 0))
+            if now - shown < self._interval:
+                self._last[key] = (shown, held + 1)
+                return None
+            self._last[key] = (now, 0)
+            return held
+
+
+class LibrdkafkaLogFilter(logging.Filter):
+    """For the logger given to a librdkafka client: one line per kind of message per interval
+    (with how many were held back), and none for the facilities its error callback reports."""
+
+    def __init__(
+        self, summary: RepeatSummary | None = None, *, drop_facilities: frozenset[str] = frozenset()
+    ) -> None:
+        super().__init__()
+        self._summary = summary or RepeatSummary()
+        self._drop = drop_facilities
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        facility = text.split(" ", 1)[0]
+        if facility in self._drop:
+            return False
+        # "... Connection refused (after 0ms in state CONNECT)": one kind, per client instance
+        # (the "[rdkafka#producer-2]" in the text), so one client's noise never hides another's.
+        held = self._summary.admit(text.split(" (after ")[0])
+        if held is None:
+            return False
+        if held:
+            record.msg, record.args = f"{text} (and {held} more like it held back)", None
+        return True
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

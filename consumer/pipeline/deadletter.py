@@ -41,7 +41,7 @@ from consumer.headers import (
     H_TOPIC,
 )
 from consumer.klaviyo.outcomes import KlaviyoError, Permanent
-from consumer.observability.logging import get_logger
+from consumer.observability.logging import LibrdkafkaLogFilter, get_logger
 from consumer.observability.redact import redact_text
 from consumer.pipeline.records import Headers, SourceRecord
 from consumer.settings import Settings
@@ -50,6 +50,7 @@ log = get_logger(__name__)
 # librdkafka's own log lines (connection lost, broker down...), through our logging rather than
 # raw to stderr; delivered by the poll thread's ``poll`` calls.
 LIBRDKAFKA_LOG = logging.getLogger(f"{__name__}.librdkafka")
+LIBRDKAFKA_LOG.addFilter(LibrdkafkaLogFilter())
 
 STAGE_DECODE = "decode"
 STAGE_HANDLE = "handle"

@@ -85,6 +85,7 @@ class Sender:
                 self._on_reachable(True)
                 return outcome
             if isinstance(outcome, Fatal):
+                self._on_reachable(True)  # Klaviyo answered; it refused the key
                 self._halt.trigger(outcome, request)
                 await self._halt.hold()
             assert isinstance(outcome, Retryable)

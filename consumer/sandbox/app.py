@@ -15,7 +15,8 @@ injection skipped entirely while no fault is set.
 
 Inspection (no auth, no faults, no quota): ``GET /_sandbox/events[?include=dropped&metric=M]``,
 ``GET /_sandbox/profiles``, ``GET /_sandbox/stats``, ``GET|POST /_sandbox/faults``,
-``POST /_sandbox/reset`` (forget everything, faults back to the options).
+``POST /_sandbox/reset`` (forget everything, faults back to the options); the inbox page at
+``/`` and ``/_sandbox/`` (:mod:`consumer.sandbox.inbox`) with ``GET /_sandbox/rejected``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from aiohttp import web
 
 from consumer.klaviyo.classify import PARTIAL_FAILURE_HEADER
 from consumer.klaviyo.requests import Endpoint
-from consumer.sandbox import jsonapi
+from consumer.sandbox import inbox, jsonapi
 from consumer.sandbox.faults import FaultError, Faults
 from consumer.sandbox.ratelimit import EndpointQuota, RateObserver
 from consumer.sandbox.store import DuplicateProfile, ProfileNotFound, SandboxState
@@ -151,6 +152,11 @@ class Sandbox:
             response = await self._process(request, endpoint, handle, write, max_bytes)
         counts = self.counts[endpoint]
         counts[response.status] = counts.get(response.status, 0) + 1
+        if response.status >= 400:
+            body = response.body if isinstance(response.body, bytes) else None
+            self.state.record_rejection(
+                endpoint, request.method, request.path, response.status, body
+            )
         return response
 
     async def _inject(self) -> web.Response | None:
@@ -555,6 +561,7 @@ def create_app(
     app.router.add_get("/_sandbox/faults", sandbox.inspect_faults)
     app.router.add_post("/_sandbox/faults", sandbox.change_faults)
     app.router.add_post("/_sandbox/reset", sandbox.reset_all)
+    inbox.add_routes(app.router, sandbox)  # the page at / (before the catch-all below)
     app.router.add_route("*", "/{tail:.*}", sandbox.unknown_route)
 
     async def _release(_: web.Application) -> None:

@@ -16,6 +16,8 @@ Behaviour copied from Klaviyo where tests depend on it:
   go to :attr:`SandboxState.dropped`, never to :attr:`SandboxState.events`, and create no profile.
 - Profile writes follow the spec: a null attribute clears it, an absent one leaves it; taking
   an identifier another profile holds is :class:`DuplicateProfile` (409 ``duplicate_profile``).
+- The last :data:`REJECTED_KEPT` refused requests (any status ≥ 400, with their ``errors``)
+  are kept in :attr:`SandboxState.rejected` for the inbox page.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from __future__ import annotations
 import random
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 from consumer.sandbox.validation import parse_time
 
@@ -40,6 +45,8 @@ IDENTIFIERS = ("email", "phone_number", "external_id", "anonymous_id")
 _NOT_STORED = frozenset({"_kx", "meta"})
 _DROPPED_DOMAINS = ("@example.com", "@test.com")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Enough to see what went wrong lately; bounded so a long run against faults stays small.
+REJECTED_KEPT = 200
 # What a profile resource shows (``anonymous_id`` is write-only at Klaviyo).
 _SHOWN_ATTRIBUTES = (
     "email",
@@ -130,10 +137,14 @@ class SandboxState:
         default_factory=lambda: {name: {} for name in IDENTIFIERS}
     )
     _dedup: dict[tuple[str, str, str], JSONObject] = field(default_factory=dict)
+    rejected: deque[JSONObject] = field(default_factory=lambda: deque(maxlen=REJECTED_KEPT))
+    rejected_count: int = 0
 
     def reset(self) -> None:
         self.events.clear()
         self.dropped.clear()
+        self.rejected.clear()
+        self.rejected_count = 0
         self.profiles.clear()
         self.accepted = self.dropped_count = self.duplicates = 0
         for index in self._index.values():
@@ -338,3 +349,35 @@ class SandboxState:
             return "u:" + str(record["unique_id"])
         moment = parse_time(record["time"])
         return f"t:{int(moment.timestamp()) if moment else record['time']}"
+
+    # --- rejected requests -------------------------------------------------------------------
+
+    def record_rejection(
+        self, endpoint: str, method: str, path: str, status: int, body: bytes | None
+    ) -> None:
+        """Keep one refused request: its status and the ``errors`` of the JSON:API answer."""
+        try:
+            document = orjson.loads(body or b"{}")
+        except orjson.JSONDecodeError:
+            document = {}
+        errors = document.get("errors") if isinstance(document, dict) else None
+        self.rejected_count += 1
+        self.rejected.append(
+            {
+                "received_at": now_iso(),
+                "endpoint": endpoint,
+                "method": method,
+                "path": path,
+                "status": status,
+                "errors": [
+                    {
+                        "code": e.get("code"),
+                        "detail": e.get("detail"),
+                        "pointer": (e.get("source") or {}).get("pointer"),
+                        "parameter": (e.get("source") or {}).get("parameter"),
+                    }
+                    for e in errors or []
+                    if isinstance(e, dict)
+                ],
+            }
+        )
