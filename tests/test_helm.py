@@ -666,6 +666,24 @@ def test_promtool_check_rules(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _promtool_test(rules: Path, tests: list[dict[str, Any]]) -> None:
+    """Run promtool's unit ``tests`` against the rules file ``rules`` (in the same directory)."""
+    assert PROMTOOL is not None
+    spec = rules.with_name("alerts_test.yaml")
+    spec.write_text(
+        yaml.safe_dump({"rule_files": [rules.name], "evaluation_interval": "1m", "tests": tests})
+    )
+    result = subprocess.run(
+        [PROMTOOL, "test", "rules", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=rules.parent,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _series(metric: str, labels: dict[str, str], values: str) -> dict[str, str]:
     base = {"namespace": NAMESPACE, "job": f"{FULLNAME}-metrics", **labels}
     inner = ", ".join(f'{k}="{v}"' for k, v in base.items())
@@ -850,7 +868,7 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                             "KlaviyoRelayEdgeAnswers",
                             "warning",
                             "Klaviyo's edge has answered challenge pages instead of the API"
-                            " for 15 minutes",
+                            " for 15m",
                             kind="challenge",
                         ),
                     ],
@@ -903,16 +921,52 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
             ],
         },
     ]
-    spec = tmp_path / "alerts_test.yaml"
-    spec.write_text(
-        yaml.safe_dump({"rule_files": [rules.name], "evaluation_interval": "1m", "tests": tests})
-    )
-    result = subprocess.run(
-        [PROMTOOL, "test", "rules", str(spec)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _promtool_test(rules, tests)
+
+
+@needs_helm
+@needs_promtool
+def test_dead_letter_write_failures_alert(tmp_path: Path) -> None:
+    """Failed dead-letter writes page once they persist for 5 minutes; one failure that heals
+    (a blip) does not."""
+    assert PROMTOOL is not None
+    rules = _rules_file(tmp_path)
+    name = "KlaviyoRelayDeadLetterWritesFailing"
+    described = {r["alert"]: r["annotations"] for r in _rules(render_ci("monitoring-values.yaml"))}
+    up = _series("up", {"pod": "p1"}, "1x40")
+    failing = {"pod": "p1", "error": "unknown_topic_or_part"}
+    fired = {
+        "exp_labels": {
+            "severity": "critical",
+            "team": "checkout",
+            "namespace": NAMESPACE,
+            "job": f"{FULLNAME}-metrics",
+            **failing,
+        },
+        "exp_annotations": {
+            **described[name],
+            "summary": "Relay p1 cannot write to the dead-letter topic (unknown_topic_or_part)",
+        },
+    }
+    tests = [
+        {  # the topic was deleted at minute 2: every retry fails from then on
+            "interval": "1m",
+            "input_series": [
+                up,
+                _series("klaviyo_relay_dead_letter_write_failures_total", failing, "0 0 0+4x30"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "4m", "alertname": name, "exp_alerts": []},
+                {"eval_time": "12m", "alertname": name, "exp_alerts": [fired]},
+            ],
+        },
+        {  # one refused write at minute 2, then none: quiet once it has healed
+            "interval": "1m",
+            "input_series": [
+                up,
+                _series("klaviyo_relay_dead_letter_write_failures_total", failing, "0 0 1x30"),
+            ],
+            "alert_rule_test": [{"eval_time": "20m", "alertname": name, "exp_alerts": []}],
+        },
+    ]
+    _promtool_test(rules, tests)

@@ -28,6 +28,7 @@ PROMISED: dict[str, str] = {
     "klaviyo_relay_events_consumed_total": "counter",
     "klaviyo_relay_events_delivered_total": "counter",
     "klaviyo_relay_events_dead_lettered_total": "counter",
+    "klaviyo_relay_dead_letter_write_failures_total": "counter",
     "klaviyo_relay_klaviyo_requests_total": "counter",
     "klaviyo_relay_klaviyo_request_duration_seconds": "histogram",
     "klaviyo_relay_klaviyo_retries_total": "counter",

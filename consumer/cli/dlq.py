@@ -39,6 +39,7 @@ KNOWN_REASONS = (
     "limit_exceeded",
     "expired",
     "klaviyo_rejected",
+    "too_large",
 )
 # The record's bytes or its deadline: the same record fails the same way however often it is
 # sent. The other reasons can succeed after a fix elsewhere (a schema deployed, TOPIC_HANDLERS,
@@ -161,6 +162,8 @@ def _replayed(progress: dict[int, PartitionProgress], letter: DeadLetter) -> boo
 
 
 def _original(decoder: Decoder, letter: DeadLetter) -> Original:
+    if letter.value_truncated:
+        return Original(undecodable=f"value {letter.value_truncated}: over the size limit")
     if letter.value is None:
         return Original(undecodable="no value")
     try:

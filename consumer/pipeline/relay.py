@@ -56,6 +56,7 @@ from consumer.pipeline.deadletter import (
     Failure,
     class_name,
 )
+from consumer.pipeline.deadletter_topic import DeadLetterTopicUnusable
 from consumer.pipeline.dispatch import Dispatcher, Lane
 from consumer.pipeline.offsets import OffsetTracker, PartitionOffsets, TopicPartitionKey
 from consumer.pipeline.records import SourceRecord
@@ -150,6 +151,11 @@ class Relay:
                         max_bytes=MAX_BYTES,
                         linger=self._settings.batch_linger_seconds,
                     )
+                try:
+                    self._dlq = await DeadLetterProducer.open(self._settings, loop)
+                except DeadLetterTopicUnusable as exc:
+                    log.error("relay not started: dead-letter topic unusable", error=str(exc))
+                    return EXIT_FAILED
                 topics = self._registry.topics()
                 # Logged before the first probe, so a refused key reads "started" then "halted".
                 log.info(
@@ -160,7 +166,6 @@ class Relay:
                     metrics_port=_port_of(http),
                 )
                 await self._probe(client)
-                self._dlq = DeadLetterProducer(self._settings, loop)
                 self._source = KafkaSource(
                     self._settings, topics, self, loop, on_client_error=self._on_kafka_error
                 )
@@ -458,9 +463,11 @@ class Relay:
             return None
         except Exception as exc:
             # A handler bug on one record must not stop the pipeline: park it for a fix and
-            # replay. The message may quote data, so only the exception class is logged.
-            log.error("handler failed", where=record.where, error=class_name(exc))
-            failure = Failure.from_exception(STAGE_HANDLE, "invalid_event", exc, now)
+            # replay. The message may quote data: it is logged and parked masked.
+            failure = Failure.unexpected(STAGE_HANDLE, "invalid_event", exc, now)
+            log.error(
+                "handler failed", where=record.where, error=class_name(exc), detail=failure.message
+            )
             self._dead_letter(work, failure)
             return None
         occurred = event.datum.get("occurred_at")
@@ -573,13 +580,13 @@ class Relay:
             stage=failure.stage,
             reason=failure.reason,
             error=failure.class_name,
-            message=failure.message,
+            detail=failure.message,
         )
         self._spawn(self._write_dead_letter(work, failure))
 
     async def _write_dead_letter(self, work: Work, failure: Failure) -> None:
-        await self._dlq.send(work.record, failure)
-        EVENTS_DEAD_LETTERED.labels(work.record.topic, failure.stage, failure.reason).inc()
+        reason = await self._dlq.send(work.record, failure)  # too_large if it did not fit
+        EVENTS_DEAD_LETTERED.labels(work.record.topic, failure.stage, reason).inc()
         self._finish(work)
 
 
