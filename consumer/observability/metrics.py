@@ -127,6 +127,20 @@ RELAY_HALTED = Gauge(
     registry=REGISTRY,
 )
 
+KLAVIYO_EDGE_ANSWERS = Counter(
+    "klaviyo_relay_klaviyo_edge_answers_total",
+    "401/403 answers that are not Klaviyo's JSON:API auth errors (retried), by kind: "
+    "challenge (Cloudflare cf-mitigated), html, other.",
+    ["status", "kind"],
+    registry=REGISTRY,
+)
+KLAVIYO_PARTIAL_FAILURES = Counter(
+    "klaviyo_relay_klaviyo_partial_failures_total",
+    "Accepted answers carrying X-Klaviyo-Partial-Failure (a field dropped), by endpoint and field.",
+    ["endpoint", "field"],
+    registry=REGISTRY,
+)
+
 
 def status_class(status: int | None) -> str:
     """``2xx``/``4xx``/``5xx`` for an HTTP status, ``error`` when there was no answer."""
