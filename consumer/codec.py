@@ -6,7 +6,10 @@ Two framings (contract "Wire format"):
   (little-endian), the body. The writer is looked up by fingerprint among ``schemas/`` and
   ``schemas/history/``.
 - Confluent framing, when ``SCHEMA_REGISTRY_URL`` is set: ``00``, the 4-byte big-endian schema
-  id, the body. The writer schema is fetched from the registry once per id.
+  id, the body. The writer schema is fetched from the registry once per id. The relay decodes
+  with :meth:`Decoder.decode_async`, which fetches in a worker thread (never on the event loop)
+  and waits a few times on an id the registry does not know yet (replica lag, failover) before
+  calling it unknown; a cached id is decoded right away.
 
 Either way the datum is read with the *current* local schema of the writer's record name, so
 handlers always see the current shape. With a registry configured both framings are accepted
@@ -15,10 +18,13 @@ handlers always see the current shape. With a registry configured both framings 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, ClassVar
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
@@ -26,6 +32,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 
 from consumer.plain_json import InvalidEvent, from_plain_json, to_plain_json
+from consumer.schema_registry import in_daemon_thread, lookup_deadline, registry_client
 from consumer.schemas import AvroSchema, SchemaError, SchemaStore, parse_document_set
 from consumer.settings import Settings
 
@@ -40,10 +47,10 @@ __all__ = [
     "InvalidBody",
     "InvalidEvent",
     "RegistryUnavailable",
+    "SchemaNotFound",
     "TruncatedBody",
     "UnknownSchema",
     "from_plain_json",
-    "registry_client",
     "to_plain_json",
 ]
 
@@ -73,6 +80,10 @@ class UnknownSchema(DecodeError):
     reason = "unknown_schema"
 
 
+class SchemaNotFound(UnknownSchema):
+    """The registry answered that it does not know the id (404, error code 40403)."""
+
+
 class IncompatibleSchema(UnknownSchema):
     """The writer schema is known but cannot be read as the current schema of its record."""
 
@@ -95,10 +106,9 @@ class EncodeError(Exception):
     """An event could not be encoded or its schema not registered."""
 
 
-@lru_cache(maxsize=4)
-def registry_client(url: str) -> SchemaRegistryClient:
-    """One client per registry URL and process (``mock://`` clients keep their state in it)."""
-    return SchemaRegistryClient.new_client({"url": url})
+# Waits before asking again about an id the registry does not know: a replica that has not
+# caught up, or a failover, usually answers within seconds.
+NOT_FOUND_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
 
 class _Body(io.BytesIO):
@@ -118,15 +128,38 @@ _BODY_ERRORS = (ValueError, IndexError, KeyError, TypeError, OverflowError, Unic
 class Decoder:
     """Decodes message values; parsed schemas and registry answers are cached."""
 
-    def __init__(self, store: SchemaStore, registry: SchemaRegistryClient | None = None) -> None:
+    def __init__(
+        self,
+        store: SchemaStore,
+        registry: SchemaRegistryClient | None = None,
+        *,
+        lookup_deadline: float = 30.0,
+        not_found_delays: Sequence[float] = NOT_FOUND_DELAYS,
+    ) -> None:
         self._store = store
         self._registry = registry
         self._registry_writers: dict[int, AvroSchema] = {}
+        self._lookups: dict[int, asyncio.Future[AvroSchema]] = {}  # in flight, one per id
+        self._lookup_deadline = lookup_deadline
+        self._not_found_delays = tuple(not_found_delays)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Decoder:
-        url = settings.schema_registry_url
-        return cls(SchemaStore.from_settings(settings), registry_client(url) if url else None)
+        return cls(
+            SchemaStore.from_settings(settings),
+            registry_client(settings),
+            lookup_deadline=lookup_deadline(settings),
+        )
+
+    async def decode_async(self, value: bytes) -> DecodedEvent:
+        """:meth:`decode` for the event loop: a registry lookup runs in a worker thread, a
+        cached writer schema is used at once. :class:`RegistryUnavailable` when the registry
+        does not answer within the lookup deadline (try again later)."""
+        schema_id = self._registry_id(value)
+        if schema_id is None or schema_id in self._registry_writers:
+            return self.decode(value)
+        writer = await self._registry_writer_async(schema_id)
+        return self._read(writer, value[_CONFLUENT_HEADER:])
 
     def decode(self, value: bytes) -> DecodedEvent:
         if value[:2] == SINGLE_OBJECT_MAGIC:
@@ -137,14 +170,20 @@ class Decoder:
             if writer is None:
                 raise UnknownSchema(f"no schema has fingerprint {fp.hex()}")
             return self._read(writer, value[_SINGLE_OBJECT_HEADER:])
-        if value[:1] == CONFLUENT_MAGIC and self._registry is not None:
-            if len(value) < _CONFLUENT_HEADER:
-                raise TruncatedBody(f"Confluent header cut short ({len(value)} bytes)")
-            schema_id = int.from_bytes(value[1:_CONFLUENT_HEADER], "big")
+        schema_id = self._registry_id(value)
+        if schema_id is not None:
             return self._read(self._registry_writer(schema_id), value[_CONFLUENT_HEADER:])
         if value[:1] == CONFLUENT_MAGIC:
             raise BadMagic("Confluent framing (magic 00) but SCHEMA_REGISTRY_URL is not set")
         raise BadMagic(f"value starts with {value[:2].hex() or 'nothing'}, expected c301")
+
+    def _registry_id(self, value: bytes) -> int | None:
+        """The schema id of a Confluent-framed value when a registry is configured."""
+        if value[:1] != CONFLUENT_MAGIC or self._registry is None:
+            return None
+        if len(value) < _CONFLUENT_HEADER:
+            raise TruncatedBody(f"Confluent header cut short ({len(value)} bytes)")
+        return int.from_bytes(value[1:_CONFLUENT_HEADER], "big")
 
     def _read(self, writer: AvroSchema, body: bytes) -> DecodedEvent:
         reader = self._store.find_current(writer.name) or writer
@@ -180,28 +219,61 @@ class Decoder:
         return DecodedEvent(reader.name, datum)
 
     def _registry_writer(self, schema_id: int) -> AvroSchema:
+        """The writer schema of an id, fetched in this thread (tools, not the relay's loop)."""
         cached = self._registry_writers.get(schema_id)
-        if cached is not None:
-            return cached
+        if cached is None:
+            cached = self._registry_writers[schema_id] = self._fetch(schema_id)
+        return cached
+
+    async def _registry_writer_async(self, schema_id: int) -> AvroSchema:
+        for delay in self._not_found_delays:
+            with contextlib.suppress(SchemaNotFound):
+                return await self._lookup(schema_id)
+            await asyncio.sleep(delay)
+        return await self._lookup(schema_id)
+
+    async def _lookup(self, schema_id: int) -> AvroSchema:
+        """One fetch of an id in a worker thread, shared by every event waiting for that id.
+        The event waits at most the lookup deadline; a fetch still running then is waited on
+        again by its next try rather than started twice."""
+        lookup = self._lookups.get(schema_id)
+        if lookup is None:
+            fetch = functools.partial(self._fetch, schema_id)
+            lookup = in_daemon_thread(fetch, name=f"schema-registry-{schema_id}")
+            self._lookups[schema_id] = lookup
+            lookup.add_done_callback(functools.partial(self._looked_up, schema_id))
+        try:
+            return await asyncio.wait_for(asyncio.shield(lookup), self._lookup_deadline)
+        except TimeoutError:
+            raise RegistryUnavailable(
+                f"registry schema id {schema_id}: no answer within {self._lookup_deadline:g} s"
+            ) from None
+
+    def _looked_up(self, schema_id: int, lookup: asyncio.Future[AvroSchema]) -> None:
+        del self._lookups[schema_id]
+        # exception() also marks a failure seen when every waiter has given up on it.
+        if not lookup.cancelled() and lookup.exception() is None:
+            self._registry_writers[schema_id] = lookup.result()
+
+    def _fetch(self, schema_id: int) -> AvroSchema:
+        """Blocking: the writer schema of an id and every schema it refers to, parsed."""
         assert self._registry is not None
         origin = f"registry schema id {schema_id}"
         try:
             registered = self._registry.get_schema(schema_id)
             references = self._references(registered)
         except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
-                raise UnknownSchema(f"{origin} does not exist") from None
+            if exc.http_status_code == 404 or exc.error_code == 40403:
+                raise SchemaNotFound(f"{origin} does not exist") from None
             raise RegistryUnavailable(f"{origin}: {exc}") from None
         except Exception as exc:  # transport errors of the HTTP client; never the URL (secrets)
             raise RegistryUnavailable(f"{origin}: {type(exc).__name__}") from None
         if (registered.schema_type or "AVRO") != "AVRO":
             raise UnknownSchema(f"{origin} is {registered.schema_type}, not Avro")
         try:
-            writer = parse_document_set(json.loads(registered.schema_str or ""), references, origin)
+            return parse_document_set(json.loads(registered.schema_str or ""), references, origin)
         except (SchemaError, ValueError) as exc:
             raise UnknownSchema(f"{origin}: {exc}") from None
-        self._registry_writers[schema_id] = writer
-        return writer
 
     def _references(self, schema: Schema) -> list[Any]:
         """Every schema a registry schema refers to, transitively, as JSON documents."""
@@ -230,8 +302,7 @@ class Encoder:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Encoder:
-        url = settings.schema_registry_url
-        return cls(SchemaStore.from_settings(settings), registry_client(url) if url else None)
+        return cls(SchemaStore.from_settings(settings), registry_client(settings))
 
     def encode(self, record_name: str, datum: dict[str, Any], *, topic: str | None = None) -> bytes:
         """The message value. With a registry the schema is registered (once) under

@@ -21,6 +21,7 @@ from pydantic import (
     PositiveInt,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import (
@@ -114,6 +115,10 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Any other librdkafka property, as a JSON object (passed through as is).",
     )
+    kafka_secret_extra_config: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Secret librdkafka properties (JSON object), merged over KAFKA_EXTRA_CONFIG.",
+    )
     topics: list[str] = Field(
         default_factory=list,
         description="Topics to consume; empty means every topic of the handler registry.",
@@ -126,6 +131,16 @@ class Settings(BaseSettings):
 
     # --- Schemas ---
     schema_registry_url: str | None = None
+    schema_registry_basic_auth_user_info: SecretStr | None = Field(
+        default=None, description="Registry HTTP basic auth as user:password."
+    )
+    schema_registry_bearer_token: SecretStr | None = Field(
+        default=None, description="Registry bearer token (exclusive with basic auth)."
+    )
+    schema_registry_logical_cluster: str = Field(
+        default="", description="Confluent Cloud logical cluster id sent with the bearer token."
+    )
+    schema_registry_timeout_seconds: PositiveFloat = 5.0
     schemas_dir: Path | None = Field(
         default=None, description="Folder of .avsc files; the packaged schemas when unset."
     )
@@ -181,6 +196,15 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @field_validator("schema_registry_bearer_token")
+    @classmethod
+    def _one_registry_credential(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        if value is not None and info.data.get("schema_registry_basic_auth_user_info"):
+            raise ValueError("set this or SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO, not both")
+        return value
+
     @field_validator("rate_limits")
     @classmethod
     def _merge_limits(cls, value: dict[str, EndpointLimit]) -> dict[str, EndpointLimit]:
@@ -222,6 +246,7 @@ class Settings(BaseSettings):
         if self.kafka_ssl_key_password is not None:
             config["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
         config.update(self.kafka_extra_config)
+        config.update((k, v.get_secret_value()) for k, v in self.kafka_secret_extra_config.items())
         return config
 
 

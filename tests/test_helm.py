@@ -286,8 +286,8 @@ def test_rendered_settings_are_accepted_by_the_relay(
             monkeypatch.delenv(key)
     for key, value in config.items():
         monkeypatch.setenv(key, value)
-    for key in env:  # values from Secrets: any placeholder will do
-        monkeypatch.setenv(key, "from-secret")
+    for key in env:  # values from Secrets: any placeholder will do (a JSON object for maps)
+        monkeypatch.setenv(key, "{}" if key.endswith("_CONFIG") else "from-secret")
     settings = load_settings()
     assert settings.metrics_port == int(config["METRICS_PORT"])
     assert 0 < settings.rate_limit_share <= 1
@@ -345,6 +345,50 @@ def test_existing_secrets_for_klaviyo_and_kafka() -> None:
         "shop.accounts.password-reset-requested",
     ]
     assert json.loads(config["KAFKA_EXTRA_CONFIG"]) == {"statistics.interval.ms": "15000"}
+    assert env["KAFKA_SECRET_EXTRA_CONFIG"]["valueFrom"]["secretKeyRef"] == {
+        "name": "kafka-oauth",
+        "key": "kafka-secret-extra-config",
+    }
+    assert env["SCHEMA_REGISTRY_BEARER_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "schema-registry-token",
+        "key": "token",
+    }
+    assert "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO" not in env
+    assert config["SCHEMA_REGISTRY_LOGICAL_CLUSTER"] == "lsrc-123"
+    assert config["SCHEMA_REGISTRY_TIMEOUT_SECONDS"] == "5"
+
+
+@needs_helm
+def test_registry_credential_and_secret_kafka_properties_go_to_a_secret_only(
+    tmp_path: Path,
+) -> None:
+    user_info = "relay:pa55-registry"
+    secret_properties = {"sasl.oauthbearer.client.secret": "s3cr3t-oauth"}
+    docs = render(
+        values={
+            "schemaRegistry": {
+                "url": "https://sr.internal:8081",
+                "auth": {"type": "basic", "credential": user_info},
+            },
+            "kafka": {"secretExtraConfig": secret_properties},
+        },
+        tmp=tmp_path,
+    )
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    (secret,) = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"].endswith("-settings")]
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data["schema-registry-credential"] == user_info
+    assert json.loads(data["kafka-secret-extra-config"]) == secret_properties
+    config, env = _env_of(docs)
+    assert "pa55" not in json.dumps(config) and "s3cr3t" not in json.dumps(config)
+    for name, key in [
+        ("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "schema-registry-credential"),
+        ("KAFKA_SECRET_EXTRA_CONFIG", "kafka-secret-extra-config"),
+    ]:
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": secret["metadata"]["name"], "key": key}
+    assert "SCHEMA_REGISTRY_BEARER_TOKEN" not in env
 
 
 # --------------------------------------------------------------------------- scaling
@@ -516,6 +560,8 @@ INVALID_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("bootstrap servers without port", {"kafka": {"bootstrapServers": "kafka"}}),
     ("bad security protocol", {"kafka": {"securityProtocol": "TLS"}}),
     ("SASL without credentials", {"kafka": {"sasl": {"mechanism": "SCRAM-SHA-512"}}}),
+    ("registry auth without credential", {"schemaRegistry": {"auth": {"type": "basic"}}}),
+    ("unknown registry auth type", {"schemaRegistry": {"auth": {"type": "oauth"}}}),
     ("non-string librdkafka property", {"kafka": {"extraConfig": {"fetch.min.bytes": 1}}}),
     ("bad send mode", {"relay": {"sendMode": "fast"}}),
     ("share above 1", {"relay": {"rateLimitShare": "1.5"}}),

@@ -436,7 +436,7 @@ class Relay:
         retry = 0
         while True:
             try:
-                return self._decoder.decode(record.value)
+                return await self._decoder.decode_async(record.value)
             except RegistryUnavailable as exc:
                 # Not the record's fault: hold it, like a Klaviyo outage.
                 outcome = Retryable(None, "registry_unavailable")

@@ -97,3 +97,21 @@ namespace="{{ .Release.Namespace }}", job="{{ include "klaviyo-relay.fullname" .
 {{- end -}}
 
 {{- define "klaviyo-relay.kafkaTlsDir" -}}/etc/klaviyo-relay/kafka-tls{{- end -}}
+
+{{/* The Secret the chart creates for secret settings other than the Klaviyo key. */}}
+{{- define "klaviyo-relay.settingsSecretName" -}}
+{{- printf "%s-settings" (include "klaviyo-relay.fullname" .) -}}
+{{- end -}}
+
+{{/* Secret settings given as values, by their key in that Secret; empty when there are none. */}}
+{{- define "klaviyo-relay.settingsSecretData" -}}
+{{- $data := dict -}}
+{{- $auth := .Values.schemaRegistry.auth -}}
+{{- if and (ne $auth.type "none") $auth.credential (not $auth.existingSecret) -}}
+{{- $_ := set $data "schema-registry-credential" $auth.credential -}}
+{{- end -}}
+{{- if and .Values.kafka.secretExtraConfig (not .Values.kafka.secretExtraConfigExistingSecret) -}}
+{{- $_ := set $data "kafka-secret-extra-config" (toJson .Values.kafka.secretExtraConfig) -}}
+{{- end -}}
+{{- if $data }}{{ toJson $data }}{{ end -}}
+{{- end -}}
