@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     commit_interval_seconds: PositiveFloat = 1.0
     default_phone_region: str = "US"
     replay_backfill_after_seconds: PositiveFloat = 3600.0
+    max_pending_per_partition: PositiveInt | None = Field(
+        default=None,
+        description="Offsets a partition may hold behind an unfinished event before it pauses "
+        "(empty: 5 × max_in_flight).",
+    )
 
     # --- Operations ---
     metrics_port: int = Field(default=9400, ge=0, le=65535)
@@ -228,6 +233,11 @@ class Settings(BaseSettings):
             env_settings,
             _TomlFileSource(settings_cls, Path(config_file) if config_file else None),
         )
+
+    @property
+    def pending_bound(self) -> int:
+        """MAX_PENDING_PER_PARTITION, or its default derived from MAX_IN_FLIGHT."""
+        return self.max_pending_per_partition or 5 * self.max_in_flight
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka properties shared by the consumer, producer and admin client."""

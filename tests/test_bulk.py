@@ -71,6 +71,19 @@ def test_groups_events_under_their_profile_in_input_order() -> None:
     check_positions(job, inputs)
 
 
+def test_a_key_whose_profile_changes_back_gets_a_new_entry_not_an_earlier_one() -> None:
+    # Customer k1: old email, new email, old email again; k2 shares nothing with it.
+    emails = ["old@example.com", "k2@example.com", "new@example.com", "old@example.com"]
+    keys = ["k1", "k2", "k1", "k1"]
+    inputs = [event(i, email) for i, email in enumerate(emails)]
+    [job] = build_bulk_jobs(inputs, order_keys=keys)
+    assert job.groups == [[0], [1], [2], [3]]  # k1's third event may not join entry 0
+    check_positions(job, inputs)
+    # Another key's event may still join an earlier entry of the same profile.
+    [job] = build_bulk_jobs([*inputs, event(4, "k2@example.com")], order_keys=[*keys, "k2"])
+    assert job.groups == [[0], [1, 4], [2], [3]]
+
+
 def test_jobs_validate_against_klaviyo_schema() -> None:
     jsonschema = pytest.importorskip("jsonschema")
     if not SCHEMAS.exists():

@@ -164,7 +164,7 @@ async def relaying(scenario: Scenario) -> AsyncIterator[Relay]:
     relay = Relay(scenario.settings)
     task = asyncio.create_task(relay.run())
     try:
-        await wait_until(lambda: relay.state.assigned or task.done(), "the relay is assigned")
+        await wait_until(lambda: relay.state.joined or task.done(), "the relay joined its group")
         assert not task.done(), "the relay stopped at start"
         yield relay
     finally:

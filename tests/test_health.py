@@ -14,7 +14,7 @@ from consumer.observability.health import RelayState, start_http_server
 
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[RelayState, str]]:
-    state = RelayState(assigned=False, halted=False, klaviyo_reachable=False)
+    state = RelayState()
     runner = await start_http_server(0, state, host="127.0.0.1")
     try:
         host, port = runner.addresses[0][:2]
@@ -49,28 +49,40 @@ async def test_healthz_is_alive_whatever_the_state(served: tuple[RelayState, str
 
 
 @pytest.mark.parametrize(
-    ("assigned", "halted", "reachable", "ready"),
+    ("joined", "partitions", "halted", "stopping", "reachable", "ready"),
     [
-        (False, False, True, False),  # waiting for a partition assignment
-        (True, True, True, False),  # halted on a revoked key
-        (True, False, False, False),  # Klaviyo unreachable
-        (True, False, True, True),
+        (False, 0, False, False, True, False),  # not yet a member of the group
+        (True, 0, False, False, True, True),  # an idle member (more pods than partitions)
+        (True, 3, True, False, True, False),  # halted on a revoked key
+        (True, 3, False, True, True, False),  # shutting down
+        (True, 3, False, False, False, True),  # Klaviyo unreachable: events wait in Kafka
+        (True, 3, False, False, True, True),
     ],
 )
-async def test_readyz_needs_assigned_not_halted_and_klaviyo(
-    served: tuple[RelayState, str], assigned: bool, halted: bool, reachable: bool, ready: bool
+async def test_readyz_means_a_working_group_member(
+    served: tuple[RelayState, str],
+    *,
+    joined: bool,
+    partitions: int,
+    halted: bool,
+    stopping: bool,
+    reachable: bool,
+    ready: bool,
 ) -> None:
     state, base = served
-    state.assigned, state.halted, state.klaviyo_reachable = assigned, halted, reachable
+    state.joined, state.partitions, state.halted = joined, partitions, halted
+    state.stopping, state.klaviyo_reachable = stopping, reachable
     status, content_type, body = await _get(base + "/readyz")
     assert status == (200 if ready else 503)
     assert content_type.startswith("application/json")
     assert '"halted":' + ("true" if halted else "false") in body
+    assert f'"partitions":{partitions}' in body
 
     # The gauges the alerts watch agree with the probe at every scrape.
     _, _, metrics = await _get(base + "/metrics")
     assert _gauge(metrics, "klaviyo_relay_ready") == float(ready)
     assert _gauge(metrics, "klaviyo_relay_halted") == float(halted)
+    assert _gauge(metrics, "klaviyo_relay_assigned_partitions") == float(partitions)
 
 
 async def test_metrics_in_prometheus_and_openmetrics_formats(

@@ -24,6 +24,8 @@ import pytest
 import yaml
 
 from consumer.observability.metrics import REGISTRY
+from consumer.pipeline.relay import DLQ_FLUSH_SECONDS
+from consumer.pipeline.source import CLOSE_SECONDS, FINAL_COMMIT_SECONDS
 from consumer.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +48,7 @@ REQUIRED_ALERTS = {
     "KlaviyoRelayDeadLetters",
     "KlaviyoRelayThrottled",
     "KlaviyoRelayNoDeliveries",
+    "KlaviyoRelayEventStuck",
 }
 
 
@@ -232,20 +235,23 @@ def test_grace_period_outlasts_the_drain(tmp_path: Path) -> None:
         config = config_of(docs)
         grace = one(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert int(config["DRAIN_TIMEOUT_SECONDS"]) == drain
-        assert grace > drain
-    result = _helm(
-        "template",
-        RELEASE,
-        str(CHART),
-        "--kube-version",
-        KUBE_VERSION,
-        "--set",
-        "relay.drainTimeoutSeconds=30",
-        "--set",
-        "terminationGracePeriodSeconds=30",
-    )
-    assert result.returncode != 0
-    assert "must exceed relay.drainTimeoutSeconds" in result.stderr
+        # The drain, then the final commit, the consumer's close and the dead-letter flush.
+        worst = drain + FINAL_COMMIT_SECONDS + CLOSE_SECONDS + DLQ_FLUSH_SECONDS
+        assert grace > worst
+    for grace in (30, 50):  # not beyond the drain; not beyond the worst case after it
+        result = _helm(
+            "template",
+            RELEASE,
+            str(CHART),
+            "--kube-version",
+            KUBE_VERSION,
+            "--set",
+            "relay.drainTimeoutSeconds=30",
+            "--set",
+            f"terminationGracePeriodSeconds={grace}",
+        )
+        assert result.returncode != 0
+        assert "must exceed relay.drainTimeoutSeconds + 20" in result.stderr
 
 
 @needs_helm
@@ -766,11 +772,13 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                 _series("klaviyo_relay_consumer_lag_messages", p0, "150x30"),
                 _series("klaviyo_relay_events_delivered_total", delivered, "0+600x30"),
                 _series("klaviyo_relay_klaviyo_requests_total", ok_requests, "0+600x30"),
+                _series("klaviyo_relay_oldest_unfinished_event_age_seconds", p0, "3x30"),
             ],
             "alert_rule_test": [
                 {"eval_time": "25m", "alertname": name, "exp_alerts": []}
                 for name in sorted(
-                    REQUIRED_ALERTS | {"KlaviyoRelayDown", "KlaviyoRelayKlaviyoErrors"}
+                    REQUIRED_ALERTS
+                    | {"KlaviyoRelayDown", "KlaviyoRelayKlaviyoErrors", "KlaviyoRelayEventStuck"}
                 )
             ],
         },
@@ -851,6 +859,34 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                             "Klaviyo's edge has answered challenge pages instead of the API"
                             " for 15 minutes",
                             kind="challenge",
+                        ),
+                    ],
+                },
+            ],
+        },
+        {  # one event on partition 0 never finishes; partition 1 keeps flowing
+            "interval": "1m",
+            "input_series": [
+                up,
+                _series("klaviyo_relay_oldest_unfinished_event_age_seconds", p0, "0+60x40"),
+                _series(
+                    "klaviyo_relay_oldest_unfinished_event_age_seconds",
+                    {**p0, "partition": "1"},
+                    "2x40",
+                ),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "17m", "alertname": "KlaviyoRelayEventStuck", "exp_alerts": []},
+                {
+                    "eval_time": "25m",
+                    "alertname": "KlaviyoRelayEventStuck",
+                    "exp_alerts": [
+                        fired(
+                            "KlaviyoRelayEventStuck",
+                            "warning",
+                            f"An event on {topic}/0 has been unfinished for 25m 0s",
+                            topic=topic,
+                            partition="0",
                         ),
                     ],
                 },

@@ -111,3 +111,38 @@ def test_watermark_is_the_first_unfinished_offset(gaps: list[int], data: st.Data
         assert offsets.committable() == expected
         assert offsets.pending == len(taken) - prefix
         assert offsets.unfinished == len(taken) - len(finished)
+
+
+def test_one_stuck_offset_crowds_its_partition_until_it_finishes() -> None:
+    tracker = OffsetTracker(bound=100)
+    tracker.assign([("t", 0), ("t", 1)])
+    stuck = tracker.get("t", 0)
+    flowing = tracker.get("t", 1)
+    assert stuck is not None and flowing is not None
+    for offset in range(100):
+        stuck.track(offset, now=float(offset))
+        flowing.track(offset, now=float(offset))
+        flowing.finish(offset)
+        if offset:  # everything behind offset 0 finishes; offset 0 never does
+            stuck.finish(offset)
+    assert stuck.pending == 100 and stuck.unfinished == 1
+    assert stuck.crowded and not flowing.crowded
+    assert tracker.crowded() == {("t", 0)}
+    assert stuck.oldest_unfinished_age(now=130.0) == 130.0
+    assert flowing.oldest_unfinished_age(now=130.0) == 0.0
+
+    stuck.finish(0)
+    assert not stuck.crowded and tracker.crowded() == frozenset()
+    assert stuck.committable() == 100
+
+
+def test_crowding_ends_at_half_the_bound_not_before() -> None:
+    offsets = PartitionOffsets("t", 0, bound=10)
+    for offset in range(10):
+        offsets.track(offset)
+    assert offsets.crowded
+    for offset in range(4):
+        offsets.finish(offset)
+    assert offsets.pending == 6 and offsets.crowded
+    offsets.finish(4)
+    assert offsets.pending == 5 and not offsets.crowded

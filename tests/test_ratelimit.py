@@ -29,7 +29,7 @@ from consumer.klaviyo.client import KlaviyoClient
 from consumer.klaviyo.outcomes import Accepted
 from consumer.klaviyo.ratelimit import EndpointBudget, RateLimiter, SlidingWindow, scaled
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
-from consumer.settings import EndpointLimit, WindowLimit, load_settings
+from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, WindowLimit, load_settings
 
 
 def limit(burst: int, burst_s: float, steady: int, steady_s: float) -> EndpointLimit:
@@ -52,7 +52,21 @@ def max_in_any_interval(times: Sequence[float], length: float) -> int:
 
 def test_share_scales_with_floor_but_never_to_zero() -> None:
     window = WindowLimit(requests=350, seconds=1)
-    assert [scaled(window, s) for s in (1.0, 0.5, 1 / 3, 0.001)] == [350, 175, 116, 1]
+    windows = [scaled(window, s) for s in (1.0, 0.5, 1 / 3)]
+    assert [(w.limit, w.length) for w in windows] == [(350, 1), (175, 1), (116, 1)]
+    tiny = scaled(window, 0.001)
+    assert (tiny.limit, tiny.length) == (1, pytest.approx(1 / 0.35))
+
+
+@pytest.mark.parametrize("endpoint", sorted(DEFAULT_RATE_LIMITS))
+def test_shares_never_add_up_past_the_account_limit_for_any_replica_count(endpoint: str) -> None:
+    limit = DEFAULT_RATE_LIMITS[endpoint]
+    for replicas in range(1, 1001):
+        budget = EndpointBudget.from_limit(limit, share=1 / replicas)
+        for mine, account in ((budget.burst, limit.burst), (budget.steady, limit.steady)):
+            assert mine is not None
+            rate = replicas * mine.limit / mine.length
+            assert rate <= account.requests / account.seconds * (1 + 1e-9), (replicas, account)
 
 
 def test_a_request_holds_its_place_until_length_after_its_answer() -> None:
@@ -126,8 +140,10 @@ def test_no_window_of_arrivals_ever_exceeds_the_limit_whatever_the_latency(
     # is (chosen adversarially here), and whatever the phase of its fixed windows, no window of
     # arrivals holds more than the limit.
     arrivals = [g + (a - g) * where[i % len(where)] for i, (g, a) in enumerate(spans)]
-    assert max_in_any_interval(arrivals, 1.0) <= scaled(burst_limit, share)
-    assert max_in_any_interval(arrivals, 10.0) <= scaled(steady_limit, share)
+    for account in (burst_limit, steady_limit):
+        mine = scaled(account, share)  # at least the account's window, maybe longer
+        assert max_in_any_interval(arrivals, mine.length) <= mine.limit
+        assert max_in_any_interval(arrivals, account.seconds) <= mine.limit
 
 
 def test_grants_come_as_soon_as_a_place_frees() -> None:

@@ -12,12 +12,17 @@ A job holds at most 1,000 events and 5 MB, measured on the serialised bytes the 
 Each job remembers which input index sits at which ``(profile entry, event)`` position, so a
 400 whose ``source.pointer`` names ``.../data/3/attributes/events/data/0/...`` can be traced
 back to the one bad input event (the rest of the job can then be resent without it).
+
+Klaviyo takes a job's events in body order, and grouping reorders: one customer's events A,
+B, A′ (its profile changed at B and back at A′) would go out as A, A′, B, and a stale profile
+would win. So an event joins an existing profile entry only when no event of its own *order
+key* (the Kafka record key) sits in a later entry; otherwise it opens a new entry.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,13 +90,24 @@ class _JobBuilder:
     def __init__(self, max_events: int, max_bytes: int) -> None:
         self._max_events = max_events
         self._max_bytes = max_bytes
-        self._entries: dict[bytes, _Entry] = {}
+        self._entries: list[_Entry] = []
+        self._newest: dict[bytes, int] = {}  # serialised profile → its latest entry
+        self._latest: dict[Hashable, int] = {}  # order key → the entry of its latest event
         self.count = 0
         self.size = _JOB_OVERHEAD
 
-    def cost(self, key: bytes, event_size: int) -> int:
+    def entry_for(self, key: bytes, order: Hashable) -> int | None:
+        """The entry an event of profile ``key`` may join without passing an earlier event of
+        its order key, or None (it needs a new entry)."""
+        entry = self._newest.get(key)
+        if entry is None:
+            return None
+        latest = self._latest.get(order)
+        return entry if latest is None or latest <= entry else None
+
+    def cost(self, key: bytes, event_size: int, entry: int | None) -> int:
         """Bytes one more event adds (with its profile entry when that is new)."""
-        if key in self._entries:
+        if entry is not None:
             return 1 + event_size  # "," + event
         separator = 1 if self._entries else 0
         return separator + _ENTRY_OVERHEAD + len(key) + event_size
@@ -99,17 +115,29 @@ class _JobBuilder:
     def fits(self, cost: int) -> bool:
         return self.count < self._max_events and self.size + cost <= self._max_bytes
 
-    def add(self, index: int, key: bytes, profile: Any, event: JSONObject, cost: int) -> None:
-        entry = self._entries.get(key)
-        if entry is None:  # not setdefault: that would build an _Entry for every event
-            entry = self._entries[key] = _Entry(profile)
-        entry.events.append(event)
-        entry.indexes.append(index)
+    def add(
+        self,
+        index: int,
+        entry: int | None,
+        *,
+        key: bytes,
+        order: Hashable,
+        profile: Any,
+        event: JSONObject,
+        cost: int,
+    ) -> None:
+        if entry is None:
+            entry = len(self._entries)
+            self._entries.append(_Entry(profile))
+            self._newest[key] = entry
+        self._entries[entry].events.append(event)
+        self._entries[entry].indexes.append(index)
+        self._latest[order] = entry
         self.count += 1
         self.size += cost
 
     def build(self) -> BulkJob:
-        entries = list(self._entries.values())
+        entries = self._entries
         body = _job_body([_profile_entry(e.profile, e.events) for e in entries])
         groups = [e.indexes for e in entries]
         return BulkJob(
@@ -123,11 +151,14 @@ def build_bulk_jobs(
     events: Sequence[KlaviyoRequest],
     max_events: int = MAX_EVENTS,
     max_bytes: int = MAX_BYTES,
+    order_keys: Sequence[Hashable] | None = None,
 ) -> list[BulkJob]:
     """Pack Create Event requests, in order, into as few bulk jobs as the limits allow.
 
-    Events of one profile share one profile entry within a job. An event that alone exceeds
-    ``max_bytes`` still gets a job of its own: Klaviyo's 413 then names exactly that event.
+    Events of one profile share one profile entry within a job, as long as that keeps the
+    events of each order key (``order_keys[i]`` for ``events[i]``; None: no order between any
+    of them) in input order. An event that alone exceeds ``max_bytes`` still gets a job of its
+    own: Klaviyo's 413 then names exactly that event.
     """
     jobs: list[BulkJob] = []
     builder = _JobBuilder(max_events, max_bytes)
@@ -141,12 +172,15 @@ def build_bulk_jobs(
         if key is None:
             key = encoded[id(profile)] = encode_body(profile)
         event_size = len(encode_body(event))
-        cost = builder.cost(key, event_size)
+        order = index if order_keys is None else order_keys[index]
+        entry = builder.entry_for(key, order)
+        cost = builder.cost(key, event_size, entry)
         if builder.count and not builder.fits(cost):
             jobs.append(builder.build())
             builder = _JobBuilder(max_events, max_bytes)
-            cost = builder.cost(key, event_size)
-        builder.add(index, key, profile, event, cost)
+            entry = None
+            cost = builder.cost(key, event_size, entry)
+        builder.add(index, entry, key=key, order=order, profile=profile, event=event, cost=cost)
     if builder.count:
         jobs.append(builder.build())
     return jobs

@@ -21,8 +21,11 @@ arrivals about. So:
    The reset gets ``reset_slack`` on top because Klaviyo states it in whole seconds.
 3. A 429's ``Retry-After`` pauses the endpoint for every caller until it has passed.
 
-Limits are scaled by ``share`` (floor, at least 1) so N replicas configured with 1/N each stay
-under the account's quota together; the server's remaining count is scaled the same way.
+Limits are scaled by ``share`` (floor; below one request per window, one request per a longer
+window) so N replicas configured with 1/N each stay under the account's quota rate together,
+for any N; the server's remaining count is scaled the same way. Replicas do not coordinate,
+so with more replicas than a window's limit a few of them can still land in the same server
+second: Klaviyo then answers 429 and every replica pauses for its Retry-After.
 
 Waiting is FIFO per endpoint and never busy-waits: waiters park on futures, and one timer per
 endpoint (or the next answer, when every place is held by a request in flight) wakes the head
@@ -88,9 +91,18 @@ class SlidingWindow:
         self._answered.append(now)
 
 
-def scaled(limit: WindowLimit, share: float) -> int:
-    """This replica's part of a window's quota: floor, but never zero."""
-    return max(1, math.floor(limit.requests * share))
+def scaled(limit: WindowLimit, share: float) -> SlidingWindow:
+    """This replica's part of a window's quota, as a window of its own.
+
+    Normally the floor of ``requests × share`` per window. Below one request per window the
+    window lengthens instead (one request per ``seconds / (requests × share)``): a floor of one
+    request per window would let more replicas than the limit (11 pods at Bulk Create Events'
+    10/s) add up past the account's quota.
+    """
+    allowed = limit.requests * share
+    if allowed >= 1:
+        return SlidingWindow(math.floor(allowed), limit.seconds)
+    return SlidingWindow(1, limit.seconds / allowed)
 
 
 @dataclass
@@ -114,8 +126,8 @@ class EndpointBudget:
         if limit is None:
             return cls(burst=None, steady=None, share=share, reset_slack=reset_slack)
         return cls(
-            burst=SlidingWindow(scaled(limit.burst, share), limit.burst.seconds),
-            steady=SlidingWindow(scaled(limit.steady, share), limit.steady.seconds),
+            burst=scaled(limit.burst, share),
+            steady=scaled(limit.steady, share),
             share=share,
             steady_seconds=limit.steady.seconds,
             reset_slack=reset_slack,

@@ -1,8 +1,16 @@
 """The operations port: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz`` for Kubernetes.
 
 Liveness only says the event loop answers: restarting a relay that is halted on a revoked key
-or waiting for an assignment would not help, so those show up in readiness (and in the
+or waiting for the group would not help, so those show up in readiness (and in the
 ``klaviyo_relay_ready`` / ``klaviyo_relay_halted`` gauges the alerts watch) instead.
+
+Ready means "a working member of the consumer group": it has joined the group (its first
+assignment arrived, even an empty one), it is not halted on a refused API key, and it is not
+shutting down. An idle member with no partitions is ready: it is the standby that takes
+partitions over when another member leaves, and a rollout with more pods than partitions must
+not stall on it. Klaviyo being unreachable does not make a pod unready (every pod would go
+unready together and block rollouts and node drains while events wait safely in Kafka); it is
+in the body and in alerts instead.
 """
 
 from __future__ import annotations
@@ -13,20 +21,27 @@ import orjson
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from consumer.observability.metrics import REGISTRY, RELAY_HALTED, RELAY_READY
+from consumer.observability.metrics import (
+    ASSIGNED_PARTITIONS,
+    REGISTRY,
+    RELAY_HALTED,
+    RELAY_READY,
+)
 
 
 @dataclass
 class RelayState:
     """What the pipeline knows about itself; it sets the fields, the probes read them."""
 
-    assigned: bool = False
+    joined: bool = False
+    partitions: int = 0
     halted: bool = False
+    stopping: bool = False
     klaviyo_reachable: bool = False
 
     @property
     def ready(self) -> bool:
-        return self.assigned and not self.halted and self.klaviyo_reachable
+        return self.joined and not self.halted and not self.stopping
 
 
 _STATE_KEY = web.AppKey("relay_state", RelayState)
@@ -45,8 +60,10 @@ async def _readyz(request: web.Request) -> web.Response:
     state = request.app[_STATE_KEY]
     body = {
         "ready": state.ready,
-        "assigned": state.assigned,
+        "joined": state.joined,
+        "partitions": state.partitions,
         "halted": state.halted,
+        "stopping": state.stopping,
         "klaviyo_reachable": state.klaviyo_reachable,
     }
     return web.Response(
@@ -75,6 +92,7 @@ async def start_http_server(
     """
     RELAY_READY.set_function(lambda: float(state.ready))
     RELAY_HALTED.set_function(lambda: float(state.halted))
+    ASSIGNED_PARTITIONS.set_function(lambda: float(state.partitions))
     runner = web.AppRunner(create_app(state), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -118,7 +118,7 @@ COMMIT_DURATION = Histogram(
 )
 RELAY_READY = Gauge(
     "klaviyo_relay_ready",
-    "1 when assigned, not halted and Klaviyo reachable.",
+    "1 when a working group member: joined, not halted, not stopping (same as /readyz).",
     registry=REGISTRY,
 )
 RELAY_HALTED = Gauge(
@@ -138,6 +138,29 @@ KLAVIYO_PARTIAL_FAILURES = Counter(
     "klaviyo_relay_klaviyo_partial_failures_total",
     "Accepted answers carrying X-Klaviyo-Partial-Failure (a field dropped), by endpoint and field.",
     ["endpoint", "field"],
+    registry=REGISTRY,
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "klaviyo_relay_assigned_partitions",
+    "Partitions assigned to this member (0 for an idle member of the group).",
+    registry=REGISTRY,
+)
+OLDEST_UNFINISHED_AGE = Gauge(
+    "klaviyo_relay_oldest_unfinished_event_age_seconds",
+    "Seconds since the oldest unfinished event of the partition was taken from Kafka "
+    "(0 when none): an event holding the partition's watermark.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+PARTITIONS_PENDING_PAUSED = Gauge(
+    "klaviyo_relay_partitions_paused_pending",
+    "Partitions paused because too many offsets wait behind an unfinished event.",
+    registry=REGISTRY,
+)
+BULK_DUPLICATES = Counter(
+    "klaviyo_relay_bulk_duplicates_total",
+    "Events not sent because an event with the same unique_id was already in the same bulk job.",
+    ["topic"],
     registry=REGISTRY,
 )
 

@@ -10,15 +10,25 @@ Each job has a *ticket*, a future resolved once every item of the job is settled
 handed back as rejected). A lane that has items in a sealed job waits for its ticket before it
 adds to the next job, which keeps a key's events in order across jobs.
 
+Each item carries an *order key* (the record key): within a job, a key's events keep their
+order (see :mod:`consumer.klaviyo.bulk`), and when a sealed job becomes several bulk requests
+they are sent one after another.
+
+Klaviyo fails a whole bulk request when a ``unique_id`` appears twice in it, so a job sends
+each ``unique_id`` once; later copies (producer-side duplicates) are handed back as duplicates.
+
 When Klaviyo refuses a job (400) and its errors point at items, only those items are handed
-back as rejected; the rest is sent again as a new job. When the errors point at nothing, every
-item is sent on its own as a Create Event, so each one gets its own verdict.
+back as rejected; the rest is sent again as a new job. When the errors point at nothing, the
+job is split in two halves (in input order) sent one after the other, and so on down: a few
+bad events among a thousand cost a few dozen requests under the bulk quota (10/s), not a
+thousand, and only an event Klaviyo refuses on its own is rejected.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Hashable
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from consumer.klaviyo.bulk import BulkJob, bad_items, build_bulk_jobs
@@ -45,15 +55,34 @@ class ItemSink(Protocol[Token_contra]):
         endpoint: Endpoint,
     ) -> None: ...
 
+    def item_duplicate(self, token: Token_contra, request: KlaviyoRequest) -> None:
+        """Not sent: an earlier item of the same job has the same ``unique_id``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Item(Generic[Token]):
+    request: KlaviyoRequest
+    token: Token
+    order: Hashable
+
 
 class _Job(Generic[Token]):
-    __slots__ = ("requests", "ticket", "timer", "tokens")
+    __slots__ = ("items", "ticket", "timer")
 
     def __init__(self, ticket: asyncio.Future[None]) -> None:
-        self.requests: list[KlaviyoRequest] = []
-        self.tokens: list[Token] = []
+        self.items: list[_Item[Token]] = []
         self.ticket = ticket
         self.timer: asyncio.TimerHandle | None = None
+
+
+def unique_id(request: KlaviyoRequest) -> str | None:
+    """The ``unique_id`` of a Create Event request, if it has one."""
+    try:
+        value = request.body["data"]["attributes"]["unique_id"]  # type: ignore[index]
+    except (KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 class BulkBatcher(Generic[Token]):
@@ -84,14 +113,14 @@ class BulkBatcher(Generic[Token]):
             self._open = job
         return self._open.ticket
 
-    def add(self, request: KlaviyoRequest, token: Token) -> asyncio.Future[None]:
-        """Add a Create Event request to the open job; returns that job's ticket."""
+    def add(self, request: KlaviyoRequest, token: Token, order: Hashable) -> asyncio.Future[None]:
+        """Add a Create Event request to the open job (after the earlier ones of its ``order``
+        key); returns that job's ticket."""
         ticket = self.open_ticket()
         job = self._open
         assert job is not None
-        job.requests.append(request)
-        job.tokens.append(token)
-        if len(job.requests) >= self._max_events:
+        job.items.append(_Item(request, token, order))
+        if len(job.items) >= self._max_events:
             self.flush()
         return ticket
 
@@ -102,7 +131,7 @@ class BulkBatcher(Generic[Token]):
             return
         if job.timer is not None:
             job.timer.cancel()
-        if not job.requests:
+        if not job.items:
             job.ticket.set_result(None)
             return
         self._spawn(self._send_job(job))
@@ -118,7 +147,7 @@ class BulkBatcher(Generic[Token]):
         """Change the linger (short while draining, so no job waits a full linger); the open
         job is sent now."""
         self._linger = seconds
-        if self._open is not None and self._open.requests:
+        if self._open is not None and self._open.items:
             self.flush()
 
     def _linger_over(self, job: _Job[Token]) -> None:
@@ -127,40 +156,53 @@ class BulkBatcher(Generic[Token]):
 
     async def _send_job(self, job: _Job[Token]) -> None:
         try:
-            await self._send(job.requests, job.tokens)
+            await self._send(self._unique(job.items))
         finally:
             # Also on cancellation (shutdown): lanes waiting on the ticket must not hang.
             if not job.ticket.done():
                 job.ticket.set_result(None)
 
-    async def _send(self, requests: list[KlaviyoRequest], tokens: list[Token]) -> None:
-        jobs = build_bulk_jobs(requests, self._max_events, self._max_bytes)
-        await asyncio.gather(*(self._send_bulk(job, requests, tokens) for job in jobs))
+    def _unique(self, items: list[_Item[Token]]) -> list[_Item[Token]]:
+        seen: set[str] = set()
+        kept = []
+        for item in items:
+            uid = unique_id(item.request)
+            if uid is not None and uid in seen:
+                self._sink.item_duplicate(item.token, item.request)
+                continue
+            if uid is not None:
+                seen.add(uid)
+            kept.append(item)
+        return kept
 
-    async def _send_bulk(
-        self, job: BulkJob, requests: list[KlaviyoRequest], tokens: list[Token]
-    ) -> None:
+    async def _send(self, items: list[_Item[Token]]) -> None:
+        requests = [item.request for item in items]
+        orders = [item.order for item in items]
+        # One after another: a key's events may be spread over several of them.
+        for job in build_bulk_jobs(requests, self._max_events, self._max_bytes, orders):
+            await self._send_bulk(job, items)
+
+    async def _send_bulk(self, job: BulkJob, items: list[_Item[Token]]) -> None:
         outcome = await self._sender.settle(job.request)
         if isinstance(outcome, Accepted):
             for index in job.items:
-                self._sink.item_accepted(tokens[index], requests[index])
+                self._sink.item_accepted(items[index].token, items[index].request)
             return
-        bad = bad_items(job, outcome)
-        if not bad:
-            # Klaviyo did not say which events it refused: let each one answer for itself.
-            await asyncio.gather(*(self._send_alone(requests[i], tokens[i]) for i in job.items))
+        in_order = sorted(job.items)
+        bad: dict[int, KlaviyoError | None] = dict(bad_items(job, outcome))
+        if not bad and len(in_order) > 1:
+            # Klaviyo did not say which events it refused: narrow it down, halves in order.
+            half = len(in_order) // 2
+            await self._send([items[i] for i in in_order[:half]])
+            await self._send([items[i] for i in in_order[half:]])
             return
+        if not bad:  # one event, refused on its own
+            bad = {in_order[0]: None}
         for index, error in bad.items():
+            item = items[index]
             self._sink.item_rejected(
-                tokens[index], requests[index], outcome, error, Endpoint.BULK_CREATE_EVENTS
+                item.token, item.request, outcome, error, Endpoint.BULK_CREATE_EVENTS
             )
-        rest = [index for index in job.items if index not in bad]
+        rest = [items[i] for i in in_order if i not in bad]
         if rest:
-            await self._send([requests[i] for i in rest], [tokens[i] for i in rest])
-
-    async def _send_alone(self, request: KlaviyoRequest, token: Token) -> None:
-        outcome = await self._sender.settle(request)
-        if isinstance(outcome, Accepted):
-            self._sink.item_accepted(token, request)
-        else:
-            self._sink.item_rejected(token, request, outcome, None, Endpoint.CREATE_EVENT)
+            await self._send(rest)

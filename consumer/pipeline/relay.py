@@ -20,6 +20,7 @@ import contextlib
 import functools
 import random
 import signal
+import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -37,10 +38,12 @@ from consumer.klaviyo.retry import RetryPolicy
 from consumer.observability.health import RelayState, start_http_server
 from consumer.observability.logging import get_logger
 from consumer.observability.metrics import (
+    BULK_DUPLICATES,
     END_TO_END_DELAY,
     EVENTS_CONSUMED,
     EVENTS_DEAD_LETTERED,
     EVENTS_DELIVERED,
+    OLDEST_UNFINISHED_AGE,
     PLAN_WARNINGS,
 )
 from consumer.pipeline.batching import BulkBatcher
@@ -63,13 +66,14 @@ from consumer.pipeline.sending import (
     UnboundStep,
     metric_name,
 )
-from consumer.pipeline.source import KafkaSource, Positions
+from consumer.pipeline.source import FINAL_COMMIT_SECONDS, KafkaSource, Positions
 from consumer.settings import SendMode, Settings
 
 log = get_logger(__name__)
 
 _PROBE_INTERVAL = 5.0
 _DRAIN_LINGER = 0.005
+DLQ_FLUSH_SECONDS = 5.0  # part of the shutdown budget, like the source's (see source.py)
 EXIT_OK = 0
 EXIT_FAILED = 1
 
@@ -101,7 +105,7 @@ class Relay:
         self._registry = registry or HandlerRegistry.from_settings(settings)
         self._decoder = decoder or Decoder.from_settings(settings)
         self.state = RelayState()
-        self._offsets = OffsetTracker()
+        self._offsets = OffsetTracker(settings.pending_bound)
         self._running: dict[PartitionOffsets, int] = {}
         self._unplaced = 0  # batch mode: events handed to lanes and not yet in their bulk jobs
         self._revoking: set[TopicPartitionKey] = set()
@@ -177,7 +181,7 @@ class Relay:
 
     async def _shutdown(self, background: list[asyncio.Task[None]]) -> None:
         loop = asyncio.get_running_loop()
-        self._stopping = True
+        self._stopping = self.state.stopping = True
         self._source.hold(discard=True)
         if self._batcher is not None:
             self._batcher.set_linger(_DRAIN_LINGER)
@@ -191,13 +195,14 @@ class Relay:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        await self._commit_now()
+        final_commit = asyncio.ensure_future(self._commit_now())
+        await asyncio.wait([final_commit], timeout=FINAL_COMMIT_SECONDS)
         await self._source.close()
         await self._dispatcher.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        left = await self._dlq.close(5.0)
+        left = await self._dlq.close(DLQ_FLUSH_SECONDS)
         if left:
             log.warning("dead-letter writes unconfirmed at exit", count=left)
 
@@ -267,17 +272,21 @@ class Relay:
     def on_records(self, records: list[SourceRecord]) -> None:
         dropped = 0
         counts: dict[str, int] = {}
+        now = time.monotonic()
+        crowded = False
         for record in records:
             tracker = self._offsets.get(record.topic, record.partition)
             if tracker is None or (record.topic, record.partition) in self._revoking:
                 dropped += 1  # no longer ours: the next owner reads it from the watermark
                 continue
+            was_crowded = tracker.crowded
             try:
-                tracker.track(record.offset)
+                tracker.track(record.offset, now)
             except ValueError:
                 log.warning("record out of order, skipped", where=record.where)
                 dropped += 1
                 continue
+            crowded = crowded or tracker.crowded != was_crowded
             counts[record.topic] = counts.get(record.topic, 0) + 1
             self._dispatcher.submit(record.key, Work(record, tracker))
             if self._batcher is not None:
@@ -285,11 +294,13 @@ class Relay:
         for topic, count in counts.items():
             EVENTS_CONSUMED.labels(topic).inc(count)
         self._source.release(dropped)
+        if crowded:
+            self._source.crowd(self._offsets.crowded())
 
     def on_assigned(self, partitions: list[TopicPartitionKey]) -> None:
         self._offsets.assign(partitions)
-        if not self.state.assigned:
-            self.state.assigned = True
+        self.state.joined = True  # even with nothing assigned: an idle member is a member
+        self.state.partitions = len(self._offsets.partitions())
         if partitions:
             log.info("partitions assigned", partitions=_names(partitions))
 
@@ -300,16 +311,17 @@ class Relay:
             if self._batcher is not None:
                 self._batcher.set_linger(_DRAIN_LINGER)
             deadline = asyncio.get_running_loop().time() + self._settings.drain_timeout_seconds
-            drained = await self._wait_until(
-                lambda: all(self._running.get(t, 0) == 0 for t in trackers), deadline
-            )
-            if self._batcher is not None:
-                self._batcher.set_linger(self._settings.batch_linger_seconds)
+            try:
+                drained = await self._wait_until(
+                    lambda: all(self._running.get(t, 0) == 0 for t in trackers), deadline
+                )
+            finally:  # also when the source gave up on us (it then reports them lost)
+                if self._batcher is not None:
+                    self._batcher.set_linger(self._settings.batch_linger_seconds)
             if not drained:
                 log.warning("revoke drain timeout", partitions=_names(partitions))
         positions = {} if self._halt.halted else self._offsets.committable(partitions)
         self._detach(partitions)
-        self._revoking.difference_update(partitions)
         if partitions:
             log.info("partitions revoked", partitions=_names(partitions))
         return positions
@@ -323,10 +335,14 @@ class Relay:
         self.request_stop()
 
     def _detach(self, partitions: list[TopicPartitionKey]) -> None:
+        self._revoking.difference_update(partitions)
         for tracker in self._offsets.detach(partitions):
             # Their unfinished events stop counting; work still running for them is ignored.
             self._source.release(tracker.unfinished)
             self._running.pop(tracker, None)
+            with contextlib.suppress(KeyError):
+                OLDEST_UNFINISHED_AGE.remove(tracker.topic, str(tracker.partition))
+        self.state.partitions = len(self._offsets.partitions())
         self._progress.set()
 
     # --- offsets -----------------------------------------------------------------------------
@@ -335,6 +351,16 @@ class Relay:
         while True:
             await asyncio.sleep(self._settings.commit_interval_seconds)
             await self._commit_now()
+            self._watch_partitions()
+
+    def _watch_partitions(self) -> None:
+        """Report how long each partition's watermark has been held, and repeat which ones are
+        crowded (the source applies the set; a repeat corrects a call lost in a rebalance)."""
+        now = time.monotonic()
+        for tracker in self._offsets.partitions():
+            age = tracker.oldest_unfinished_age(now)
+            OLDEST_UNFINISHED_AGE.labels(tracker.topic, str(tracker.partition)).set(age)
+        self._source.crowd(self._offsets.crowded())
 
     async def _commit_now(self) -> None:
         if self._halt.halted:
@@ -351,8 +377,11 @@ class Relay:
         if work.started and tracker in self._running:
             self._running[tracker] -= 1
         if not tracker.detached:
+            was_crowded = tracker.crowded
             tracker.finish(work.record.offset)
             self._source.release(1)
+            if was_crowded and not tracker.crowded:
+                self._source.crowd(self._offsets.crowded())
         self._progress.set()
 
     # --- one event ---------------------------------------------------------------------------
@@ -475,7 +504,9 @@ class Relay:
             while await lane.wait_for_ticket_unless(batcher.open_ticket()):
                 pass  # the open job changed while we waited: look again
             work.remaining += 1
-            lane.last_ticket = batcher.add(request, work)
+            # The record key orders a customer's events within the job; no key, no order.
+            order = work if work.record.key is None else work.record.key
+            lane.last_ticket = batcher.add(request, work, order)
             return None
 
         work.remaining += 1  # held until every step is placed, so an early verdict cannot finish it
@@ -488,6 +519,13 @@ class Relay:
     # batch mode: verdicts on the items of a bulk job (ItemSink)
     def item_accepted(self, token: Work, request: KlaviyoRequest) -> None:
         self._delivered(token, request)
+        self._item_settled(token)
+
+    def item_duplicate(self, token: Work, _request: KlaviyoRequest) -> None:
+        BULK_DUPLICATES.labels(token.record.topic).inc()
+        self._item_settled(token)
+
+    def _item_settled(self, token: Work) -> None:
         token.remaining -= 1
         if token.remaining == 0 and not token.dead:
             self._finish(token)

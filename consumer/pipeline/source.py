@@ -11,10 +11,12 @@ for capacity, for at most ``_SOFT_HOLD_SECONDS``, without fetching more: librdka
 records stay where they are (bounded by ``queued.max.messages.kbytes``). Only a longer stall
 pauses every assigned partition (the thread keeps calling ``consume``, so
 ``max.poll.interval.ms`` is never exceeded and rebalances are still served), resumed below
-``resume_below × max_in_flight``. Why not pause at once: a pause throws the partition's prefetch
-queue away and librdkafka's fetcher notices a resume only at its next fetch decision, about a
-second later, so a relay that paused on every full window idled most of its time (measured:
-batch mode drained ~2,300 events/s that way).
+``resume_below × max_in_flight``. Separately, the loop names the *crowded* partitions (too many
+offsets waiting behind one unfinished event, see :mod:`consumer.pipeline.offsets`): only those
+are paused, the others flow, until the loop says they drained. Why not pause at once: a pause
+throws the partition's prefetch queue away and librdkafka's fetcher notices a resume only at
+its next fetch decision, about a second later, so a relay that paused on every full window
+idled most of its time (measured: batch mode drained ~2,300 events/s that way).
 
 Offsets: ``enable.auto.offset.store=false`` and no auto-commit. The loop decides what is
 committable (the contiguous watermark, see :mod:`consumer.pipeline.offsets`) and asks this
@@ -38,7 +40,12 @@ from typing import Any, Protocol, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer.observability.logging import get_logger
-from consumer.observability.metrics import COMMIT_DURATION, EVENTS_IN_FLIGHT, PARTITIONS_PAUSED
+from consumer.observability.metrics import (
+    COMMIT_DURATION,
+    EVENTS_IN_FLIGHT,
+    PARTITIONS_PAUSED,
+    PARTITIONS_PENDING_PAUSED,
+)
 from consumer.observability.stats import record_kafka_stats
 from consumer.pipeline.offsets import TopicPartitionKey
 from consumer.pipeline.records import SourceRecord
@@ -55,6 +62,10 @@ _CONSUME_BATCH = 1000
 _SOFT_HOLD_SECONDS = 2.0
 _CONSUME_TIMEOUT = 0.05
 _STATS_INTERVAL_MS = 5000
+# Shutdown budget after the drain (the chart's terminationGracePeriodSeconds adds these up, see
+# docs/operations.md): the final commit, leaving the group and closing the consumer.
+FINAL_COMMIT_SECONDS = 5.0
+CLOSE_SECONDS = 10.0
 
 
 class SourceListener(Protocol):
@@ -110,6 +121,7 @@ class KafkaSource:
         self._lock = threading.Lock()
         self._outstanding = 0
         self._assigned: set[TopicPartitionKey] = set()
+        self._crowded: set[TopicPartitionKey] = set()  # paused on their own (see crowd)
         self._paused = False
         self._hold = False  # stopping or halted: keep everything paused, hand nothing over
         self._discard = False  # stopping: records still fetched are dropped
@@ -156,6 +168,12 @@ class KafkaSource:
         """Store and commit ``positions`` (those still assigned); returns what was committed."""
         return await self._call(lambda: self._commit(positions))
 
+    def crowd(self, partitions: frozenset[TopicPartitionKey]) -> None:
+        """Hold exactly these partitions paused (and resume those no longer named). Idempotent,
+        so the loop repeats it now and then: a stale call only lasts until the next one."""
+        self._commands.put(lambda: self._set_crowded(partitions))
+        self._wakeup.set()
+
     def hold(self, *, discard: bool) -> None:
         """Pause every partition for good (halt, or shutdown when ``discard``: drop new records)."""
         self._discard = self._discard or discard
@@ -164,8 +182,9 @@ class KafkaSource:
     async def close(self) -> None:
         """Leave the group (librdkafka revokes, so the listener drains and we commit) and stop."""
         self._closing.set()
-        await asyncio.wrap_future(self._closed)
-        await asyncio.to_thread(self._thread.join, 10.0)
+        # Bounded: past it the process exits anyway and the group times this member out.
+        # (asyncio.wait, not wait_for: the thread must still be able to resolve the future.)
+        await asyncio.wait([asyncio.wrap_future(self._closed)], timeout=CLOSE_SECONDS)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -263,7 +282,9 @@ class KafkaSource:
             want = outstanding >= self._max
         if want == self._paused:
             return
-        partitions = [TopicPartition(t, p) for t, p in self._assigned]
+        # Crowded partitions stay paused through a resume.
+        keys = self._assigned if want else self._assigned - self._crowded
+        partitions = [TopicPartition(t, p) for t, p in keys]
         if partitions:
             if want:
                 self._consumer.pause(partitions)
@@ -272,6 +293,20 @@ class KafkaSource:
         self._paused = want
         PARTITIONS_PAUSED.set(len(partitions) if want else 0)
         log.debug("partitions paused" if want else "partitions resumed", outstanding=outstanding)
+
+    def _set_crowded(self, partitions: frozenset[TopicPartitionKey]) -> None:
+        wanted = partitions & self._assigned
+        newly = [TopicPartition(t, p) for t, p in wanted - self._crowded]
+        freed = [TopicPartition(t, p) for t, p in self._crowded - wanted]
+        self._crowded = set(wanted)
+        PARTITIONS_PENDING_PAUSED.set(len(wanted))
+        if self._paused:
+            return  # everything is paused already; _adjust_flow resumes only the uncrowded
+        if newly:
+            self._consumer.pause(newly)
+            log.info("partition paused: too many events wait behind an unfinished one")
+        if freed:
+            self._consumer.resume(freed)
 
     def _commit(self, positions: Positions) -> Positions:
         owned = {key: pos for key, pos in positions.items() if key in self._assigned}
@@ -318,16 +353,25 @@ class KafkaSource:
         try:
             positions = self._wait_for_loop(self._listener.on_revoked(keys))
         except Exception as exc:
+            # The drain was cancelled (a stalled loop, past its deadline), maybe before it even
+            # started: the partitions go uncommitted, exactly like a loss. Queued before any
+            # later assignment of them, so the loop detaches the old state first.
             log.warning("draining revoked partitions failed", error=str(exc))
+            self._to_loop(self._listener.on_lost, keys)
         if positions:
             self._commit(positions)
+        self._forget(keys)
+
+    def _forget(self, keys: list[TopicPartitionKey]) -> None:
         self._assigned.difference_update(keys)
+        self._crowded.difference_update(keys)
+        PARTITIONS_PENDING_PAUSED.set(len(self._crowded))
         if self._paused:
             PARTITIONS_PAUSED.set(len(self._assigned))
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        self._assigned.difference_update(keys)
+        self._forget(keys)
         log.warning("partitions lost", partitions=len(keys))
         self._to_loop(self._listener.on_lost, keys)
 
@@ -346,7 +390,7 @@ class KafkaSource:
             return future.result(self._revoke_timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise
+            raise TimeoutError("the event loop did not drain in time") from None
 
     def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         # A closed loop means the process is exiting.

@@ -79,15 +79,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+The worst-case shutdown: the drain (relay.drainTimeoutSeconds), then the final commit (5 s),
+leaving the group and closing the consumer (10 s) and flushing dead letters (5 s); the default
+adds 5 s for the process to exit. Keep in step with consumer/pipeline/source.py and relay.py.
+*/}}
 {{- define "klaviyo-relay.terminationGracePeriodSeconds" -}}
-{{- $drain := int .Values.relay.drainTimeoutSeconds -}}
+{{- $drain := ceil .Values.relay.drainTimeoutSeconds | int -}}
+{{- $worst := add $drain 20 -}}
 {{- if .Values.terminationGracePeriodSeconds -}}
-{{- if le (int .Values.terminationGracePeriodSeconds) $drain -}}
-{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed relay.drainTimeoutSeconds (%v)" .Values.terminationGracePeriodSeconds $drain) -}}
+{{- if le (int .Values.terminationGracePeriodSeconds) $worst -}}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed relay.drainTimeoutSeconds + 20 (%v): the drain, final commit, consumer close and dead-letter flush" .Values.terminationGracePeriodSeconds $worst) -}}
 {{- end -}}
 {{- .Values.terminationGracePeriodSeconds -}}
 {{- else -}}
-{{- add $drain 15 -}}
+{{- add $worst 5 -}}
 {{- end -}}
 {{- end -}}
 

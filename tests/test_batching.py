@@ -1,0 +1,179 @@
+"""Batch mode's job handling (consumer.pipeline.batching) against a fake Bulk Create Events
+endpoint that behaves like Klaviyo on the cases that matter: body order is processing order, a
+repeated ``unique_id`` fails the whole request, and some refusals name no item."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Coroutine
+from typing import Any
+
+from consumer.klaviyo.outcomes import Accepted, KlaviyoError, Outcome, Permanent
+from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
+from consumer.klaviyo.retry import RetryPolicy
+from consumer.pipeline.batching import BulkBatcher
+from consumer.pipeline.sending import Halt, Sender
+
+MB = 5 * 1024 * 1024
+
+
+def create_event(uid: str, email: str, *, bad: bool = False, pad: int = 0) -> KlaviyoRequest:
+    attributes: dict[str, Any] = {
+        "properties": {"uid": uid, "bad": bad, "note": "x" * pad},
+        "metric": {"data": {"type": "metric", "attributes": {"name": "Placed Order"}}},
+        "time": "2026-03-01T12:00:00+00:00",
+        "unique_id": uid,
+        "profile": {"data": {"type": "profile", "attributes": {"email": email}}},
+    }
+    return KlaviyoRequest(
+        Endpoint.CREATE_EVENT, "POST", "/api/events", {"data": {"attributes": attributes}}
+    )
+
+
+class FakeBulkEndpoint:
+    """Records what it accepted, in the order Klaviyo would process it."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.processed: list[tuple[str, str]] = []  # (uid, email of the entry's profile)
+
+    async def send(self, request: KlaviyoRequest) -> Outcome:
+        assert request.endpoint is Endpoint.BULK_CREATE_EVENTS
+        assert request.body is not None
+        self.requests += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(0)  # an answer takes a while: let concurrent sends show
+        self.in_flight -= 1
+        events = [
+            (event["attributes"], entry["attributes"]["profile"]["data"]["attributes"]["email"])
+            for entry in request.body["data"]["attributes"]["events-bulk-create"]["data"]
+            for event in entry["attributes"]["events"]["data"]
+        ]
+        uids = [attributes["unique_id"] for attributes, _ in events]
+        if len(set(uids)) != len(uids):
+            return Permanent(400, (KlaviyoError(400, code="invalid", detail="duplicate"),))
+        if any(attributes["properties"]["bad"] for attributes, _ in events):
+            return Permanent(400, (KlaviyoError(400, code="invalid", detail="no pointer"),))
+        self.processed.extend((a["unique_id"], email) for a, email in events)
+        return Accepted(202)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.accepted: list[str] = []
+        self.rejected: list[str] = []
+        self.duplicates: list[str] = []
+
+    def item_accepted(self, token: str, _request: KlaviyoRequest) -> None:
+        self.accepted.append(token)
+
+    def item_rejected(
+        self,
+        token: str,
+        _request: KlaviyoRequest,
+        _outcome: Permanent,
+        _error: KlaviyoError | None,
+        _endpoint: Endpoint,
+    ) -> None:
+        self.rejected.append(token)
+
+    def item_duplicate(self, token: str, _request: KlaviyoRequest) -> None:
+        self.duplicates.append(token)
+
+
+async def run_job(
+    items: list[tuple[KlaviyoRequest, str, str]], *, max_bytes: int = MB
+) -> tuple[FakeBulkEndpoint, Sink]:
+    """Send ``(request, token, order key)`` items as one sealed job and wait for its verdicts."""
+    endpoint, sink = FakeBulkEndpoint(), Sink()
+    sender = Sender(endpoint.send, RetryPolicy(), Halt(lambda *_: None), rng=random.Random(1))
+    tasks: list[asyncio.Task[None]] = []
+
+    def spawn(coroutine: Coroutine[Any, Any, None]) -> None:
+        tasks.append(asyncio.create_task(coroutine))
+
+    batcher: BulkBatcher[str] = BulkBatcher(
+        sender, sink, spawn, max_events=1000, max_bytes=max_bytes, linger=3600.0
+    )
+    tickets = {batcher.add(request, token, order) for request, token, order in items}
+    batcher.flush()
+    await asyncio.gather(*tickets)
+    await asyncio.gather(*tasks)
+    return endpoint, sink
+
+
+def per_key(processed: list[tuple[str, str]]) -> dict[str, list[str]]:
+    keys: dict[str, list[str]] = {}
+    for uid, _email in processed:
+        keys.setdefault(uid.split("-")[0], []).append(uid)
+    return keys
+
+
+async def test_a_keys_events_keep_their_order_when_its_profile_changes_back() -> None:
+    # Customer k1: A (old email), B (new email), A' (old email again); k2 interleaved.
+    items = [
+        (create_event("k1-0", "old@example.com"), "k1-0", "k1"),
+        (create_event("k2-0", "two@example.com"), "k2-0", "k2"),
+        (create_event("k1-1", "new@example.com"), "k1-1", "k1"),
+        (create_event("k2-1", "two@example.com"), "k2-1", "k2"),
+        (create_event("k1-2", "old@example.com"), "k1-2", "k1"),
+    ]
+    endpoint, sink = await run_job(items)
+    assert endpoint.requests == 1
+    assert per_key(endpoint.processed) == {"k1": ["k1-0", "k1-1", "k1-2"], "k2": ["k2-0", "k2-1"]}
+    # Each event went out under the profile it was produced with.
+    assert set(endpoint.processed) >= {("k1-1", "new@example.com"), ("k1-2", "old@example.com")}
+    assert sorted(sink.accepted) == sorted(token for _, token, _ in items)
+
+
+async def test_a_repeated_unique_id_is_sent_once_and_finishes_as_a_duplicate() -> None:
+    items = [
+        (create_event("k1-0", "a@example.com"), "first", "k1"),
+        (create_event("k2-0", "b@example.com"), "other", "k2"),
+        (create_event("k1-0", "a@example.com"), "copy", "k1"),
+    ]
+    endpoint, sink = await run_job(items)
+    assert endpoint.requests == 1  # not failed as a whole, so not resent
+    assert [uid for uid, _ in endpoint.processed] == ["k1-0", "k2-0"]
+    assert sorted(sink.accepted) == ["first", "other"]
+    assert sink.duplicates == ["copy"]
+    assert sink.rejected == []
+
+
+async def test_an_anonymous_400_is_narrowed_down_by_bisection() -> None:
+    count = 256
+    bad = {37, 200}
+    items = [
+        (
+            create_event(f"k{i % 7}-{i:03}", f"c{i % 7}@example.com", bad=i in bad),
+            str(i),
+            str(i % 7),
+        )
+        for i in range(count)
+    ]
+    endpoint, sink = await run_job(items)
+    assert sorted(sink.rejected) == sorted(str(i) for i in bad)
+    assert sorted(sink.accepted, key=int) == [str(i) for i in range(count) if i not in bad]
+    # Two bad events among 256: a few dozen bulk requests, not one per event.
+    assert endpoint.requests <= 2 * len(bad) * 8 + 1
+    # Halves are sent in order, one after another: each key's events stay in order.
+    for uids in per_key(endpoint.processed).values():
+        assert uids == sorted(uids)
+    assert endpoint.most_in_flight == 1
+
+
+async def test_a_job_too_big_for_one_request_goes_out_in_order() -> None:
+    items = [
+        (create_event(f"k{i % 3}-{i:02}", f"c{i % 3}@example.com", pad=3000), str(i), str(i % 3))
+        for i in range(30)
+    ]
+    endpoint, sink = await run_job(items, max_bytes=20_000)
+    assert endpoint.requests > 1
+    assert endpoint.most_in_flight == 1
+    for uids in per_key(endpoint.processed).values():
+        assert uids == sorted(uids)
+    assert len(sink.accepted) == 30
