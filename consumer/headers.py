@@ -23,6 +23,15 @@ H_POINTER = RELAY_PREFIX + "klaviyo.pointer"
 H_ATTEMPTS = RELAY_PREFIX + "attempts"
 H_FIRST_FAILURE = RELAY_PREFIX + "first-failure"
 H_ENDPOINT = RELAY_PREFIX + "endpoint"
+# The source record's timestamp (RFC 3339): the dead letter's own is the time it was parked, so
+# the topic's retention counts from parking.
+H_ORIGINAL_TIMESTAMP = RELAY_PREFIX + "original-timestamp"
+# A too_large marker: the record could not be parked as it was (see pipeline.deadletter).
+H_ORIGINAL_REASON = RELAY_PREFIX + "original-reason"  # why it failed in the first place
+H_ORIGINAL_SIZE = RELAY_PREFIX + "original-size"  # bytes of the original value
+H_VALUE_SHA256 = RELAY_PREFIX + "value-sha256"  # of the original value, hex
+H_VALUE_TRUNCATED = RELAY_PREFIX + "value-truncated"  # "prefix" | "dropped"
+H_OMITTED = RELAY_PREFIX + "omitted"  # other parts left out: "headers", "key" (comma-separated)
 # Written by `dlq replay` on the republished record.
 H_REPLAY_OF = RELAY_PREFIX + "replay-of"
 H_BACKFILL = RELAY_PREFIX + "backfill"

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
 from consumer.codec import Encoder
 from consumer.plain_json import from_plain_json
@@ -365,7 +365,14 @@ def committed_offsets(
 def read_all(bootstrap: str, topic: str, expected: int, timeout: float = WAIT) -> list[Message]:
     """Every record of ``topic`` (at least ``expected`` of them)."""
     consumer = _client(bootstrap)
-    consumer.assign(partitions_of(bootstrap, [topic]))
+    # From the beginning, not from the (never) committed offsets: a fresh broker may answer
+    # that lookup with NOT_COORDINATOR, and the consumer then never fetches.
+    consumer.assign(
+        [
+            TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)
+            for tp in partitions_of(bootstrap, [topic])
+        ]
+    )
     out: list[Message] = []
     deadline = time.monotonic() + timeout
     try:

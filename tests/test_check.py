@@ -63,9 +63,13 @@ async def test_all_good(env: dict[str, str]) -> None:
         result = await asyncio.to_thread(check, {**env, "KLAVIYO_BASE_URL": sandbox.base_url})
     assert result.returncode == 0, result.stdout + result.stderr
     lines = lines_of(result)
-    assert list(lines) == ["config", "kafka", "klaviyo", "scopes"]
+    assert list(lines) == ["config", "kafka", "dlq", "klaviyo", "scopes"]
     assert all(rest.startswith("ok (") for rest in lines.values()), result.stdout
     assert "1 source topics and the dead-letter topic" in lines["kafka"]
+    assert (
+        f"{env['DLQ_TOPIC']}: 1 partition(s), writable; dead letters up to 1000000"
+        in (lines["dlq"])
+    )
     assert "profiles:read, events:write, profiles:write" in lines["scopes"]
     assert KEY not in result.stdout + result.stderr
     # The scope probes are refused by validation: nothing was created.
@@ -101,6 +105,10 @@ def test_missing_topic_and_missing_key(env: dict[str, str]) -> None:
     assert (
         lines["kafka"].startswith("FAIL (")
         and "missing topics: no-such-topic-here" in lines["kafka"]
+    )
+    assert lines["dlq"] == (
+        "FAIL (DLQ_TOPIC=no-such-topic-here: the topic does not exist; create it (retention and"
+        " ACLs as in docs/operations.md) or set DLQ_TOPIC to an existing topic)"
     )
     assert "KLAVIYO_API_KEY is not set" in lines["klaviyo"]
 

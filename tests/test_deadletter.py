@@ -3,6 +3,8 @@ personal data in any header."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from datetime import UTC, datetime
 
 from consumer.codec import UnknownSchema
@@ -13,6 +15,7 @@ from consumer.pipeline.deadletter import (
     STAGE_HANDLE,
     Failure,
     build_dead_letter,
+    build_marker,
     class_name,
 )
 from consumer.pipeline.records import SourceRecord
@@ -44,12 +47,10 @@ def headers_of(letter_headers: tuple[tuple[str, bytes], ...]) -> dict[str, str]:
 def test_decode_failure_keeps_the_original_record_and_adds_connect_headers() -> None:
     exc = UnknownSchema("no schema with fingerprint 0x1234")
     letter = build_dead_letter(RECORD, Failure.from_exception(STAGE_DECODE, exc.reason, exc, NOW))
-    assert (letter.key, letter.value, letter.timestamp_ms) == (
-        RECORD.key,
-        RECORD.value,
-        RECORD.timestamp_ms,
-    )
+    assert (letter.key, letter.value, letter.reason) == (RECORD.key, RECORD.value, "unknown_schema")
     headers = headers_of(letter.headers)
+    # The letter is stamped when parked (by the producer); the record's own time is a header.
+    assert headers["klaviyo-relay.original-timestamp"] == "2023-11-14T22:13:20.123Z"
     assert headers["trace-id"] == "abc"  # the producer's own headers survive
     assert headers["__connect.errors.topic"] == "shop.order.placed"
     assert headers["__connect.errors.partition"] == "3"
@@ -111,3 +112,70 @@ def test_bulk_item_error_picks_that_items_error() -> None:
     failure = Failure.from_klaviyo(outcome, "bulk_create_events", NOW, second)
     assert failure.klaviyo_code == "too_long"
     assert failure.klaviyo_pointer == second.pointer
+
+
+BIG = SourceRecord(
+    topic="shop.order.placed",
+    partition=0,
+    offset=9,
+    key=b"cust-9",
+    value=bytes(range(256)) * 4_062 + b"tail",  # 1,039,876 bytes: the broker took it
+    timestamp_ms=1_700_000_000_123,
+    headers=(("trace-id", b"abc"), ("klaviyo-relay.value-truncated", b"stale")),
+)
+BAD_MAGIC = Failure("decode", "bad_magic", "consumer.codec.BadMagic", "bad_magic: x", NOW)
+
+
+def test_a_letter_within_the_limit_is_written_whole() -> None:
+    small = dataclasses.replace(BIG, value=b"v" * 1000)
+    letter = build_dead_letter(small, BAD_MAGIC, 1_000_000)
+    assert letter.value == small.value and letter.reason == "bad_magic"
+    assert "klaviyo-relay.value-truncated" not in headers_of(letter.headers)
+
+
+def test_an_oversized_record_becomes_a_marker_that_fits() -> None:
+    assert build_dead_letter(BIG, BAD_MAGIC).value == BIG.value  # no limit given: as it is
+    letter = build_dead_letter(BIG, BAD_MAGIC, 1_000_000)
+    assert letter.reason == "too_large"
+    assert 999_000 < letter.size <= 1_000_000  # as much of the value as fits
+    assert letter.key == BIG.key
+    assert BIG.value is not None and letter.value is not None
+    assert BIG.value.startswith(letter.value) and len(letter.value) < len(BIG.value)
+    headers = headers_of(letter.headers)
+    assert headers["klaviyo-relay.reason"] == "too_large"
+    assert headers["klaviyo-relay.original-reason"] == "bad_magic"
+    assert headers["klaviyo-relay.original-size"] == str(len(BIG.value))
+    assert headers["klaviyo-relay.value-sha256"] == hashlib.sha256(BIG.value).hexdigest()
+    assert headers["klaviyo-relay.value-truncated"] == "prefix"  # the stale copy was replaced
+    assert headers["klaviyo-relay.original-timestamp"] == "2023-11-14T22:13:20.123Z"
+    assert headers["__connect.errors.offset"] == "9"
+    assert headers["__connect.errors.stage"] == "decode"
+    assert headers["trace-id"] == "abc"
+    assert "klaviyo-relay.omitted" not in headers
+
+
+def test_a_marker_with_no_room_keeps_only_what_says_what_it_was() -> None:
+    letter = build_marker(BIG, BAD_MAGIC, 0)
+    assert (letter.key, letter.value) == (None, b"")
+    headers = headers_of(letter.headers)
+    assert headers["klaviyo-relay.value-truncated"] == "dropped"
+    assert headers["klaviyo-relay.omitted"] == "headers,key"
+    assert "trace-id" not in headers
+    assert headers["klaviyo-relay.value-sha256"] and headers["__connect.errors.topic"]
+    # 40 bytes more: the key and the headers fit, and a few bytes of the value.
+    roomy = build_marker(BIG, BAD_MAGIC, letter.size + 40)
+    assert roomy.key == BIG.key and roomy.size <= letter.size + 40
+    assert roomy.value is not None and 0 < len(roomy.value) < 40
+    assert headers_of(roomy.headers)["trace-id"] == "abc"
+    assert "klaviyo-relay.omitted" not in headers_of(roomy.headers)
+
+
+def test_unexpected_exceptions_are_parked_masked() -> None:
+    exc = ValueError("no zip for John Smith, 12 Baker Street: 'NW1 6XE' (+44 20 7946 0958)")
+    failure = Failure.unexpected(STAGE_HANDLE, "invalid_event", exc, NOW)
+    assert failure.class_name == "builtins.ValueError"
+    assert failure.message.startswith("invalid_event: ValueError: no zip for J*** S***")
+    for secret in ("John", "Smith", "Baker", "12", "NW1", "6XE", "7946"):
+        assert secret not in failure.message
+    keyed = Failure.unexpected(STAGE_HANDLE, "invalid_event", KeyError("jane@shopmail.io"), NOW)
+    assert keyed.message == "invalid_event: KeyError: '***'"

@@ -303,7 +303,8 @@ async def test_replay_after_the_fix_delivers_exactly_once(
 
 def dead_letter(
     topic: str, offset: int, failure: Failure, created: datetime, value: bytes
-) -> tuple[bytes | None, bytes | None, int | None, list[tuple[str, str | bytes | None]]]:
+) -> tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]:
+    """As the relay writes it: stamped when parked, the record's own time in a header."""
     source = SourceRecord(
         topic=topic,
         partition=0,
@@ -314,7 +315,7 @@ def dead_letter(
         headers=(("traceparent", f"trace-{offset}".encode()),),
     )
     letter = build_dead_letter(source, failure)
-    return letter.key, letter.value, letter.timestamp_ms, list(letter.headers)
+    return letter.key, letter.value, list(letter.headers)
 
 
 async def test_replay_selects_keeps_the_rest_and_marks_old_events_backfill(
@@ -338,12 +339,8 @@ async def test_replay_selects_keeps_the_rest_and_marks_old_events_backfill(
     ]
     producer = Producer(scenario.settings.kafka_client_config())
     for offset, failure, at in kinds:
-        key, value, ts, headers = dead_letter(
-            source, offset, failure, at, f"value-{offset}".encode()
-        )
-        producer.produce(
-            scenario.settings.dlq_topic, value, key, timestamp=ts or 0, headers=headers
-        )
+        key, value, headers = dead_letter(source, offset, failure, at, f"value-{offset}".encode())
+        producer.produce(scenario.settings.dlq_topic, value, key, headers=headers)
     assert producer.flush(30) == 0
 
     first = await scenario.acli("dlq", "replay", "--reason", "limit_exceeded")

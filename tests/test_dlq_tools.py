@@ -30,7 +30,7 @@ from consumer.tools.deadletters import (
 )
 from consumer.tools.masking import mask_email, mask_event, mask_phone, mask_url
 from consumer.tools.progress import PartitionProgress, ProgressTooScattered
-from consumer.tools.render import Original, inspect_line
+from consumer.tools.render import Original, inspect_json, inspect_line
 from consumer.tools.replay import plan_replays, progress_after
 
 NOW = datetime(2026, 7, 20, 12, 0, tzinfo=UTC)
@@ -46,26 +46,28 @@ def letter(
     created: datetime = NOW - 2 * HOUR,
     dlq_offset: int = 0,
     headers: tuple[tuple[str, bytes], ...] = (("traceparent", b"00-abc-01"),),
+    parked: datetime = NOW - HOUR / 2,
+    max_bytes: int | None = None,
+    value: bytes = b"\xc3\x01payload",
 ) -> DeadLetter:
-    """What the dead-letter topic holds for a record that failed with ``failure``."""
+    """What the dead-letter topic holds for a record that failed with ``failure``, parked (the
+    dead letter's own timestamp, given by the producer) at ``parked``."""
     source = SourceRecord(
         topic=topic,
         partition=partition,
         offset=offset,
         key=b"cust-1001",
-        value=b"\xc3\x01payload",
+        value=value,
         timestamp_ms=int(created.timestamp() * 1000),
         headers=headers,
     )
-    written = build_dead_letter(source, failure)
+    written = build_dead_letter(source, failure, max_bytes)
     return DeadLetter(
         partition=0,
         offset=dlq_offset,
         key=written.key,
         value=written.value,
-        timestamp=datetime.fromtimestamp(written.timestamp_ms / 1000, UTC)
-        if written.timestamp_ms
-        else None,
+        timestamp=parked,
         headers=written.headers,
     )
 
@@ -89,7 +91,46 @@ def test_reads_the_writers_headers() -> None:
     assert (dl.stage, dl.reason) == ("send", "klaviyo_rejected")
     assert (dl.klaviyo_status, dl.klaviyo_code) == (400, "invalid")
     assert dl.first_failure == NOW - HOUR
-    assert dl.age(NOW) == 2 * HOUR  # from the source record's CreateTime
+    assert dl.age(NOW) == 2 * HOUR  # from the source record's CreateTime, not from parking
+    assert dl.original_timestamp == NOW - 2 * HOUR and dl.timestamp == NOW - HOUR / 2
+    assert dl.incomplete is None and dl.original_reason is None
+
+
+def test_letters_of_older_relays_kept_the_create_time_as_their_timestamp() -> None:
+    dl = letter(rejected_failure())
+    old = DeadLetter(
+        dl.partition,
+        dl.offset,
+        dl.key,
+        dl.value,
+        NOW - 3 * HOUR,
+        tuple(h for h in dl.headers if h[0] != "klaviyo-relay.original-timestamp"),
+    )
+    assert old.original_timestamp == NOW - 3 * HOUR and old.age(NOW) == 3 * HOUR
+
+
+def test_too_large_marker_is_shown_and_never_replayed() -> None:
+    big = bytes(2_000)
+    dl = letter(limit_failure(), value=big, max_bytes=1_500)
+    assert dl.reason == "too_large" and dl.original_reason == "limit_exceeded"
+    assert dl.original_size == 2_000 and dl.value_truncated == "prefix"
+    assert dl.value is not None and 0 < len(dl.value) < 2_000
+    assert dl.incomplete == f"value truncated ({len(dl.value)} of 2000 bytes kept)"
+    with pytest.raises(NotReplayable, match="too_large marker, value truncated"):
+        plan_replay(dl, NOW, HOUR)
+    plan = plan_replays(
+        [dl], {}, Selection(), now=NOW, backfill_after=HOUR, partitions={"shop.order.placed": 3}
+    )
+    assert plan.replays == [] and len(plan.unreplayable) == 1
+    assert "must be republished from its source topic" in plan.unreplayable[0][1]
+    line = inspect_line(dl, Original(undecodable="value prefix"), NOW, replayed=False)
+    assert "reason=too_large (was limit_exceeded)" in line
+    assert f"sha256 {dl.value_sha256}; not replayable" in line
+    assert "created=2026-07-20T10:00:00+00:00" in line
+    shown = inspect_json(dl, Original(undecodable="value prefix"), NOW, replayed=False)
+    assert shown["value_truncated"] == "prefix" and shown["original_size"] == 2_000
+    assert shown["original_timestamp"] == "2026-07-20T10:00:00+00:00"
+    assert shown["parked_at"] == "2026-07-20T11:30:00+00:00"
 
 
 def test_handler_rejection_has_no_klaviyo_status() -> None:

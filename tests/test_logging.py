@@ -167,6 +167,16 @@ def test_json_lines_keep_operational_fields(json_log: io.StringIO) -> None:
     assert line["occurred_at"] == "2026-07-15T10:00:00.123Z"
 
 
+def test_a_message_field_is_not_overwritten_by_the_event(json_log: io.StringIO) -> None:
+    log = get_logger("consumer.pipeline.relay")
+    log.warning("event dead-lettered", reason="bad_magic", message="bad_magic: first byte 0x67")
+    log.warning("x", detail="taken", message="kept too")
+    first, second = _lines(json_log)
+    assert first["message"] == "event dead-lettered" and first["reason"] == "bad_magic"
+    assert first["detail"] == "bad_magic: first byte 0x67"
+    assert (second["detail"], second["message_field"]) == ("taken", "kept too")
+
+
 def test_level_filtering_and_quiet_access_log(json_log: io.StringIO) -> None:
     log = get_logger("consumer.pipeline")
     log.debug("accepted", topic="t")  # per-success lines are DEBUG, hidden at INFO

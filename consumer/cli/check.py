@@ -2,6 +2,8 @@
 
 - ``config``: the settings validate, the handler routes resolve and the schemas load.
 - ``kafka``: the brokers answer, and the source topics and the dead-letter topic exist.
+- ``dlq``: the dead-letter topic (``DLQ_TOPIC``) exists, this client may write to it, and how
+  large a dead letter it takes (larger ones are parked as ``too_large`` markers).
 - ``klaviyo``: the API (or the sandbox) answers a harmless authenticated GET with this key.
 - ``scopes``: the key holds the scopes the relay needs. ``profiles:read`` is shown by the GET;
   ``events:write`` and ``profiles:write`` by POSTs whose body has a type no endpoint accepts:
@@ -24,6 +26,11 @@ from consumer.cli import settings_from
 from consumer.klaviyo.client import KlaviyoClient
 from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Permanent, Retryable
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
+from consumer.pipeline.deadletter_topic import (
+    DeadLetterTopicUnchecked,
+    DeadLetterTopicUnusable,
+    probe_dead_letter_topic,
+)
 from consumer.settings import Settings, SettingsError
 
 # A JSON:API type no endpoint accepts: the body fails validation after the scope check.
@@ -64,7 +71,7 @@ class Result:
 def check(ctx: click.Context, timeout: float) -> None:
     """Check the configuration, Kafka, Klaviyo and the API key's scopes."""
     settings = settings_from(ctx)
-    results = [check_config(settings), check_kafka(settings, timeout)]
+    results = [check_config(settings), check_kafka(settings, timeout), check_dlq(settings, timeout)]
     for result in results:
         click.echo(result.line())
     # Every probe is a single attempt: check reports, the relay retries.
@@ -124,6 +131,21 @@ def check_kafka(settings: Settings, timeout: float) -> Result:
         True,
         f"{servers}: {brokers} broker(s); {len(wanted) - 1} source topics and the dead-letter"
         f" topic {settings.dlq_topic} exist",
+    )
+
+
+def check_dlq(settings: Settings, timeout: float) -> Result:
+    """The start-up check the relay makes on the dead-letter topic, as one line."""
+    try:
+        topic = probe_dead_letter_topic(settings, timeout)
+    except (DeadLetterTopicUnusable, DeadLetterTopicUnchecked) as exc:
+        return Result("dlq", False, str(exc))
+    limit = "unknown" if topic.topic_max_bytes is None else str(topic.topic_max_bytes)
+    return Result(
+        "dlq",
+        True,
+        f"{topic.topic}: {topic.partitions} partition(s), writable; dead letters up to"
+        f" {topic.max_bytes} bytes (producer {topic.producer_max_bytes}, topic {limit})",
     )
 
 

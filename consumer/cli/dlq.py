@@ -30,8 +30,8 @@ _selection_options = [
         "--reason",
         "reasons",
         multiple=True,
-        help="Only this reason code (bad_magic, limit_exceeded, expired, klaviyo_rejected, ...);"
-        " repeatable.",
+        help="Only this reason code (bad_magic, limit_exceeded, expired, klaviyo_rejected,"
+        " too_large, ...); repeatable.",
     ),
     click.option(
         "--topic", "topics", multiple=True, help="Only records from this source topic; repeatable."
@@ -126,6 +126,8 @@ def _replayed(progress: dict[int, PartitionProgress], letter: DeadLetter) -> boo
 
 
 def _original(decoder: Decoder, letter: DeadLetter) -> Original:
+    if letter.value_truncated:
+        return Original(undecodable=f"value {letter.value_truncated}: over the size limit")
     if letter.value is None:
         return Original(undecodable="no value")
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import orjson
@@ -25,6 +26,17 @@ _QUIET_LOGGERS = ("aiohttp.access", "aiohttp.server", "asyncio")
 
 def _json_dumps(obj: Any, **_kw: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
+
+
+def _keep_message_field(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """JSON lines put the event in ``message``: a field of that name is kept as ``detail``
+    (or ``message_field`` when that is taken too) instead of being overwritten."""
+    if "message" in event_dict:
+        spare = "detail" if "detail" not in event_dict else "message_field"
+        event_dict[spare] = event_dict.pop("message")
+    return event_dict
 
 
 def _level(name: str) -> int:
@@ -63,6 +75,7 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
         final: list[Processor] = [renderer]
     else:
         final = [
+            _keep_message_field,
             structlog.processors.EventRenamer("message"),
             structlog.processors.JSONRenderer(serializer=_json_dumps),
         ]

@@ -37,6 +37,13 @@ EVENTS_DEAD_LETTERED = Counter(
     ["topic", "stage", "reason"],
     registry=REGISTRY,
 )
+DEAD_LETTER_WRITE_FAILURES = Counter(
+    "klaviyo_relay_dead_letter_write_failures_total",
+    "Dead-letter writes the producer or broker refused (retried until acknowledged), by"
+    " librdkafka error name (unknown_topic_or_part, topic_authorization_failed, msg_timed_out...).",
+    ["error"],
+    registry=REGISTRY,
+)
 PLAN_WARNINGS = Counter(
     "klaviyo_relay_plan_warnings_total",
     "Data dropped while building requests (e.g. an unparseable phone number).",

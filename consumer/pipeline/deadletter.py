@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from consumer.headers import (
     CONNECT_PREFIX,
@@ -33,16 +35,28 @@ from consumer.headers import (
     H_FIRST_FAILURE,
     H_MESSAGE,
     H_OFFSET,
+    H_OMITTED,
+    H_ORIGINAL_REASON,
+    H_ORIGINAL_SIZE,
+    H_ORIGINAL_TIMESTAMP,
     H_PARTITION,
     H_POINTER,
     H_REASON,
     H_STAGE,
     H_STATUS,
     H_TOPIC,
+    H_VALUE_SHA256,
+    H_VALUE_TRUNCATED,
 )
 from consumer.klaviyo.outcomes import KlaviyoError, Permanent
 from consumer.observability.logging import get_logger
+from consumer.observability.metrics import DEAD_LETTER_WRITE_FAILURES
 from consumer.observability.redact import redact_text
+from consumer.pipeline.deadletter_topic import (
+    DeadLetterTopicInfo,
+    DeadLetterTopicUnchecked,
+    probe_dead_letter_topic,
+)
 from consumer.pipeline.records import Headers, SourceRecord
 from consumer.settings import Settings
 
@@ -55,11 +69,35 @@ STAGE_DECODE = "decode"
 STAGE_HANDLE = "handle"
 STAGE_SEND = "send"
 
+REASON_TOO_LARGE = "too_large"
+
 # Relay headers this module writes; an older copy on the original record is replaced.
 _WRITTEN_RELAY_HEADERS = frozenset(
-    (H_REASON, H_STATUS, H_CODE, H_POINTER, H_ATTEMPTS, H_FIRST_FAILURE, H_ENDPOINT)
+    (
+        H_REASON,
+        H_STATUS,
+        H_CODE,
+        H_POINTER,
+        H_ATTEMPTS,
+        H_FIRST_FAILURE,
+        H_ENDPOINT,
+        H_ORIGINAL_TIMESTAMP,
+        H_ORIGINAL_REASON,
+        H_ORIGINAL_SIZE,
+        H_VALUE_SHA256,
+        H_VALUE_TRUNCATED,
+        H_OMITTED,
+    )
 )
 _MAX_MESSAGE = 500
+# Bytes a record takes beyond its key, value and headers' names and values: librdkafka's
+# worst-case record framing plus the batch header, rounded up generously.
+_RECORD_FRAMING = 256
+_HEADER_FRAMING = 10  # the two varint lengths of one header
+# An unexpected exception's text may quote data: words with a capital or a digit (names,
+# streets, numbers) and anything in quotes are masked; plain lowercase words stay.
+_QUOTED = re.compile("'[^']*'|\"[^\"]*\"")
+_DATA_WORD = re.compile(r"""[^\s'"]*[A-Z0-9][^\s'"]*""")
 
 
 def class_name(obj: object) -> str:
@@ -71,6 +109,19 @@ def class_name(obj: object) -> str:
 def _one_line(text: str) -> str:
     flat = " ".join(redact_text(text).split())
     return flat if len(flat) <= _MAX_MESSAGE else flat[: _MAX_MESSAGE - 1] + "…"
+
+
+def _mask_word(match: re.Match[str]) -> str:
+    word = match.group(0)
+    return f"{word[:1]}***" if word[:1].isalpha() else "***"
+
+
+def masked_exception_text(exc: BaseException) -> str:
+    """What an unexpected exception says, safe for a log line or a header: personal data in
+    any form is masked (``KeyError: 'John Smith'`` → ``KeyError: '***'``)."""
+    text = _QUOTED.sub(lambda m: f"{m.group(0)[0]}***{m.group(0)[0]}", str(exc))
+    text = redact_text(text)
+    return f"{type(exc).__name__}: {_DATA_WORD.sub(_mask_word, text)}"
 
 
 def rfc3339(moment: datetime) -> str:
@@ -99,6 +150,12 @@ class Failure:
         text = f"{reason}: {exc}"
         if field and field not in text:
             text += f" (field {field})"
+        return cls(stage, reason, class_name(exc), _one_line(text), now)
+
+    @classmethod
+    def unexpected(cls, stage: str, reason: str, exc: BaseException, now: datetime) -> Failure:
+        """A bug's exception: its text is masked (:func:`masked_exception_text`), never raw."""
+        text = f"{reason}: {masked_exception_text(exc)}"
         return cls(stage, reason, class_name(exc), _one_line(text), now)
 
     @classmethod
@@ -136,14 +193,33 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """What is written: its Kafka timestamp is left to the producer (the time it is parked)."""
+
     key: bytes | None
     value: bytes | None
-    timestamp_ms: int | None
     headers: Headers
+    reason: str
+
+    @property
+    def size(self) -> int:
+        """Bytes on the wire, over-estimated: what the producer's and the topic's limits see."""
+        return (
+            _RECORD_FRAMING
+            + len(self.key or b"")
+            + len(self.value or b"")
+            + _headers_size(self.headers)
+        )
 
 
-def build_dead_letter(record: SourceRecord, failure: Failure) -> DeadLetter:
-    """``record``'s dead letter: original key, value, timestamp and headers + error headers."""
+def _headers_size(headers: Headers) -> int:
+    return sum(len(name.encode()) + len(value) + _HEADER_FRAMING for name, value in headers)
+
+
+def _encoded(headers: list[tuple[str, str]]) -> Headers:
+    return tuple((name, value.encode()) for name, value in headers)
+
+
+def _error_headers(record: SourceRecord, failure: Failure) -> list[tuple[str, str]]:
     error_headers: list[tuple[str, str]] = [
         (H_TOPIC, record.topic),
         (H_PARTITION, str(record.partition)),
@@ -160,39 +236,103 @@ def build_dead_letter(record: SourceRecord, failure: Failure) -> DeadLetter:
         H_CODE: failure.klaviyo_code,
         H_POINTER: failure.klaviyo_pointer,
         H_ENDPOINT: failure.endpoint,
+        H_ORIGINAL_TIMESTAMP: None
+        if record.timestamp_ms is None
+        else rfc3339(datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)),
     }
-    error_headers += [(k, v) for k, v in optional.items() if v is not None]
-    kept = tuple(
+    return error_headers + [(k, v) for k, v in optional.items() if v is not None]
+
+
+def _original_headers(record: SourceRecord) -> Headers:
+    return tuple(
         (name, value)
         for name, value in record.headers
         if not name.startswith(CONNECT_PREFIX) and name not in _WRITTEN_RELAY_HEADERS
     )
-    return DeadLetter(
+
+
+def build_dead_letter(
+    record: SourceRecord, failure: Failure, max_bytes: int | None = None
+) -> DeadLetter:
+    """``record``'s dead letter: original key, value and headers + error headers, or, when that
+    is over ``max_bytes``, a ``too_large`` marker (:func:`build_marker`)."""
+    letter = DeadLetter(
         key=record.key,
         value=record.value,
-        timestamp_ms=record.timestamp_ms,
-        headers=kept + tuple((name, value.encode()) for name, value in error_headers),
+        headers=_original_headers(record) + _encoded(_error_headers(record, failure)),
+        reason=failure.reason,
     )
+    if max_bytes is None or letter.size <= max_bytes:
+        return letter
+    return build_marker(record, failure, max_bytes)
+
+
+def build_marker(record: SourceRecord, failure: Failure, max_bytes: int) -> DeadLetter:
+    """A ``too_large`` marker for a record whose dead letter would be over ``max_bytes``.
+
+    It keeps the error headers (reason ``too_large``, the first reason in ``original-reason``),
+    the value's size and SHA-256 and, as room allows, the key, the original headers and a prefix
+    of the value; ``value-truncated`` says whether a prefix is kept or none, ``omitted`` names
+    other parts left out. Given too little room it still comes out, with nothing optional.
+    """
+    value = record.value or b""
+    fixed = [
+        (name, REASON_TOO_LARGE if name == H_REASON else text)
+        for name, text in _error_headers(record, failure)
+    ] + [
+        (H_ORIGINAL_REASON, failure.reason),
+        (H_ORIGINAL_SIZE, str(len(value))),
+        (H_VALUE_SHA256, hashlib.sha256(value).hexdigest()),
+    ]
+    # Sized as if everything optional were left out, so the headers saying so always fit.
+    worst = [(H_VALUE_TRUNCATED, "dropped"), (H_OMITTED, "headers,key")]
+    room = max_bytes - _RECORD_FRAMING - _headers_size(_encoded(fixed + worst))
+    omitted: list[str] = []
+    key = record.key
+    if key is not None and len(key) > room:
+        key = None
+        omitted.append("key")
+    room -= len(key or b"")
+    kept = _original_headers(record)
+    if _headers_size(kept) > room:
+        kept = ()
+        omitted.insert(0, "headers")
+    room -= _headers_size(kept)
+    prefix = value[: max(room, 0)]
+    fixed.append((H_VALUE_TRUNCATED, "prefix" if prefix else "dropped"))
+    if omitted:
+        fixed.append((H_OMITTED, ",".join(omitted)))
+    return DeadLetter(key, prefix, kept + _encoded(fixed), REASON_TOO_LARGE)
 
 
 class DeadLetterProducer:
     """Writes dead letters; ``send`` returns once the broker has acknowledged the record.
 
     Delivery reports arrive on this class's poll thread and are handed to the event loop with
-    ``call_soon_threadsafe``.
+    ``call_soon_threadsafe``. A write the broker refuses (topic deleted, not authorised, broker
+    down) is tried again with backoff, counted in ``DEAD_LETTER_WRITE_FAILURES``, and never
+    given up: its event stays unfinished, so its offset is not committed.
     """
 
-    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loop: asyncio.AbstractEventLoop,
+        topic: DeadLetterTopicInfo | None = None,
+    ) -> None:
         self._topic = settings.dlq_topic
         self._loop = loop
         self._retry_base = settings.retry_base_seconds
         self._retry_cap = settings.retry_cap_seconds
+        self._max_bytes = (topic or DeadLetterTopicInfo.unchecked(settings)).max_bytes
         self._producer = Producer(
             {
                 **settings.kafka_client_config(),
                 "acks": "all",
                 "enable.idempotence": "true",
                 "linger.ms": "5",
+                # Batches too stay within what the topic takes.
+                "message.max.bytes": str(self._max_bytes),
                 "client.id": f"{settings.kafka_group_id}-dlq",
                 "logger": LIBRDKAFKA_LOG,
             }
@@ -201,25 +341,54 @@ class DeadLetterProducer:
         self._thread = threading.Thread(target=self._poll, name="dlq-producer", daemon=True)
         self._thread.start()
 
+    @classmethod
+    async def open(
+        cls, settings: Settings, loop: asyncio.AbstractEventLoop, check_seconds: float = 15.0
+    ) -> DeadLetterProducer:
+        """The producer for a dead-letter topic that was checked first: raises
+        :class:`~consumer.pipeline.deadletter_topic.DeadLetterTopicUnusable` when it is missing
+        or not writable. Kafka not answering is no reason not to start (the source waits for it
+        too): the producer's own size limit is used then."""
+        try:
+            topic = await asyncio.to_thread(probe_dead_letter_topic, settings, check_seconds)
+        except DeadLetterTopicUnchecked as exc:
+            log.warning("dead-letter topic not checked", topic=settings.dlq_topic, error=str(exc))
+            topic = DeadLetterTopicInfo.unchecked(settings)
+        return cls(settings, loop, topic)
+
     def _poll(self) -> None:
         while not self._stop.is_set():
             self._producer.poll(0.1)
 
-    async def send(self, record: SourceRecord, failure: Failure) -> None:
-        """Write the dead letter for ``record``; retries (with backoff) until acknowledged."""
-        letter = build_dead_letter(record, failure)
+    async def send(self, record: SourceRecord, failure: Failure) -> str:
+        """Write the dead letter for ``record`` (a ``too_large`` marker when it is over the size
+        limit); retries with backoff until acknowledged. Returns the reason written."""
+        max_bytes = self._max_bytes
+        letter = build_dead_letter(record, failure, max_bytes)
         attempt = 0
         while True:
             error = await self._produce_once(letter)
             if error is None:
-                return
+                return letter.reason
+            if error.code() in _TOO_LARGE and max_bytes > 0:
+                # Refused for its size all the same (the topic's limit was lowered since
+                # start-up, or could not be read): a smaller marker, at once.
+                max_bytes = min(max_bytes, letter.size) // 2
+                letter = build_marker(record, failure, max_bytes)
+                log.warning(
+                    "dead letter refused as too large, writing a smaller marker",
+                    source=record.where,
+                    max_bytes=max_bytes,
+                )
+                continue
+            DEAD_LETTER_WRITE_FAILURES.labels(error.name().lstrip("_").lower()).inc()
             attempt += 1
             delay = min(self._retry_cap, self._retry_base * 2 ** min(attempt, 16))
             log.warning(
                 "dead-letter write failed, retrying",
                 topic=self._topic,
                 source=record.where,
-                error=str(error),
+                error=error.str(),
                 retry_in=round(delay, 2),
             )
             await asyncio.sleep(delay)
@@ -235,18 +404,23 @@ class DeadLetterProducer:
 
         while True:
             try:
+                # No timestamp: the broker's record says when it was parked (the original one
+                # is a header), so the topic's retention counts from parking.
                 self._producer.produce(
                     self._topic,
                     key=letter.key,
                     value=letter.value,
                     headers=list(letter.headers),
-                    timestamp=letter.timestamp_ms or 0,
                     on_delivery=on_delivery,
                 )
                 break
             except BufferError:
                 # Local queue full: the poll thread drains it; give it a moment.
                 await asyncio.sleep(0.05)
+            except KafkaException as exc:
+                # Refused before queueing (too large, unknown partition, producer failed).
+                error: KafkaError = exc.args[0]
+                return error
         return await done
 
     async def close(self, wait_seconds: float) -> int:
@@ -262,6 +436,10 @@ class DeadLetterProducer:
         # connections and threads, and logs losing them when the broker goes away later.
         await asyncio.to_thread(self._producer.close)
         return left
+
+
+# Size refusals: librdkafka's own check and the broker's (record, or batch).
+_TOO_LARGE = frozenset((KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE))
 
 
 def _resolve(future: asyncio.Future[KafkaError | None], err: KafkaError | None) -> None:

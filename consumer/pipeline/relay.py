@@ -55,6 +55,7 @@ from consumer.pipeline.deadletter import (
     Failure,
     class_name,
 )
+from consumer.pipeline.deadletter_topic import DeadLetterTopicUnusable
 from consumer.pipeline.dispatch import Dispatcher, Lane
 from consumer.pipeline.offsets import OffsetTracker, PartitionOffsets, TopicPartitionKey
 from consumer.pipeline.records import SourceRecord
@@ -150,7 +151,11 @@ class Relay:
                         linger=self._settings.batch_linger_seconds,
                     )
                 await self._probe(client)
-                self._dlq = DeadLetterProducer(self._settings, loop)
+                try:
+                    self._dlq = await DeadLetterProducer.open(self._settings, loop)
+                except DeadLetterTopicUnusable as exc:
+                    log.error("relay not started: dead-letter topic unusable", error=str(exc))
+                    return EXIT_FAILED
                 topics = self._registry.topics()
                 self._source = KafkaSource(self._settings, topics, self, loop)
                 if self._halt.halted:
@@ -448,9 +453,9 @@ class Relay:
             return None
         except Exception as exc:
             # A handler bug on one record must not stop the pipeline: park it for a fix and
-            # replay. The message may quote data, so only the exception class is logged.
+            # replay. The message may quote data: it is logged and parked masked.
+            failure = Failure.unexpected(STAGE_HANDLE, "invalid_event", exc, now)
             log.error("handler failed", where=record.where, error=class_name(exc))
-            failure = Failure.from_exception(STAGE_HANDLE, "invalid_event", exc, now)
             self._dead_letter(work, failure)
             return None
         occurred = event.datum.get("occurred_at")
@@ -563,13 +568,13 @@ class Relay:
             stage=failure.stage,
             reason=failure.reason,
             error=failure.class_name,
-            message=failure.message,
+            detail=failure.message,
         )
         self._spawn(self._write_dead_letter(work, failure))
 
     async def _write_dead_letter(self, work: Work, failure: Failure) -> None:
-        await self._dlq.send(work.record, failure)
-        EVENTS_DEAD_LETTERED.labels(work.record.topic, failure.stage, failure.reason).inc()
+        reason = await self._dlq.send(work.record, failure)  # too_large if it did not fit
+        EVENTS_DEAD_LETTERED.labels(work.record.topic, failure.stage, reason).inc()
         self._finish(work)
 
 

@@ -19,12 +19,18 @@ from consumer.headers import (
     H_FIRST_FAILURE,
     H_MESSAGE,
     H_OFFSET,
+    H_OMITTED,
+    H_ORIGINAL_REASON,
+    H_ORIGINAL_SIZE,
+    H_ORIGINAL_TIMESTAMP,
     H_PARTITION,
     H_REASON,
     H_REPLAY_OF,
     H_STAGE,
     H_STATUS,
     H_TOPIC,
+    H_VALUE_SHA256,
+    H_VALUE_TRUNCATED,
     RELAY_PREFIX,
 )
 
@@ -39,7 +45,7 @@ class DeadLetter:
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp: datetime | None  # the source record's CreateTime, kept by the writer
+    timestamp: datetime | None  # when it was parked (older relays: the source record's time)
     headers: tuple[tuple[str, bytes], ...]
 
     def header(self, name: str) -> str | None:
@@ -94,13 +100,53 @@ class DeadLetter:
 
     @property
     def failed_at(self) -> datetime | None:
-        """When it failed, or (for a writer that did not say) when the source record was made."""
+        """When it failed, or (for a writer that did not say) the record's own timestamp."""
         return self.first_failure or self.timestamp
 
+    @property
+    def original_timestamp(self) -> datetime | None:
+        """The source record's timestamp. Relays before the ``original-timestamp`` header kept
+        it as the dead letter's own timestamp."""
+        return _time(self.header(H_ORIGINAL_TIMESTAMP)) or self.timestamp
+
     def age(self, now: datetime) -> timedelta | None:
-        """How old the original event is: its record's CreateTime to ``now``."""
-        born = self.timestamp or self.first_failure
+        """How old the original event is: its record's timestamp to ``now``."""
+        born = self.original_timestamp or self.first_failure
         return now - born if born is not None else None
+
+    # A too_large marker: the record was over the size limit and parked incomplete.
+    @property
+    def original_reason(self) -> str | None:
+        return self.header(H_ORIGINAL_REASON)
+
+    @property
+    def original_size(self) -> int | None:
+        return _int(self.header(H_ORIGINAL_SIZE))
+
+    @property
+    def value_sha256(self) -> str | None:
+        return self.header(H_VALUE_SHA256)
+
+    @property
+    def value_truncated(self) -> str | None:
+        """``prefix`` (the value holds its first bytes) or ``dropped``; None: complete."""
+        return self.header(H_VALUE_TRUNCATED)
+
+    @property
+    def omitted(self) -> list[str]:
+        """Other parts of the record a marker left out (``headers``, ``key``)."""
+        text = self.header(H_OMITTED)
+        return [part for part in text.split(",") if part] if text else []
+
+    @property
+    def incomplete(self) -> str | None:
+        """What is missing from the original record, said in one phrase; None: nothing."""
+        missing = []
+        if self.value_truncated:
+            kept = len(self.value or b"")
+            missing.append(f"value truncated ({kept} of {_text(self.original_size)} bytes kept)")
+        missing += [f"{part} left out" for part in self.omitted]
+        return ", ".join(missing) or None
 
     def original_headers(self) -> Headers:
         """The source record's own headers: the error headers and any earlier replay's removed."""
@@ -163,7 +209,8 @@ class Replay:
 
 
 class NotReplayable(ValueError):
-    """The record does not say where it came from (not written by the relay)."""
+    """The record does not say where it came from (not written by the relay), or is a
+    ``too_large`` marker that does not hold the whole original record."""
 
 
 def plan_replay(letter: DeadLetter, now: datetime, backfill_after: timedelta) -> Replay:
@@ -173,6 +220,12 @@ def plan_replay(letter: DeadLetter, now: datetime, backfill_after: timedelta) ->
     topic = letter.source_topic
     if not topic:
         raise NotReplayable(f"dead letter at offset {letter.offset} has no {H_TOPIC} header")
+    if letter.incomplete:
+        raise NotReplayable(
+            f"{letter.source} was parked as a too_large marker, {letter.incomplete}:"
+            f" the original record (sha256 {letter.value_sha256}) must be republished from its"
+            " source topic while retained, or by its producer"
+        )
     age = letter.age(now)
     backfill = age is not None and age > backfill_after
     headers = letter.original_headers()

@@ -220,9 +220,10 @@ def publish(
         extra: dict[str, Any] = {}
         if replay.partition is not None:
             extra["partition"] = replay.partition
-        if letter.timestamp is not None:
+        original = letter.original_timestamp
+        if original is not None:
             # The original CreateTime: the event's age (and so backfill) survives a second failure.
-            extra["timestamp"] = int(letter.timestamp.timestamp() * 1000)
+            extra["timestamp"] = round(original.timestamp() * 1000)
         headers: list[tuple[str, str | bytes | None]] = [*replay.headers]
         while True:
             try:

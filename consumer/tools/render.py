@@ -68,10 +68,16 @@ def inspect_line(letter: DeadLetter, original: Original, now: datetime, *, repla
         notes.append("replayed")
     if letter.header(H_REPLAY_OF):
         notes.append("failed again after a replay")
+    if letter.incomplete:
+        notes.append(f"{letter.incomplete}, sha256 {letter.value_sha256}; not replayable")
+    reason = letter.reason
+    if letter.original_reason:
+        reason += f" (was {letter.original_reason})"
+    created = letter.original_timestamp
     text = (
-        f"{letter.source}  stage={letter.stage} reason={letter.reason}"
+        f"{letter.source}  stage={letter.stage} reason={reason}"
         f" klaviyo={klaviyo_text(letter)} age={format_duration(letter.age(now))}"
-        f"  key={redact_text(key)} {original.summary()}"
+        f" created={_iso(created)}  key={redact_text(key)} {original.summary()}"
     )
     if letter.message:
         text += f"  | {redact_text(letter.message)}"
@@ -94,6 +100,13 @@ def inspect_json(
         "klaviyo_status": letter.klaviyo_status,
         "klaviyo_code": letter.klaviyo_code,
         "first_failure": letter.first_failure.isoformat() if letter.first_failure else None,
+        "original_timestamp": _iso(letter.original_timestamp),
+        "parked_at": _iso(letter.timestamp),
+        "original_reason": letter.original_reason,
+        "original_size": letter.original_size,
+        "value_sha256": letter.value_sha256,
+        "value_truncated": letter.value_truncated,
+        "omitted": letter.omitted,
         "age_seconds": round(age.total_seconds(), 3) if age is not None else None,
         "replayed": replayed,
         "replay_of": letter.header(H_REPLAY_OF),
@@ -101,3 +114,7 @@ def inspect_json(
         "event": original.event,
         "undecodable": original.undecodable,
     }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
