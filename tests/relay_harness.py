@@ -111,11 +111,18 @@ def produce(
     bootstrap: str,
     records: Iterable[tuple[str, bytes | None, bytes | None]],
     headers: list[tuple[str, bytes]] | None = None,
+    config: dict[str, str] | None = None,
 ) -> list[tuple[int, int]]:
     """Produce (topic, key, value) records in order, acks=all; returns each one's
-    (partition, offset) once every one is acknowledged."""
+    (partition, offset) once every one is acknowledged. ``config``: more producer settings."""
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            **(config or {}),
+        }
     )
     errors: list[Any] = []
     placed: dict[int, tuple[int, int]] = {}

@@ -99,24 +99,46 @@ class Scenario:
         self.relays: list[RelayProcess] = []  # running: a relay leaves only through stop_relay
         self.sandbox: SandboxProcess | None = None
         self._seq = 0
+        self._templates: dict[tuple[str, str], dict[str, Any]] = {}
         self._started = 0
 
     # --- input -----------------------------------------------------------------------------
 
-    def events(self, count: int, keys: int = 20) -> list[Event]:
-        """``count`` fresh events, round robin over ``keys`` keys and the record types."""
+    def events(self, count: int, keys: int = 20, first_names: Sequence[str] = ()) -> list[Event]:
+        """``count`` fresh events, round robin over ``keys`` keys and the record types;
+        ``first_names``: a key's customer changes name from one event to the next (its
+        profile changes, and changes back)."""
         out = []
         for _ in range(count):
             seq = self._seq
             self._seq += 1
-            record_type = self.record_types[(seq // keys) % len(self.record_types)]
-            out.append(self.factory.event(self.topic, record_type, f"key-{seq % keys}", seq))
+            turn = seq // keys
+            record_type = self.record_types[turn % len(self.record_types)]
+            key = f"key-{seq % keys}"
+            template = self._templates.get((record_type, key))
+            if template is None:
+                template = self._templates[(record_type, key)] = self.factory.datum(
+                    record_type, key, seq
+                )
+            # A fresh id on the key's template: encoding alone is fast enough for 20,000.
+            datum = {**template, "event_id": str(uuid.uuid4())}
+            if first_names:
+                name = first_names[turn % len(first_names)]
+                datum["customer"] = {**template["customer"], "first_name": name}
+            value = self.factory.encode(record_type, datum)
+            out.append(Event(self.topic, record_type, key, datum["event_id"], value))
         return out
 
-    def produce(self, items: Sequence[Event | Poison]) -> None:
-        """Produce events and poison in the given order; remember what each must become."""
+    def produce(
+        self,
+        items: Sequence[Event | Poison],
+        headers: list[tuple[str, bytes]] | None = None,
+        config: dict[str, str] | None = None,
+    ) -> None:
+        """Produce events and poison in the given order (``headers`` on each record, ``config``
+        for the producer); remember what each must become."""
         records = [(self.topic, item.key.encode(), item.value) for item in items]
-        placed = produce(self.bootstrap, records)
+        placed = produce(self.bootstrap, records, headers, config)
         for item, (partition, offset) in zip(items, placed, strict=True):
             if isinstance(item, Poison):
                 self.poison.append((self.topic, partition, offset))
@@ -166,6 +188,12 @@ class Scenario:
         code = await relay.wait_exit()
         assert code == 0, f"{relay.log_path.name} exited with {code} on SIGTERM:\n{relay.tail()}"
         self.relays.remove(relay)
+
+    async def exited(self, relay: RelayProcess) -> int:
+        """Wait for a relay that is meant to stop on its own; its exit code."""
+        code = await relay.wait_exit()
+        self.relays.remove(relay)
+        return code
 
     async def wait(self, condition: Any, what: str, within: float = WAIT) -> None:
         """:func:`wait_for`, failing at once when a relay dies meanwhile."""
@@ -236,9 +264,13 @@ def check_delivered(
     missing, unexpected = wanted - first_seen.keys(), first_seen.keys() - wanted
     assert not missing, f"{len(missing)} of {len(wanted)} events never reached Klaviyo"
     assert not unexpected, f"{len(unexpected)} events reached Klaviyo unexpectedly"
-    by_key: dict[tuple[str, str], list[int]] = defaultdict(list)
+    # Per key, in the order produced; a record produced twice counts where it came first.
+    produced: dict[str, Event] = {}
     for event in expected:
-        by_key[(event.topic, event.key)].append(first_seen[event.event_id])
+        produced.setdefault(event.event_id, event)
+    by_key: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for event_id, event in produced.items():
+        by_key[(event.topic, event.key)].append(first_seen[event_id])
     out_of_order = sorted(key for key, seen in by_key.items() if seen != sorted(seen))
     assert out_of_order == [], f"keys whose events Klaviyo saw out of order: {out_of_order}"
 
