@@ -167,7 +167,7 @@ class Scenario:
         handlers = {self.topic: ",".join(self.record_types)}
         return relay_env(self.bootstrap, self.base_url, handlers, self.group, self.dlq, **overrides)
 
-    def start_relay(self, command: list[str] | None = None, **overrides: str) -> RelayProcess:
+    def start_relay(self, command: list[str] | None = None, /, **overrides: str) -> RelayProcess:
         """A relay in the scenario's group (``overrides``: environment settings)."""
         self._started += 1
         log_path = self.tmp_path / f"relay-{self._started}.log"
