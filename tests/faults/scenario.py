@@ -82,7 +82,6 @@ class Scenario:
         record_types: Sequence[str] = RECORD_TYPES,
         create_dlq: bool = True,
     ) -> None:
-        self.broker = broker
         self.bootstrap = broker.bootstrap_servers
         self.tmp_path = tmp_path
         tag = uuid.uuid4().hex[:10]
@@ -96,7 +95,7 @@ class Scenario:
         self.factory = EventFactory()
         self.expected: list[Event] = []
         self.poison: list[tuple[str, int, int]] = []
-        self.relays: list[RelayProcess] = []  # running: a relay leaves only through stop_relay
+        self.relays: list[RelayProcess] = []  # running; they leave through stop_relay or exited
         self.sandbox: SandboxProcess | None = None
         self._seq = 0
         self._templates: dict[tuple[str, str], dict[str, Any]] = {}
