@@ -201,6 +201,13 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @field_validator("schema_registry_basic_auth_user_info")
+    @classmethod
+    def _user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and ":" not in value.get_secret_value():
+            raise ValueError("must be user:password")
+        return value
+
     @field_validator("schema_registry_bearer_token")
     @classmethod
     def _one_registry_credential(
@@ -260,7 +267,7 @@ class Settings(BaseSettings):
         return config
 
 
-_SECRET_NAME = re.compile(r"KEY|PASSWORD|SECRET|TOKEN")
+_SECRET_NAME = re.compile(r"KEY|PASSWORD|SECRET|TOKEN|USER_INFO")
 
 
 class SettingsError(Exception):

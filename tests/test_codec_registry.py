@@ -193,3 +193,12 @@ def test_secret_kafka_properties_merge_over_the_plain_ones(
     assert config["sasl.oauthbearer.client.secret"] == "s3"
     assert config["a"] == "1"
     assert "s3" not in repr(settings)
+
+
+def test_user_info_without_a_colon_is_refused_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "hunter2-no-user")
+    with pytest.raises(SettingsError, match="SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO") as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value)

@@ -13,13 +13,14 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from consumer.sandbox import SandboxOptions, running_sandbox
+from consumer.sandbox import RunningSandbox, SandboxOptions, running_sandbox
 from consumer.schemas import default_schemas_dir, load_store
 from consumer.topics import CONTRACT_TOPICS
 from dev.kafka_broker import KafkaBroker
@@ -119,18 +120,28 @@ def committed_at(
     return check
 
 
-async def test_silent_registry_holds_events_and_the_relay_stays_responsive(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
-) -> None:
+@dataclass
+class Scenario:
+    bootstrap: str
+    topic: str
+    dlq: str
+    group: str
+    sandbox: RunningSandbox
+    env: dict[str, str]
+
+
+@asynccontextmanager
+async def scenario(
+    kafka_broker: KafkaBroker,
+    topic_factory: TopicFactory,
+    registry: RegistryStandIn,
+    **overrides: str,
+) -> AsyncIterator[Scenario]:
+    """Fresh topics and group, the registry stand-in and the sandbox running, the relay's env."""
     bootstrap = kafka_broker.bootstrap_servers
-    topic = topic_factory("sr-silent")
+    topic = topic_factory("sr")
     dlq = topic_factory("dlq")
     group = f"relay-{uuid.uuid4().hex[:8]}"
-    factory = EventFactory()
-    held = [factory.event(topic, HANDLER_TOPIC, f"held-{n}", n) for n in range(4)]
-    registry = RegistryStandIn()
-    registry.go_silent()
-
     async with (
         running_registry(registry) as registry_url,
         running_sandbox(SandboxOptions(rate_limits=None)) as sandbox,
@@ -142,11 +153,28 @@ async def test_silent_registry_holds_events_and_the_relay_stays_responsive(
             group,
             dlq,
             SCHEMA_REGISTRY_URL=registry_url,
-            SCHEMA_REGISTRY_TIMEOUT_SECONDS="1",
-            DRAIN_TIMEOUT_SECONDS="5",
+            **overrides,
         )
+        yield Scenario(bootstrap, topic, dlq, group, sandbox, env)
+
+
+async def test_silent_registry_holds_events_and_the_relay_stays_responsive(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    factory = EventFactory()
+    registry = RegistryStandIn()
+    registry.go_silent()
+    async with scenario(
+        kafka_broker,
+        topic_factory,
+        registry,
+        SCHEMA_REGISTRY_TIMEOUT_SECONDS="1",
+        DRAIN_TIMEOUT_SECONDS="5",
+    ) as s:
+        bootstrap, topic, group, sandbox = s.bootstrap, s.topic, s.group, s.sandbox
+        held = [factory.event(topic, HANDLER_TOPIC, f"held-{n}", n) for n in range(4)]
         produce(bootstrap, [confluent(e, 1) for e in held])
-        relay = RelayProcess(env, tmp_path / "relay.log")
+        relay = RelayProcess(s.env, tmp_path / "relay.log")
         try:
             await wait_for(lambda: metrics_port(relay) is not None, what="relay started")
             port = metrics_port(relay)
@@ -159,7 +187,7 @@ async def test_silent_registry_holds_events_and_the_relay_stays_responsive(
 
             await wait_for(asked_again_while_healthy, what="the registry asked again")
             assert await healthz(port) == 200
-            assert sum(end_offsets(bootstrap, [dlq]).values()) == 0
+            assert sum(end_offsets(bootstrap, [s.dlq]).values()) == 0
             assert set((await committed(bootstrap, group, topic)).values()) <= {-1001, 0}
 
             registry.answer()
@@ -187,43 +215,27 @@ async def test_silent_registry_holds_events_and_the_relay_stays_responsive(
         finally:
             relay.stop()
         assert waiting.event_id not in delivered_ids(sandbox.state.events)
-    assert sum(end_offsets(bootstrap, [dlq]).values()) == 0
+        assert sum(end_offsets(bootstrap, [s.dlq]).values()) == 0
     assert not relay.logged("event dead-lettered")
 
 
 async def test_id_the_registry_does_not_know_yet_is_delivered(
     kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
-    topic = topic_factory("sr-lag")
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
     factory = EventFactory()
-    events = [factory.event(topic, HANDLER_TOPIC, f"lag-{n}", n) for n in range(3)]
     registry = RegistryStandIn()
     registry.not_found[7] = 2  # a replica that has not caught up yet
-
-    async with (
-        running_registry(registry) as registry_url,
-        running_sandbox(SandboxOptions(rate_limits=None)) as sandbox,
-    ):
-        env = relay_env(
-            bootstrap,
-            sandbox.base_url,
-            {topic: HANDLER_TOPIC},
-            group,
-            dlq,
-            SCHEMA_REGISTRY_URL=registry_url,
-        )
-        produce(bootstrap, [confluent(e, 7) for e in events])
-        ends = end_offsets(bootstrap, [topic])
-        relay = RelayProcess(env, tmp_path / "relay.log")
+    async with scenario(kafka_broker, topic_factory, registry) as s:
+        events = [factory.event(s.topic, HANDLER_TOPIC, f"lag-{n}", n) for n in range(3)]
+        produce(s.bootstrap, [confluent(e, 7) for e in events])
+        ends = end_offsets(s.bootstrap, [s.topic])
+        relay = RelayProcess(s.env, tmp_path / "relay.log")
         try:
-            await wait_for(committed_at(bootstrap, group, topic, ends), what="events committed")
+            await wait_for(committed_at(s.bootstrap, s.group, s.topic, ends), what="committed")
             relay.terminate()
             assert await relay.wait_exit() == 0
         finally:
             relay.stop()
-        assert delivered_ids(sandbox.state.events) == {e.event_id for e in events}
+        assert delivered_ids(s.sandbox.state.events) == {e.event_id for e in events}
+        assert sum(end_offsets(s.bootstrap, [s.dlq]).values()) == 0
     assert registry.not_found[7] == 0
-    assert sum(end_offsets(bootstrap, [dlq]).values()) == 0
