@@ -21,11 +21,12 @@ DRAIN_SECONDS = 2
 # The Kafka thread waits for the loop's drain DRAIN_TIMEOUT_SECONDS + 10 s; stall longer.
 STALL = DRAIN_SECONDS + 10 + 5
 STALLING_RELAY = [sys.executable, "-m", "tests.faults.stalling_relay"]
+KEYS = 12
 
 
 async def test_revoke_while_the_loop_is_stalled(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
     with Scenario(kafka_broker, tmp_path, partitions=2) as scenario:
-        scenario.produce([*scenario.events(60, keys=12), Poison("key-1")])
+        scenario.produce([*scenario.events(60, keys=KEYS), Poison("key-1")])
         await scenario.start_sandbox()
         settings = {
             "DRAIN_TIMEOUT_SECONDS": str(DRAIN_SECONDS),
@@ -38,12 +39,12 @@ async def test_revoke_while_the_loop_is_stalled(kafka_broker: KafkaBroker, tmp_p
 
         # Events in flight that do not finish: the revoke's drain has to wait for them.
         await set_faults(scenario.base_url, {"timeout_rate": 1.0})
-        scenario.produce(scenario.events(40, keys=12))
+        scenario.produce(scenario.events(40, keys=KEYS))
 
         async def held() -> bool:
-            return int((await sandbox_stats(scenario.base_url))["held"]) >= 8
+            return int((await sandbox_stats(scenario.base_url))["held"]) >= KEYS
 
-        await scenario.wait(held, "requests in flight on both partitions")
+        await scenario.wait(held, "every key's next event in flight, on both partitions")
         first.process.send_signal(signal.SIGUSR1)  # stall the loop in the next drain
         # A second member joins: one partition moves to it, revoked from the stalled relay.
         second = scenario.start_relay(**settings)
@@ -55,7 +56,7 @@ async def test_revoke_while_the_loop_is_stalled(kafka_broker: KafkaBroker, tmp_p
         # The second member leaves: its partition goes back to the first relay, which must
         # consume it again (the old and the new records).
         await scenario.stop_relay(second)
-        scenario.produce([*scenario.events(60, keys=12), Poison("key-7")])
+        scenario.produce([*scenario.events(60, keys=KEYS), Poison("key-7")])
         # Events the first relay had in flight when it let the partition go are sent again by
         # the second: Klaviyo keeps them once.
         await scenario.verdict(resends=True)
