@@ -15,9 +15,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 # .dockerignore is an allow-list: pyproject, README, the package and the schemas only.
 COPY . .
+# The runtime venv gets no pip or setuptools of its own: the build stage's pip installs into it.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
-    && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels klaviyo-relay \
+    && python -m venv --without-pip /opt/venv \
+    && pip --python /opt/venv/bin/python install --no-cache-dir --no-index \
+        --find-links /wheels /wheels/klaviyo_relay-*.whl \
     && /opt/venv/bin/klaviyo-relay --version
 
 FROM ${PYTHON_IMAGE}

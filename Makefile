@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Touched after a successful install: the venv is refreshed only when pyproject.toml is newer.
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test lint kafka-jars demo tools bench broker-start broker-stop broker-status
+.PHONY: venv test lint kafka-jars demo tools bench broker-start broker-stop broker-status image
 
 venv: $(STAMP)
 
@@ -55,3 +55,9 @@ broker-stop: venv
 
 broker-status: venv
 	$(BIN)/python -m dev.kafka_broker status
+
+# The container image with podman (or docker): dev/image.sh makes the Dockerfile's base image
+# locally where none can be pulled, and writes the podman configuration this machine needs.
+IMAGE ?= klaviyo-relay:dev
+image:
+	bash dev/image.sh build $(IMAGE)

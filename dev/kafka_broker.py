@@ -397,6 +397,26 @@ class KafkaBroker:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self._owns_workdir = False
 
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would (no controlled shutdown); see :meth:`restart`."""
+        if self.process is None:
+            raise BrokerError("an external broker cannot be killed from here")
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def restart(self, timeout: float = 120) -> None:
+        """Start a stopped or killed broker again on the same ports and the same data, and
+        return once it accepts a produce (its logs recovered)."""
+        if self.process is None or self.workdir is None:
+            raise BrokerError("an external broker cannot be restarted from here")
+        if self.process.poll() is None:
+            raise BrokerError("the broker is still running")
+        jvm = _jvm(_java(), fetch_jars(), self.workdir / "log4j2.properties")
+        deadline = time.monotonic() + timeout
+        self.process = _run(
+            jvm, self.workdir, self.bootstrap_servers, deadline=deadline, detached=False
+        )
+
     def __enter__(self) -> Self:
         return self
 
@@ -429,16 +449,7 @@ def _launch(
     config.write_text(_server_properties(data_dir, broker_port, controller_port, extra))
     log4j = root / "log4j2.properties"
     log4j.write_text(_LOG4J2_PROPERTIES)
-    jvm = [
-        java,
-        "-Xms128m",
-        "-Xmx512m",
-        "-XX:+UseSerialGC",
-        "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={log4j}",
-        "-cp",
-        f"{lib}/*",
-    ]
+    jvm = _jvm(java, lib, log4j)
 
     try:
         fmt = subprocess.run(
@@ -466,17 +477,37 @@ def _launch(
             f"{_java_failure(fmt.stdout + fmt.stderr)}"
         )
 
+    bootstrap = f"{HOST}:{broker_port}"
+    return _run(jvm, root, bootstrap, deadline=deadline, detached=detached), broker_port
+
+
+def _jvm(java: str, lib: Path, log4j: Path) -> list[str]:
+    return [
+        java,
+        "-Xms128m",
+        "-Xmx512m",
+        "-XX:+UseSerialGC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp",
+        f"{lib}/*",
+    ]
+
+
+def _run(
+    jvm: list[str], root: Path, bootstrap: str, *, deadline: float, detached: bool
+) -> subprocess.Popen[bytes]:
+    """Run the broker on ``root``'s formatted storage and config until it accepts a produce."""
     log_path = root / "broker.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [*_orphan_guard(detached), *jvm, "kafka.Kafka", str(config)],
+            [*_orphan_guard(detached), *jvm, "kafka.Kafka", str(root / "server.properties")],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=root,
             start_new_session=True,
         )
-    bootstrap = f"{HOST}:{broker_port}"
     try:
         _wait_ready(process, bootstrap, log_path, deadline)
     except BaseException:
@@ -484,7 +515,7 @@ def _launch(
             process.kill()
         process.wait()
         raise
-    return process, broker_port
+    return process
 
 
 def _log_excerpt(log_path: Path) -> str:

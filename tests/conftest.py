@@ -53,3 +53,13 @@ def topic_factory(kafka_broker: KafkaBroker) -> TopicFactory:
         return name
 
     return make
+
+
+@pytest.fixture
+def dedicated_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A broker of the test's own, for tests that kill and restart it (``kill``/``restart``)
+    without disturbing the session's broker."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS_TEST"):
+        pytest.skip("an external broker is in use; this test must start (and kill) its own")
+    with KafkaBroker.start(tmp_path_factory.mktemp("dedicated-broker")) as broker:
+        yield broker

@@ -111,11 +111,18 @@ def produce(
     bootstrap: str,
     records: Iterable[tuple[str, bytes | None, bytes | None]],
     headers: list[tuple[str, bytes]] | None = None,
+    config: dict[str, str] | None = None,
 ) -> list[tuple[int, int]]:
     """Produce (topic, key, value) records in order, acks=all; returns each one's
-    (partition, offset) once every one is acknowledged."""
+    (partition, offset) once every one is acknowledged. ``config``: more producer settings."""
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            **(config or {}),
+        }
     )
     errors: list[Any] = []
     placed: dict[int, tuple[int, int]] = {}
@@ -191,11 +198,14 @@ def relay_env(
 class RelayProcess:
     """``python -m consumer run`` as a child process, its log in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, command: list[str] | None = None
+    ) -> None:
+        """``command`` replaces ``python -m consumer run`` (a wrapper that still runs it)."""
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "consumer", "run"],
+            command or [sys.executable, "-m", "consumer", "run"],
             env=env,
             cwd=REPO,
             stdout=self._log,
@@ -213,6 +223,10 @@ class RelayProcess:
 
     def logged(self, message: str) -> bool:
         return any(line.get("message") == message for line in self.log_lines())
+
+    def tail(self, lines: int = 30) -> str:
+        """The log's last lines, for failure messages."""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -234,6 +248,56 @@ class RelayProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(WAIT)
+        self._log.close()
+
+
+class SandboxProcess:
+    """``python -m consumer sandbox`` (no rate limits) as a child process, so that the test's
+    own blocking calls (Kafka admin, offsets) never stall Klaviyo's stand-in."""
+
+    def __init__(self, log_path: Path, *args: str) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.base_url = ""
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "consumer",
+                "sandbox",
+                "--port",
+                "0",
+                "--rate-limits",
+                "none",
+                *args,
+            ],
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    async def started(self) -> str:
+        """Wait for the listening line; the sandbox's base URL."""
+
+        def listening() -> bool:
+            assert self.process.poll() is None, self.log_path.read_text(errors="replace")
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if "listening on " in line:
+                    self.base_url = line.rsplit("listening on ", 1)[1].strip()
+                    return True
+            return False
+
+        await wait_for(listening, what="the sandbox to listen")
+        return self.base_url
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(WAIT)
         self._log.close()
 
 
@@ -305,6 +369,27 @@ def committed_offsets(
         consumer.close()
 
 
+async def wait_committed_to_end(
+    bootstrap: str, group: str, topics: Iterable[str], produced: int
+) -> dict[tuple[str, int], int]:
+    """Wait until ``group`` has committed every partition of ``topics`` (holding ``produced``
+    records in all) up to its end offset; returns the end offsets."""
+    ends = await asyncio.to_thread(end_offsets, bootstrap, topics)
+    assert sum(ends.values()) == produced
+
+    def all_committed() -> bool:
+        # A partition no record went to has nothing to commit.
+        committed = committed_offsets(bootstrap, group, {topic for topic, _ in ends})
+        return all(committed[tp] >= end for tp, end in ends.items() if end > 0)
+
+    await wait_for(
+        lambda: asyncio.to_thread(all_committed),
+        what=f"group {group} committed up to the end offsets",
+        interval=0.5,
+    )
+    return ends
+
+
 def read_all(bootstrap: str, topic: str, expected: int, timeout: float = WAIT) -> list[Message]:
     """Every record of ``topic`` (at least ``expected`` of them)."""
     consumer = _client(bootstrap)
@@ -353,6 +438,17 @@ async def sandbox_stats(base_url: str) -> dict[str, Any]:
     ):
         result: dict[str, Any] = await response.json()
         return result
+
+
+async def sandbox_events(base_url: str) -> list[dict[str, Any]]:
+    """Every event the sandbox accepted, in the order it received them."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{base_url}/_sandbox/events") as response,
+    ):
+        assert response.status == 200, await response.text()
+        events: list[dict[str, Any]] = (await response.json())["data"]
+        return events
 
 
 async def readiness(port: int) -> dict[str, Any]:

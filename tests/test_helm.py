@@ -843,6 +843,38 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                 },
             ],
         },
+        {  # Cloudflare challenges 6 requests a minute, for good from minute 0
+            "interval": "1m",
+            "input_series": [
+                up,
+                _series(
+                    "klaviyo_relay_klaviyo_edge_answers_total",
+                    {"pod": "p1", "status": "403", "kind": "challenge"},
+                    "0+6x40",
+                ),
+                _series(
+                    "klaviyo_relay_klaviyo_edge_answers_total",
+                    {"pod": "p1", "status": "403", "kind": "html"},
+                    "3x40",  # seen once, long ago: no longer rising
+                ),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "10m", "alertname": "KlaviyoRelayEdgeAnswers", "exp_alerts": []},
+                {
+                    "eval_time": "25m",
+                    "alertname": "KlaviyoRelayEdgeAnswers",
+                    "exp_alerts": [
+                        fired(
+                            "KlaviyoRelayEdgeAnswers",
+                            "warning",
+                            "Klaviyo's edge has answered challenge pages instead of the API"
+                            " for 15m",
+                            kind="challenge",
+                        ),
+                    ],
+                },
+            ],
+        },
         {  # one event on partition 0 never finishes; partition 1 keeps flowing
             "interval": "1m",
             "input_series": [

@@ -17,6 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from consumer.klaviyo.client import KlaviyoClient, encode_body, profile_id_from_lookup
 from consumer.klaviyo.outcomes import Accepted, Fatal, KlaviyoError, Permanent, Retryable
@@ -128,6 +129,9 @@ def settings_for(url: str, **overrides: Any) -> Settings:
     return load_settings(**values)
 
 
+JSON_API_HEADERS = {"Content-Type": "application/vnd.api+json"}
+
+
 def errors_body(*errors: dict[str, Any]) -> dict[str, Any]:
     return {"errors": list(errors)}
 
@@ -227,7 +231,7 @@ def test_profile_id_from_lookup(body: Any, expected: str | None) -> None:
     assert profile_id_from_lookup(body) == expected
 
 
-@pytest.mark.parametrize("status", [429, 500, 502, 503, 504, 507])
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504, 507])
 async def test_retryable_statuses_are_retried(scripted: Callable[..., Any], status: int) -> None:
     server = await scripted(Answer(status, headers={"Retry-After": "0"}))
     async with KlaviyoClient(settings_for(server.url)) as client:
@@ -298,7 +302,7 @@ async def test_non_json_error_body_still_classifies(scripted: Callable[..., Any]
 @pytest.mark.parametrize("status", [401, 403])
 async def test_auth_failures_are_fatal_at_once(scripted: Callable[..., Any], status: int) -> None:
     error = {"status": status, "code": "not_authenticated", "title": "Not authenticated."}
-    server = await scripted(Answer(status, body=errors_body(error)))
+    server = await scripted(Answer(status, headers=JSON_API_HEADERS, body=errors_body(error)))
     async with KlaviyoClient(settings_for(server.url, retry_max_attempts=8)) as client:
         outcome = await client.send(EVENT)
     assert isinstance(outcome, Fatal)
@@ -441,3 +445,59 @@ async def test_metrics_count_attempts_retries_and_throttles(scripted: Callable[.
     assert latency - before["latency"] == 2
     waits = sample("klaviyo_relay_rate_limit_wait_seconds_count", **labels)
     assert waits - before["waits"] == 2
+
+
+CHALLENGE = Answer(
+    403,
+    headers={"Content-Type": "text/html; charset=UTF-8", "cf-mitigated": "challenge"},
+    body=b"<!DOCTYPE html><html><title>Just a moment...</title></html>",
+)
+
+
+async def test_an_edge_challenge_is_retried_and_counted_not_fatal(
+    scripted: Callable[..., Any],
+) -> None:
+    edge = {"status": "403", "kind": "challenge"}
+    before = sample("klaviyo_relay_klaviyo_edge_answers_total", **edge)
+    retries_before = sample(
+        "klaviyo_relay_klaviyo_retries_total", endpoint="create_event", reason="edge_challenge"
+    )
+    server = await scripted(CHALLENGE, CHALLENGE)
+    async with KlaviyoClient(settings_for(server.url)) as client:
+        outcome = await client.send(EVENT)
+    assert outcome == Accepted(202, None, attempts=3)
+    assert sample("klaviyo_relay_klaviyo_edge_answers_total", **edge) - before == 2
+    retries = sample(
+        "klaviyo_relay_klaviyo_retries_total", endpoint="create_event", reason="edge_challenge"
+    )
+    assert retries - retries_before == 2
+
+
+async def test_an_edge_answer_past_the_budget_goes_back_as_retryable(
+    scripted: Callable[..., Any],
+) -> None:
+    server = await scripted(default=Answer(401, body=b""))
+    async with KlaviyoClient(settings_for(server.url, retry_max_attempts=2)) as client:
+        outcome = await client.send(EVENT)
+    assert outcome == Retryable(401, "edge_other", attempts=2, edge_kind="other")
+
+
+async def test_partial_failure_is_accepted_counted_and_logged_without_values(
+    scripted: Callable[..., Any],
+) -> None:
+    labels = {"endpoint": "create_event", "field": "phone_number"}
+    before = sample("klaviyo_relay_klaviyo_partial_failures_total", **labels)
+    other = {"endpoint": "create_event", "field": "other"}
+    other_before = sample("klaviyo_relay_klaviyo_partial_failures_total", **other)
+    # An opaque header that might carry a value: only known names become labels or log fields.
+    header = "phone_number, +15555550123"
+    server = await scripted(Answer(202, headers={"X-Klaviyo-Partial-Failure": header}))
+    with capture_logs() as logs:
+        async with KlaviyoClient(settings_for(server.url)) as client:
+            outcome = await client.send(EVENT)
+    assert outcome == Accepted(202, None, attempts=1, dropped_fields=("phone_number", "other"))
+    assert sample("klaviyo_relay_klaviyo_partial_failures_total", **labels) - before == 1
+    assert sample("klaviyo_relay_klaviyo_partial_failures_total", **other) - other_before == 1
+    [logged] = [line for line in logs if line["event"] == "klaviyo_partial_failure"]
+    assert logged["fields"] == ["phone_number", "other"]
+    assert "+1555" not in repr(logs)

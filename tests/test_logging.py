@@ -238,3 +238,21 @@ def test_librdkafka_lines_are_summarised_and_duplicates_dropped() -> None:
     assert keep.filter(later) is True
     assert later.getMessage().endswith("(and 39 more like it held back)")
     assert drop.filter(record(0)) is False
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://shop.example/r/a00000000000000-a000",  # found by hypothesis: looked like a word
+        "https://shop.example/aaaaaaaaaaaaaaa-aaaa",
+        "https://shop.example/api/r/abcdefghijklmnopqrstuvwxyz1234",
+    ],
+)
+def test_a_link_outside_the_apis_we_call_keeps_no_path(url: str) -> None:
+    out = redact_text(f"link {url} sent")
+    assert out == "link https://shop.example/[redacted] sent"
+
+
+def test_the_paths_of_the_apis_we_call_stay_readable() -> None:
+    kept = "https://a.klaviyo.com/api/event-bulk-create-jobs"
+    assert redact_text(f"POST {kept} failed") == f"POST {kept} failed"

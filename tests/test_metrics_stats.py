@@ -44,6 +44,8 @@ PROMISED: dict[str, str] = {
     "klaviyo_relay_ready": "gauge",
     "klaviyo_relay_halted": "gauge",
     "klaviyo_relay_plan_warnings_total": "counter",
+    "klaviyo_relay_klaviyo_edge_answers_total": "counter",
+    "klaviyo_relay_klaviyo_partial_failures_total": "counter",
     "klaviyo_relay_partitions_paused_pending": "gauge",
     "klaviyo_relay_oldest_unfinished_event_age_seconds": "gauge",
     "klaviyo_relay_assigned_partitions": "gauge",

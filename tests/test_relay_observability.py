@@ -5,7 +5,7 @@ Klaviyo 400 and a burst of 503/429 answers. Then
 - its ``/metrics`` (scraped over HTTP) exposes every promised metric with its Prometheus type,
   with the series the run must have produced (dead letters by stage and reason, requests by
   status class, retries, 429s, per-partition lag and committed offset, ...), and its probes
-  answer 200;
+  answer 200; every series the chart's dashboards and alert rules query is among them;
 - after SIGTERM, every line it logged (at DEBUG, as JSON) parses, and none holds an email,
   a phone number (as produced or in E.164), a password-reset link or the Klaviyo API key.
 """
@@ -16,6 +16,7 @@ import asyncio
 import copy
 import dataclasses
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -35,13 +36,12 @@ from dev.sample_events import Planted, SampleRecord, sample
 from tests.conftest import TopicFactory
 from tests.relay_harness import (
     RelayProcess,
-    committed_offsets,
-    end_offsets,
     metrics_port,
     readiness,
     relay_env,
     sandbox_stats,
     set_faults,
+    wait_committed_to_end,
     wait_for,
 )
 from tests.test_metrics_stats import PROMISED, metric_families
@@ -56,6 +56,7 @@ STAGE = {Planted.UNDECODABLE: "decode", Planted.LIMIT_EXCEEDED: "handle", Plante
 # The burst: every request refused (mostly 503, some 429) until this many were injected.
 BURST = {"503": 0.75, "429": 0.25}
 BURST_503, BURST_429 = 12, 3
+CHART = Path(__file__).resolve().parents[1] / "helm" / "klaviyo-relay"
 _EMAIL_FIELDS = {"email", "old_email", "new_email"}
 _PHONE_FIELDS = {"phone", "phone_number"}
 
@@ -154,12 +155,6 @@ def _gauges_of_partitions(text: str, ends: dict[tuple[str, int], int]) -> bool:
     )
 
 
-def _all_committed(bootstrap: str, group: str, ends: dict[tuple[str, int], int]) -> bool:
-    # A partition no record went to has nothing to commit.
-    committed = committed_offsets(bootstrap, group, {topic for topic, _ in ends})
-    return all(committed[tp] >= end for tp, end in ends.items() if end > 0)
-
-
 async def test_running_relay_exposes_every_metric_and_logs_no_personal_data(
     kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
@@ -210,13 +205,7 @@ async def test_running_relay_exposes_every_metric_and_logs_no_personal_data(
             await wait_for(burst_seen, what="the relay meeting the 503/429 burst")
             await set_faults(sandbox.base_url, {"error_rates": {}})
 
-            ends = await asyncio.to_thread(end_offsets, bootstrap, topics)
-            assert sum(ends.values()) == len(produced)
-            await wait_for(
-                lambda: asyncio.to_thread(_all_committed, bootstrap, group, ends),
-                what="the group's offsets at the end offsets",
-                interval=0.5,
-            )
+            ends = await wait_committed_to_end(bootstrap, group, topics, len(produced))
 
             async def gauges_current() -> bool:
                 return _gauges_of_partitions((await scrape(port))[1], ends)
@@ -236,6 +225,13 @@ async def test_running_relay_exposes_every_metric_and_logs_no_personal_data(
     check_log(log_path.read_text(errors="replace"), secrets, dead_letters)
 
 
+def named_by_dashboards_and_rules() -> set[str]:
+    """Every relay series name a dashboard panel or an alert rule queries."""
+    sources = [*sorted((CHART / "dashboards").glob("*.json"))]
+    sources.append(CHART / "templates" / "prometheusrule.yaml")
+    return {n for path in sources for n in re.findall(r"\bklaviyo_relay_\w+", path.read_text())}
+
+
 def check_metrics(
     text: str,
     records: list[SampleRecord],
@@ -249,6 +245,11 @@ def check_metrics(
     assert not missing, f"not exposed: {missing}"
     wrong = {n: families[n].type for n, t in PROMISED.items() if families[n].type != t}
     assert not wrong, f"wrong types: {wrong}"
+
+    # What the dashboards and alerts query, this running relay exports (as a series).
+    exported = {sample.name for family in families.values() for sample in family.samples}
+    unexported = named_by_dashboards_and_rules() - exported
+    assert not unexported, f"queried but not exported: {sorted(unexported)}"
 
     build = samples_of(families, "klaviyo_relay_build_info")
     assert [s.labels.get("version") for s in build] == [__version__]

@@ -390,6 +390,51 @@ async def test_bulk_takes_at_most_1000_events(api: Api) -> None:
     assert reply.pointers == [BULK_BASE]
 
 
+async def test_a_unique_id_repeated_in_one_bulk_request_fails_it_whole(api: Api) -> None:
+    body = bulk_body(
+        [
+            (
+                profile_data(email="a@shopmail.io"),
+                [event_attributes(unique_id="a1"), event_attributes(unique_id="a2")],
+            ),
+            (profile_data(email="b@shopmail.io"), [event_attributes(unique_id="b1")]),
+            # The same person again (email case differs), the same metric, a1 again.
+            (
+                profile_data(email="A@shopmail.io", external_id="cust-a"),
+                [event_attributes(unique_id="a1")],
+            ),
+        ]
+    )
+    reply = await api.call("POST", "/api/event-bulk-create-jobs", body)
+    assert reply.status == 400
+    [error] = reply.errors
+    unique_id = "attributes/events/data/0/attributes/unique_id"
+    repeated, first = f"{BULK_BASE}/2/{unique_id}", f"{BULK_BASE}/0/{unique_id}"
+    assert error["source"]["pointer"] == repeated
+    assert first in error["detail"]
+    assert (await api.inspect("events"))["data"] == []
+
+
+async def test_a_unique_id_shared_by_other_profiles_or_metrics_is_no_repeat(api: Api) -> None:
+    body = bulk_body(
+        [
+            (
+                profile_data(email="a@shopmail.io"),
+                [
+                    event_attributes(unique_id="x"),
+                    event_attributes(unique_id="x", metric="Ordered Product"),
+                    event_attributes(unique_id=None, time="2023-10-15T00:00:01Z"),
+                    event_attributes(unique_id=None, time="2023-10-15T00:00:02Z"),
+                ],
+            ),
+            (profile_data(email="b@shopmail.io"), [event_attributes(unique_id="x")]),
+        ]
+    )
+    reply = await api.call("POST", "/api/event-bulk-create-jobs", body)
+    assert reply.status == 202, reply.raw
+    assert len((await api.inspect("events"))["data"]) == 5
+
+
 # --- dedup and dropped ---------------------------------------------------------------------------
 
 

@@ -61,6 +61,8 @@ def test_latency_forms() -> None:
         ["--error-rate", "503=2"],
         ["--error-rate", "200=0.1"],
         ["--latency-ms", "x"],
+        ["--challenge-rate", "2"],
+        ["--partial-failure-rate", "-0.5"],
     ],
 )
 def test_bad_options_exit_2(args: list[str]) -> None:

@@ -164,6 +164,58 @@ async def test_fail_auth_answers_401_to_everything() -> None:
         assert (await api.event(event_body())).status == 202
 
 
+async def test_proxy_statuses_408_and_425_can_be_injected() -> None:
+    async with sandbox_api(SandboxOptions(error_rates={408: 0.5, 425: 0.5}, seed=7)) as api:
+        replies = [await api.event(event_body(unique_id=str(i))) for i in range(40)]
+        statuses = Counter(r.status for r in replies)
+        assert set(statuses) == {408, 425}
+        assert (await api.inspect("events"))["data"] == []
+        assert (await api.inspect("stats"))["injected"] == {
+            "408": statuses[408],
+            "425": statuses[425],
+        }
+
+
+async def test_the_edge_challenge_is_an_html_403_in_front_of_everything() -> None:
+    # fail_auth would answer Klaviyo's JSON 401: the edge answers before Klaviyo does.
+    async with sandbox_api(SandboxOptions(challenge_rate=1.0, fail_auth=True)) as api:
+        reply = await api.event(event_body(), headers={"Authorization": "Klaviyo-API-Key bad"})
+        assert reply.status == 403
+        assert reply.headers["Content-Type"] == "text/html; charset=UTF-8"
+        assert reply.headers["cf-mitigated"] == "challenge"
+        assert reply.raw.startswith(b"<!DOCTYPE html>")
+        assert (await api.call("GET", "/api/profiles")).status == 403
+        assert (await api.inspect("stats"))["challenged"] == 2
+        status, faults = await api.faults({"challenge_rate": 0, "fail_auth": False})
+        assert status == 200 and faults["challenge_rate"] == 0
+        assert (await api.event(event_body())).status == 202
+        assert len((await api.inspect("events"))["data"]) == 1
+
+
+async def test_the_challenge_rate_follows_its_probability() -> None:
+    async with sandbox_api(SandboxOptions(challenge_rate=0.25, seed=3)) as api:
+        replies = [await api.event(event_body(unique_id=str(i))) for i in range(200)]
+        challenged = sum(r.status == 403 for r in replies)
+        # Binomial(200, 0.25): 50 ± 5 standard deviations (6.1 each).
+        assert 50 - 30 < challenged < 50 + 30
+        assert (await api.inspect("events"))["meta"]["accepted"] == 200 - challenged
+
+
+async def test_a_partial_failure_is_accepted_recorded_and_named_in_a_header() -> None:
+    async with sandbox_api() as api:
+        status, faults = await api.faults({"partial_failure_rate": 1.0})
+        assert status == 200 and faults["partial_failure_rate"] == 1.0
+        reply = await api.event(event_body(unique_id="p1"))
+        assert reply.status == 202
+        assert reply.headers["X-Klaviyo-Partial-Failure"] == "phone_number"
+        [stored] = (await api.inspect("events"))["data"]
+        assert stored["unique_id"] == "p1"
+        assert (await api.inspect("stats"))["partial_failures"] == 1
+        await api.faults({"partial_failure_rate": 0})
+        plain = await api.event(event_body(unique_id="p2"))
+        assert plain.status == 202 and "X-Klaviyo-Partial-Failure" not in plain.headers
+
+
 async def test_latency_delays_answers() -> None:
     async with sandbox_api(SandboxOptions(latency_ms=(150.0, 200.0))) as api:
         started = time.monotonic()
@@ -208,6 +260,9 @@ async def test_held_requests_do_not_delay_shutdown() -> None:
         {"latency_ms": [10, 5]},
         {"timeout_rate": -1},
         {"fail_auth": "yes"},
+        {"challenge_rate": 2},
+        {"partial_failure_rate": True},
+        {"error_rates": {"503": 0.5}, "challenge_rate": -0.1},
         {"nonsense": 1},
     ],
 )
@@ -220,8 +275,11 @@ async def test_bad_fault_changes_are_refused_whole(change: dict[str, object]) ->
 
 
 async def test_reset_restores_the_starting_faults() -> None:
-    async with sandbox_api(SandboxOptions(error_rates={503: 1.0})) as api:
-        await api.faults({"error_rates": {}})
+    options = SandboxOptions(error_rates={503: 1.0}, challenge_rate=0.1, partial_failure_rate=0.2)
+    async with sandbox_api(options) as api:
+        await api.faults({"error_rates": {}, "challenge_rate": 0, "partial_failure_rate": 0})
         async with api.session.post(f"{api.base_url}/_sandbox/reset") as response:
             assert response.status == 204
-        assert (await api.inspect("faults"))["error_rates"] == {"503": 1.0}
+        faults = await api.inspect("faults")
+        assert faults["error_rates"] == {"503": 1.0}
+        assert (faults["challenge_rate"], faults["partial_failure_rate"]) == (0.1, 0.2)

@@ -113,6 +113,18 @@ def _error_rates(raw: tuple[str, ...]) -> dict[int, float]:
     help="Share of requests never answered.",
 )
 @click.option("--fail-auth", is_flag=True, help="Answer 401 to everything.")
+@click.option(
+    "--challenge-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share of requests answered with Cloudflare's HTML 403 bot challenge.",
+)
+@click.option(
+    "--partial-failure-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share of accepted Create Events answered with X-Klaviyo-Partial-Failure.",
+)
 @click.option("--seed", type=int, default=None, help="Seed for faults and profile ids.")
 @click.option(
     "--keep-events/--count-only",
@@ -133,6 +145,8 @@ def sandbox(
     latency_ms: str | None,
     timeout_rate: float,
     fail_auth: bool,
+    challenge_rate: float,
+    partial_failure_rate: float,
     seed: int | None,
     keep_events: bool,
     access_log: bool,
@@ -147,6 +161,8 @@ def sandbox(
         timeout_rate=timeout_rate,
         seed=seed,
         fail_auth=fail_auth,
+        challenge_rate=challenge_rate,
+        partial_failure_rate=partial_failure_rate,
         keep_events=keep_events,
     )
     if access_log:

@@ -26,11 +26,13 @@ from consumer.klaviyo.classify import (
     connection_error_outcome,
     timeout_outcome,
 )
-from consumer.klaviyo.outcomes import Fatal, Outcome, Retryable
+from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Retryable
 from consumer.klaviyo.ratelimit import RateLimiter
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.klaviyo.retry import Clock, RetryPolicy, Sleep, call_with_retries
 from consumer.observability.metrics import (
+    KLAVIYO_EDGE_ANSWERS,
+    KLAVIYO_PARTIAL_FAILURES,
     KLAVIYO_REQUEST_DURATION,
     KLAVIYO_REQUESTS,
     KLAVIYO_RETRIES,
@@ -210,4 +212,21 @@ class KlaviyoClient:
         KLAVIYO_REQUESTS.labels(endpoint, _outcome_name(outcome), status_class(status)).inc()
         if status == 429:
             KLAVIYO_THROTTLED.labels(endpoint).inc()
+        _count_oddities(endpoint, outcome)
         return outcome
+
+
+def _count_oddities(endpoint: str, outcome: Outcome) -> None:
+    """Count (and log, names only) the answers that are not plainly Klaviyo's yes or no."""
+    if isinstance(outcome, Retryable) and outcome.edge_kind is not None:
+        KLAVIYO_EDGE_ANSWERS.labels(str(outcome.status), outcome.edge_kind).inc()
+        _log.warning(
+            "klaviyo_edge_answer", endpoint=endpoint, status=outcome.status, kind=outcome.edge_kind
+        )
+    elif isinstance(outcome, Accepted) and outcome.dropped_fields:
+        for field in outcome.dropped_fields:
+            KLAVIYO_PARTIAL_FAILURES.labels(endpoint, field).inc()
+        # The normalised names only: the header is never logged as received.
+        _log.warning(
+            "klaviyo_partial_failure", endpoint=endpoint, fields=list(outcome.dropped_fields)
+        )

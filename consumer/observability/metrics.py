@@ -134,6 +134,19 @@ RELAY_HALTED = Gauge(
     registry=REGISTRY,
 )
 
+KLAVIYO_EDGE_ANSWERS = Counter(
+    "klaviyo_relay_klaviyo_edge_answers_total",
+    "401/403 answers that are not Klaviyo's JSON:API auth errors (retried), by kind: "
+    "challenge (Cloudflare cf-mitigated), html, other.",
+    ["status", "kind"],
+    registry=REGISTRY,
+)
+KLAVIYO_PARTIAL_FAILURES = Counter(
+    "klaviyo_relay_klaviyo_partial_failures_total",
+    "Accepted answers carrying X-Klaviyo-Partial-Failure (a field dropped), by endpoint and field.",
+    ["endpoint", "field"],
+    registry=REGISTRY,
+)
 ASSIGNED_PARTITIONS = Gauge(
     "klaviyo_relay_assigned_partitions",
     "Partitions assigned to this member (0 for an idle member of the group).",

@@ -41,8 +41,13 @@ _PHONE_NATIONAL = re.compile(
     r"(?<![\w.:/+-])(?:\(\d{2,5}\)\s?\d{2,8}|\d{9,15}|\d{2,8})(?:[\s.-]\d{2,8}){0,4}(?![\w.:/-])"
 )
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
-# A path segment kept as is: lowercase words of at most 15 characters ("api", "event-bulk-
-# create-jobs", "v2"). Anything else (ids, tokens, mixed case) may identify someone.
+# A path is kept only under the roots of the APIs the relay itself calls (Klaviyo's ``/api`` and
+# ``/oauth``, a schema registry's ``/schemas`` and ``/subjects``, the operations port) and only
+# when every segment is a plain lowercase word ("api", "event-bulk-create-jobs", "v2"). Judging
+# by shape alone leaks: a shop's reset link ``/r/a00000000000000-a000`` looks like a word.
+_KEPT_PATH_ROOTS = frozenset(
+    {"api", "oauth", "schemas", "subjects", "metrics", "healthz", "readyz", "_sandbox"}
+)
 _PLAIN_SEGMENT = re.compile(r"[a-z][a-z0-9]{0,14}(?:[-_.][a-z][a-z0-9]{0,14})*")
 _SENSITIVE_PATH = re.compile(
     r"reset|passw|token|auth|login|magic|verify|confirm|unsubscribe|invite", re.IGNORECASE
@@ -59,8 +64,11 @@ def _mask_url(match: re.Match[str]) -> str:
     except ValueError:
         return MASK
     path = parts.path
-    if _SENSITIVE_PATH.search(path) or not all(
-        _PLAIN_SEGMENT.fullmatch(seg) for seg in path.split("/") if seg
+    segments = [seg for seg in path.split("/") if seg]
+    if segments and (
+        segments[0] not in _KEPT_PATH_ROOTS
+        or _SENSITIVE_PATH.search(path)
+        or not all(_PLAIN_SEGMENT.fullmatch(seg) for seg in segments)
     ):
         path = "/" + MASK
     suffix = "?" + MASK if parts.query or parts.fragment else ""

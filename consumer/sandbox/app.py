@@ -7,6 +7,9 @@ endpoint's own checks (400 with pointers, 404, 409) → the store. Answers other
 429 carry ``RateLimit-Limit/Remaining/Reset`` of the steady window; with ``rate_limits=None``
 (no limits) they are left out, since there is no window to describe.
 
+Injected faults include Cloudflare's bot challenge (403 HTML, ``cf-mitigated: challenge``); a
+Create Event may also be accepted with ``X-Klaviyo-Partial-Failure`` (see ``faults``).
+
 The hot path is kept lean for benchmarks: no middleware, no jsonschema, orjson, and fault
 injection skipped entirely while no fault is set.
 
@@ -30,6 +33,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from consumer.klaviyo.classify import PARTIAL_FAILURE_HEADER
 from consumer.klaviyo.requests import Endpoint
 from consumer.sandbox import inbox, jsonapi
 from consumer.sandbox.faults import FaultError, Faults
@@ -56,6 +60,10 @@ _FILTER = re.compile(
 _API_PATHS = frozenset(
     {"/api/events", "/api/event-bulk-create-jobs", "/api/profile-import", "/api/profiles"}
 )
+_CHALLENGE_PAGE = (
+    b'<!DOCTYPE html><html lang="en-US"><head><title>Just a moment...</title></head>'
+    b"<body><noscript>Enable JavaScript and cookies to continue</noscript></body></html>"
+)
 _HOLD_SECONDS = 3600.0  # longer than any client timeout; cancelled on disconnect or shutdown
 
 
@@ -69,6 +77,8 @@ class SandboxOptions:
     timeout_rate: float = 0.0
     seed: int | None = None
     fail_auth: bool = False
+    challenge_rate: float = 0.0
+    partial_failure_rate: float = 0.0
     # False: count accepted events without keeping them (memory stays flat in long benchmarks).
     keep_events: bool = True
 
@@ -80,6 +90,8 @@ class SandboxOptions:
                 "latency_ms": list(self.latency_ms),
                 "timeout_rate": self.timeout_rate,
                 "fail_auth": self.fail_auth,
+                "challenge_rate": self.challenge_rate,
+                "partial_failure_rate": self.partial_failure_rate,
             }
         )
         return faults
@@ -110,6 +122,8 @@ class Sandbox:
         self.counts: dict[str, dict[int, int]] = {e.value: {} for e in Endpoint}
         self.throttled: dict[str, int] = {e.value: 0 for e in Endpoint}
         self.injected: dict[int, int] = {}
+        self.challenged = 0
+        self.partial_failures = 0
 
     def _window_lengths(self, endpoint: str) -> tuple[float, float]:
         limit = (self.options.rate_limits or {}).get(endpoint)
@@ -152,6 +166,9 @@ class Sandbox:
         delay = faults.draw_latency(rng)
         if delay > 0:
             await asyncio.sleep(delay)
+        if faults.challenge_rate and rng.random() < faults.challenge_rate:
+            self.challenged += 1
+            return _challenge()
         if faults.fail_auth:
             return jsonapi.errors_response(
                 401,
@@ -293,6 +310,11 @@ class Sandbox:
             return jsonapi.problems_response(problems, headers)
         attrs = body["data"]["attributes"]
         self.state.record_event(Endpoint.CREATE_EVENT, attrs, attrs["profile"]["data"])
+        rate = self.faults.partial_failure_rate
+        if rate and self.rng.random() < rate:
+            # Klaviyo took the event but ignored a field (an invalid phone, say).
+            self.partial_failures += 1
+            headers = {**(headers or {}), PARTIAL_FAILURE_HEADER: "phone_number"}
         return web.Response(status=202, headers=headers)
 
     async def bulk_create_events(self, request: web.Request) -> web.Response:
@@ -466,6 +488,8 @@ class Sandbox:
                 },
                 "throttled": self.throttled,
                 "injected": {str(s): n for s, n in sorted(self.injected.items())},
+                "challenged": self.challenged,
+                "partial_failures": self.partial_failures,
                 "observed": {e: o.to_json() for e, o in self.observers.items()},
                 "held": len(self._held),
                 "events": self.state.accepted,
@@ -492,6 +516,15 @@ class Sandbox:
 
 
 SANDBOX_KEY = web.AppKey("sandbox", Sandbox)
+
+
+def _challenge() -> web.Response:
+    """What Cloudflare in front of Klaviyo answers a client it wants to challenge."""
+    return web.Response(
+        status=403,
+        body=_CHALLENGE_PAGE,
+        headers={"Content-Type": "text/html; charset=UTF-8", "cf-mitigated": "challenge"},
+    )
 
 
 def _origin(request: web.Request) -> str:

@@ -5,6 +5,11 @@ Set from :class:`~consumer.sandbox.app.SandboxOptions` at start and changed live
 hit ``/api/*`` only, before anything else happens to the request, so a faulted request is
 neither authenticated, counted against the quota nor recorded: it is an outage in front of
 Klaviyo.
+
+``challenge_rate`` is Cloudflare in front of Klaviyo answering a bot challenge (403, HTML,
+``cf-mitigated: challenge``). ``partial_failure_rate`` is Klaviyo accepting a Create Event while
+dropping a field, said only in the ``X-Klaviyo-Partial-Failure`` header: unlike the others it
+applies to a request that otherwise succeeds (and is recorded).
 """
 
 from __future__ import annotations
@@ -14,7 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Statuses that make sense to inject: what Klaviyo (or its edge) answers when it is unwell.
-INJECTABLE = frozenset({400, 401, 403, 404, 409, 429, 500, 502, 503, 504})
+INJECTABLE = frozenset({400, 401, 403, 404, 408, 409, 425, 429, 500, 502, 503, 504})
+_KEYS = frozenset(
+    {
+        "error_rates",
+        "latency_ms",
+        "timeout_rate",
+        "fail_auth",
+        "challenge_rate",
+        "partial_failure_rate",
+    }
+)
+_RATES = ("timeout_rate", "challenge_rate", "partial_failure_rate")
 
 
 class FaultError(ValueError):
@@ -67,26 +83,31 @@ class Faults:
     latency_ms: tuple[float, float] = (0.0, 0.0)
     timeout_rate: float = 0.0
     fail_auth: bool = False
+    challenge_rate: float = 0.0
+    partial_failure_rate: float = 0.0
 
     @property
     def active(self) -> bool:
-        """Whether any fault is set: the hot path skips all of this when not."""
+        """Whether any fault is set in front of the API: the hot path skips all of this when
+        not. (``partial_failure_rate`` acts after the API; it is checked where it applies.)"""
         return bool(
-            self.error_rates or self.latency_ms[1] > 0 or self.timeout_rate or self.fail_auth
+            self.error_rates
+            or self.latency_ms[1] > 0
+            or self.timeout_rate
+            or self.fail_auth
+            or self.challenge_rate
         )
 
     def update(self, patch: Any) -> None:
         """Apply a partial update from ``POST /_sandbox/faults``, all or nothing."""
         if not isinstance(patch, dict):
             raise FaultError("the body must be a JSON object")
-        unknown = set(patch) - {"error_rates", "latency_ms", "timeout_rate", "fail_auth"}
+        unknown = set(patch) - _KEYS
         if unknown:
             raise FaultError(f"unknown fault(s): {sorted(unknown)}")
         rates = parse_error_rates(patch["error_rates"]) if "error_rates" in patch else None
         latency = parse_latency(patch["latency_ms"]) if "latency_ms" in patch else None
-        timeout = (
-            _probability("timeout_rate", patch["timeout_rate"]) if "timeout_rate" in patch else None
-        )
+        probabilities = {name: _probability(name, patch[name]) for name in _RATES if name in patch}
         fail_auth = patch.get("fail_auth", self.fail_auth)
         if not isinstance(fail_auth, bool):
             raise FaultError("fail_auth must be true or false")
@@ -94,8 +115,8 @@ class Faults:
             self.error_rates = rates
         if latency is not None:
             self.latency_ms = latency
-        if timeout is not None:
-            self.timeout_rate = timeout
+        for name, value in probabilities.items():
+            setattr(self, name, value)
         self.fail_auth = fail_auth
 
     def draw_error(self, rng: random.Random) -> int | None:
@@ -120,4 +141,6 @@ class Faults:
             "latency_ms": list(self.latency_ms),
             "timeout_rate": self.timeout_rate,
             "fail_auth": self.fail_auth,
+            "challenge_rate": self.challenge_rate,
+            "partial_failure_rate": self.partial_failure_rate,
         }

@@ -10,7 +10,9 @@ Two layers, run in this order:
 2. **Limits**: what the schema cannot say (events API overview, spec descriptions): a profile
    identifier, E.164 phone numbers, RFC 3339 times *with* an offset between 1990 and now + 1 year,
    metric names < 128 characters, ≤ 400 event properties, strings ≤ 100 KB, arrays ≤ 4,000
-   items, nesting ≤ 10, ``unique_id`` 1-255 characters, ≤ 1,000 events per bulk request.
+   items, nesting ≤ 10, ``unique_id`` 1-255 characters, ≤ 1,000 events per bulk request, and
+   no ``unique_id`` repeated for the same profile and metric within one bulk request (the spec:
+   "the request will fail and no events will be processed").
    They run only on a body whose shape is right, so they may assume it.
 
 Every check returns :class:`Problem` s whose ``path`` is the JSON pointer Klaviyo puts in
@@ -577,20 +579,23 @@ def validate_bulk_create_events(body: Any, now: datetime | None = None) -> list[
     moment = now or datetime.now(UTC)
     entries = body["data"]["attributes"]["events-bulk-create"]["data"]
     total = 0
+    seen: dict[tuple[str, str, str, str], tuple[PathPart, ...]] = {}
     for i, entry in enumerate(entries):
         base = (*BULK_ENTRIES, i, "attributes")
         attrs = entry["attributes"]
-        _profile_limits(attrs["profile"]["data"], (*base, "profile", "data"), True, out)
+        profile = attrs["profile"]["data"]
+        _profile_limits(profile, (*base, "profile", "data"), True, out)
         events = attrs["events"]["data"]
         if not events:
             out.append(
                 Problem((*base, "events", "data"), "A profile entry needs at least one event.")
             )
         total += len(events)
+        identities = _profile_identities(profile)
         for j, event in enumerate(events):
-            _event_limits(
-                event["attributes"], (*base, "events", "data", j, "attributes"), moment, out
-            )
+            path = (*base, "events", "data", j, "attributes")
+            _event_limits(event["attributes"], path, moment, out)
+            _repeated_unique_id(event["attributes"], identities, path, seen, out)
     if total == 0:
         out.append(Problem(BULK_ENTRIES, "A bulk request needs at least one event."))
     elif total > MAX_BULK_EVENTS:
@@ -598,6 +603,41 @@ def validate_bulk_create_events(body: Any, now: datetime | None = None) -> list[
             Problem(BULK_ENTRIES, f"A bulk request may hold at most {MAX_BULK_EVENTS} events.")
         )
     return out
+
+
+def _profile_identities(profile: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What makes two profile entries the same profile: any identifier they share."""
+    attrs = profile.get("attributes") or {}
+    found = [("id", profile["id"])] if isinstance(profile.get("id"), str) else []
+    for name in _EVENT_IDS:
+        value = attrs.get(name)
+        if isinstance(value, str) and value:
+            found.append((name, value.lower() if name == "email" else value))
+    return found
+
+
+def _repeated_unique_id(
+    event: Mapping[str, Any],
+    identities: list[tuple[str, str]],
+    path: tuple[PathPart, ...],
+    seen: dict[tuple[str, str, str, str], tuple[PathPart, ...]],
+    out: list[Problem],
+) -> None:
+    unique_id = event.get("unique_id")
+    if not isinstance(unique_id, str):
+        return  # without one Klaviyo dedups on time; nothing to repeat
+    metric = event["metric"]["data"]["attributes"]["name"]
+    keys = [(metric, unique_id, name, value) for name, value in identities]
+    first = next((seen[k] for k in keys if k in seen), None)
+    if first is not None:
+        detail = (
+            f"unique_id is repeated for the same profile and metric (first at "
+            f"{Problem(first, '').pointer}); the request failed and no events were processed."
+        )
+        out.append(Problem((*path, "unique_id"), detail))
+        return
+    for key in keys:
+        seen.setdefault(key, (*path, "unique_id"))
 
 
 def validate_update_profile(body: Any) -> list[Problem]:
