@@ -16,8 +16,8 @@ import threading
 import time
 
 from consumer.cli import cli
+from consumer.pipeline.listener import Listener
 from consumer.pipeline.offsets import TopicPartitionKey
-from consumer.pipeline.relay import Relay
 from consumer.pipeline.source import Positions
 
 STALL_SECONDS = "FAULTS_STALL_SECONDS"
@@ -26,16 +26,16 @@ STALL_SECONDS = "FAULTS_STALL_SECONDS"
 def install(seconds: float) -> None:
     armed = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: armed.set())
-    drain = Relay.on_revoked
+    drain = Listener.on_revoked
 
-    async def stalling_on_revoked(self: Relay, partitions: list[TopicPartitionKey]) -> Positions:
+    async def stalling_on_revoked(self: Listener, partitions: list[TopicPartitionKey]) -> Positions:
         if armed.is_set():
             armed.clear()
             # Runs once the drain below has started and yields to the loop.
             asyncio.get_running_loop().call_soon(time.sleep, seconds)
         return await drain(self, partitions)
 
-    Relay.on_revoked = stalling_on_revoked  # type: ignore[method-assign]
+    Listener.on_revoked = stalling_on_revoked  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":
