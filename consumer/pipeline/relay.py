@@ -83,7 +83,16 @@ EXIT_FAILED = 1
 class Work:
     """One Kafka record on its way through the relay."""
 
-    __slots__ = ("dead", "done", "occurred_at", "offsets", "record", "remaining", "started")
+    __slots__ = (
+        "dead",
+        "done",
+        "occurred_at",
+        "offsets",
+        "parked",
+        "record",
+        "remaining",
+        "started",
+    )
 
     def __init__(self, record: SourceRecord, offsets: PartitionOffsets) -> None:
         self.record = record
@@ -91,7 +100,8 @@ class Work:
         self.started = False
         self.done = False
         self.dead = False  # handed to the dead-letter topic: Klaviyo verdicts no longer count
-        self.remaining = 0  # batch mode: Create Event items not yet settled
+        self.parked = False  # the broker acknowledged its dead letter
+        self.remaining = 0  # batch mode: Create Event items not yet settled (sent or dropped)
         self.occurred_at: datetime | None = None
 
 
@@ -527,10 +537,12 @@ class Relay:
             return None
 
         work.remaining += 1  # held until every step is placed, so an early verdict cannot finish it
-        failure = await self._runner.run(plan, into_job, self._accepted(work))
-        work.remaining -= 1
-        if failure is None and work.remaining == 0 and not work.dead:
-            self._finish(work)
+        try:
+            failure = await self._runner.run(plan, into_job, self._accepted(work))
+        finally:
+            work.remaining -= 1
+        if failure is None:  # else the caller dead-letters it
+            self._settle(work)
         return failure
 
     # batch mode: verdicts on the items of a bulk job (ItemSink)
@@ -542,10 +554,22 @@ class Relay:
         BULK_DUPLICATES.labels(token.record.topic).inc()
         self._item_settled(token)
 
+    def withdrawn(self, token: Work) -> bool:
+        return token.dead
+
+    def item_dropped(self, token: Work, _request: KlaviyoRequest) -> None:
+        self._item_settled(token)
+
     def _item_settled(self, token: Work) -> None:
         token.remaining -= 1
-        if token.remaining == 0 and not token.dead:
-            self._finish(token)
+        self._settle(token)
+
+    def _settle(self, work: Work) -> None:
+        """Finish an event once none of its items is in a bulk job any more (batch mode) and,
+        when dead-lettered, its dead letter is acknowledged: a committed offset must not leave
+        a bulk request of it in flight, to land after (or beside) its replay."""
+        if work.remaining == 0 and (work.parked or not work.dead):
+            self._finish(work)
 
     def item_rejected(
         self,
@@ -559,6 +583,7 @@ class Relay:
         if not token.dead:
             failure = Failure.from_klaviyo(outcome, endpoint.value, datetime.now(UTC), error)
             self._dead_letter(token, failure)
+        self._settle(token)
 
     def _delivered(self, work: Work, request: KlaviyoRequest) -> None:
         topic = work.record.topic
@@ -570,6 +595,9 @@ class Relay:
     # --- dead letters ------------------------------------------------------------------------
 
     def _dead_letter(self, work: Work, failure: Failure) -> None:
+        if work.dead:  # a batched event may fail twice (an item, then a later step)
+            self._settle(work)  # its steps are all placed now: this may be its last word
+            return
         work.dead = True
         record = work.record
         log.warning(
@@ -587,7 +615,8 @@ class Relay:
     async def _write_dead_letter(self, work: Work, failure: Failure) -> None:
         reason = await self._dlq.send(work.record, failure)  # too_large if it did not fit
         EVENTS_DEAD_LETTERED.labels(work.record.topic, failure.stage, reason).inc()
-        self._finish(work)
+        work.parked = True
+        self._settle(work)
 
 
 class EmptyRecord(DecodeError):
