@@ -161,6 +161,7 @@ class BulkBatcher(Generic[Token]):
 
     async def _send_job(self, job: _Job[Token]) -> None:
         try:
+            # Withdrawn items out first: a live copy is no duplicate of one that is never sent.
             await self._send(self._unique(self._live(job.items)))
         finally:
             # Also on cancellation (shutdown): lanes waiting on the ticket must not hang.
