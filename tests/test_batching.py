@@ -1,6 +1,7 @@
 """Batch mode's job handling (consumer.pipeline.batching) against a fake Bulk Create Events
 endpoint that behaves like Klaviyo on the cases that matter: body order is processing order, a
-repeated ``unique_id`` fails the whole request, and some refusals name no item."""
+``unique_id`` repeated for the same metric and profile fails the whole request, and some
+refusals name no item."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from consumer.pipeline.sending import Halt, Sender
 MB = 5 * 1024 * 1024
 
 
-def create_event(uid: str, email: str, *, bad: bool = False, pad: int = 0) -> KlaviyoRequest:
+def create_event(
+    uid: str, email: str, *, bad: bool = False, pad: int = 0, metric: str = "Placed Order"
+) -> KlaviyoRequest:
     attributes: dict[str, Any] = {
         "properties": {"uid": uid, "bad": bad, "note": "x" * pad},
-        "metric": {"data": {"type": "metric", "attributes": {"name": "Placed Order"}}},
+        "metric": {"data": {"type": "metric", "attributes": {"name": metric}}},
         "time": "2026-03-01T12:00:00+00:00",
         "unique_id": uid,
         "profile": {"data": {"type": "profile", "attributes": {"email": email}}},
@@ -54,8 +57,11 @@ class FakeBulkEndpoint:
             for entry in request.body["data"]["attributes"]["events-bulk-create"]["data"]
             for event in entry["attributes"]["events"]["data"]
         ]
-        uids = [attributes["unique_id"] for attributes, _ in events]
-        if len(set(uids)) != len(uids):
+        repeats = [
+            (attributes["metric"]["data"]["attributes"]["name"], attributes["unique_id"], email)
+            for attributes, email in events
+        ]
+        if len(set(repeats)) != len(repeats):
             return Permanent(400, (KlaviyoError(400, code="invalid", detail="duplicate"),))
         if self.name_bad:
             pointers = bad_pointers(request.body)
@@ -84,6 +90,7 @@ class Sink:
         self.accepted: list[str] = []
         self.rejected: list[str] = []
         self.duplicates: list[str] = []
+        self.dropped: list[str] = []
 
     def item_accepted(self, token: str, _request: KlaviyoRequest) -> None:
         self.accepted.append(token)
@@ -100,6 +107,12 @@ class Sink:
 
     def item_duplicate(self, token: str, _request: KlaviyoRequest) -> None:
         self.duplicates.append(token)
+
+    def withdrawn(self, token: str) -> bool:
+        return token in self.rejected  # like the relay: a rejected item dead-letters its event
+
+    def item_dropped(self, token: str, _request: KlaviyoRequest) -> None:
+        self.dropped.append(token)
 
 
 async def run_job(
@@ -159,6 +172,47 @@ async def test_a_repeated_unique_id_is_sent_once_and_finishes_as_a_duplicate() -
     assert sorted(sink.accepted) == ["first", "other"]
     assert sink.duplicates == ["copy"]
     assert sink.rejected == []
+
+
+async def test_one_event_id_under_two_metrics_or_profiles_is_no_duplicate() -> None:
+    # A captured lead: Became Lead on the lead and New Lead on the representative share the
+    # domain event's id; so may two customers' events of one metric. Klaviyo keeps them all.
+    items = [
+        (create_event("k1-0", "lead@example.com", metric="Became Lead"), "lead", "k1"),
+        (create_event("k1-0", "rep@example.com", metric="New Lead"), "lead", "k1"),
+        (create_event("k2-0", "a@example.com"), "a", "k2"),
+        (create_event("k2-0", "b@example.com"), "b", "k3"),
+    ]
+    endpoint, sink = await run_job(items)
+    assert endpoint.requests == 1
+    assert len(endpoint.processed) == 4
+    assert sorted(sink.accepted) == ["a", "b", "lead", "lead"]
+    assert sink.duplicates == []
+
+
+async def test_a_repeat_is_one_profile_by_any_shared_identifier() -> None:
+    # Klaviyo takes two profile entries sharing an identifier (email, case-insensitive) as
+    # one profile: the same metric and unique_id there is one event, sent once.
+    items = [
+        (create_event("k1-0", "a@example.com"), "first", "k1"),
+        (create_event("k1-0", "A@Example.com"), "copy", "k1"),
+    ]
+    _endpoint, sink = await run_job(items)
+    assert sink.accepted == ["first"]
+    assert sink.duplicates == ["copy"]
+
+
+async def test_items_of_a_rejected_event_are_not_sent_any_more() -> None:
+    # Event A's first item is bad and Klaviyo names nothing: bisection finds it and A is
+    # dead-lettered (replayed whole later), so A's other items must stay out of Klaviyo,
+    # handed back as dropped; event B goes through.
+    items = [(create_event(f"A-{n}", "a@example.com", bad=n == 0), "A", "A") for n in range(4)]
+    items += [(create_event(f"B-{n}", "b@example.com"), "B", "B") for n in range(4)]
+    endpoint, sink = await run_job(items)
+    assert sink.rejected == ["A"]
+    assert sink.dropped == ["A"] * 3
+    assert sink.accepted == ["B"] * 4
+    assert [uid for uid, _ in endpoint.processed] == [f"B-{n}" for n in range(4)]
 
 
 async def test_an_anonymous_400_is_narrowed_down_by_bisection() -> None:

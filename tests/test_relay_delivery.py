@@ -6,15 +6,22 @@ from __future__ import annotations
 import random
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from consumer.codec import Decoder
+from consumer.handlers.registry import HandlerRegistry
+from consumer.klaviyo.requests import Endpoint
 from consumer.sandbox import SandboxOptions, running_sandbox
+from consumer.settings import load_settings
 from consumer.topics import CONTRACT_TOPICS
 from dev.kafka_broker import KafkaBroker
 from tests.conftest import TopicFactory
 from tests.relay_harness import (
+    Event,
     EventFactory,
     RelayProcess,
     committed_offsets,
@@ -32,6 +39,22 @@ KEYS = 400
 
 def base_id(unique_id: str) -> str:
     return unique_id.split(":", 1)[0]
+
+
+def klaviyo_events(events: Iterable[Event]) -> list[tuple[str, str]]:
+    """(metric, unique_id) of every Create Event the handlers make of ``events``."""
+    settings = load_settings(klaviyo_api_key="pk_test")
+    registry, decoder = HandlerRegistry.from_settings(settings), Decoder.from_settings(settings)
+    now = datetime.now(UTC)
+    return [
+        (
+            request.body["data"]["attributes"]["metric"]["data"]["attributes"]["name"],
+            request.body["data"]["attributes"]["unique_id"],
+        )
+        for event in events
+        for request in registry.plan(event.handler_topic, decoder.decode(event.value), now).requests
+        if request.endpoint is Endpoint.CREATE_EVENT and request.body is not None
+    ]
 
 
 @pytest.mark.parametrize("mode", ["realtime", "batch"])
@@ -75,6 +98,8 @@ async def test_every_event_delivered_once_in_key_order(
     # Klaviyo deduplicates by (metric, unique_id): "Became Lead" and "New Lead" share an id.
     identities = [(e["metric"], e["unique_id"]) for e in accepted]
     assert len(identities) == len(set(identities)), "an event was accepted twice"
+    # Every Klaviyo event of every domain event, e.g. both of a captured lead's (same id).
+    assert sorted(identities) == sorted(klaviyo_events(events))
     unique_ids = [e["unique_id"] for e in accepted]
     assert all(e["duplicate_count"] == 0 for e in accepted), "an event was sent twice"
     assert {base_id(u) for u in unique_ids} == {e.event_id for e in events}

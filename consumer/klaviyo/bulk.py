@@ -186,6 +186,37 @@ def build_bulk_jobs(
     return jobs
 
 
+# The profile attributes that identify a profile in an event request (besides its ``id``).
+_IDENTIFIERS = ("email", "phone_number", "external_id", "anonymous_id", "_kx")
+
+RepeatKey = tuple[str, str, str, str]  # (metric, unique_id, identifier name, its value)
+
+
+def repeat_keys(request: KlaviyoRequest) -> list[RepeatKey]:
+    """What makes two Create Event requests *one* event to Klaviyo: the same metric and
+    ``unique_id`` for the same profile (two profiles sharing any identifier are one). Such a
+    pair in one bulk request fails it whole; sent apart, Klaviyo records the event once. Two
+    requests are a repeat when they share a key. Empty without a ``unique_id`` (Klaviyo then
+    dedups on the time, which never fails a request).
+
+    The ``unique_id`` alone is not enough: one domain event may become several Klaviyo events
+    with the same id and different metrics or profiles (Became Lead and New Lead).
+    """
+    attributes = (request.body or {}).get("data", {}).get("attributes", {})
+    unique_id = attributes.get("unique_id")
+    if not isinstance(unique_id, str):
+        return []
+    metric = attributes["metric"]["data"]["attributes"]["name"]
+    profile = attributes["profile"]["data"]
+    found = [("id", profile["id"])] if isinstance(profile.get("id"), str) else []
+    values = profile.get("attributes") or {}
+    for name in _IDENTIFIERS:
+        value = values.get(name)
+        if isinstance(value, str) and value:
+            found.append((name, value.lower() if name == "email" else value))
+    return [(metric, unique_id, name, value) for name, value in found]
+
+
 def bad_items(job: BulkJob, outcome: Permanent) -> dict[int, KlaviyoError]:
     """Input index → the error that names it, from each error's ``source.pointer``.
 

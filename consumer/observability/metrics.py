@@ -166,7 +166,7 @@ PARTITIONS_PENDING_PAUSED = Gauge(
 )
 BULK_DUPLICATES = Counter(
     "klaviyo_relay_bulk_duplicates_total",
-    "Events not sent because an event with the same unique_id was already in the same bulk job.",
+    "Events not sent: the same event (metric, unique_id, profile) was already in the bulk job.",
     ["topic"],
     registry=REGISTRY,
 )

@@ -14,14 +14,20 @@ Each item carries an *order key* (the record key): within a job, a key's events 
 order (see :mod:`consumer.klaviyo.bulk`), and when a sealed job becomes several bulk requests
 they are sent one after another.
 
-Klaviyo fails a whole bulk request when a ``unique_id`` appears twice in it, so a job sends
-each ``unique_id`` once; later copies (producer-side duplicates) are handed back as duplicates.
+Klaviyo fails a whole bulk request when one event (same metric and ``unique_id`` for the same
+profile, see :func:`repeat_keys`) appears twice in it, so a job sends each such event once;
+later copies (producer-side duplicates) are handed back as duplicates.
 
 When Klaviyo refuses a job (400) and its errors point at items, only those items are handed
 back as rejected; the rest is sent again as a new job. When the errors point at nothing, the
 job is split in two halves (in input order) sent one after the other, and so on down: a few
 bad events among a thousand cost a few dozen requests under the bulk quota (10/s), not a
 thousand, and only an event Klaviyo refuses on its own is rejected.
+
+A rejected item dead-letters its whole event, which is replayed from the dead-letter topic as
+a whole: its other items must not reach Klaviyo any more (the replay would send them twice).
+Before each bulk request the items the sink has *withdrawn* are taken out and handed back as
+dropped, unsent.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from consumer.klaviyo.bulk import BulkJob, bad_items, build_bulk_jobs
+from consumer.klaviyo.bulk import BulkJob, RepeatKey, bad_items, build_bulk_jobs, repeat_keys
 from consumer.klaviyo.outcomes import Accepted, KlaviyoError, Permanent
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.pipeline.sending import Sender
@@ -56,7 +62,15 @@ class ItemSink(Protocol[Token_contra]):
     ) -> None: ...
 
     def item_duplicate(self, token: Token_contra, request: KlaviyoRequest) -> None:
-        """Not sent: an earlier item of the same job has the same ``unique_id``."""
+        """Not sent: an earlier item of the same job is the same Klaviyo event."""
+        ...
+
+    def withdrawn(self, token: Token_contra) -> bool:
+        """Whether the item's event gave up (dead-lettered): its items are no longer sent."""
+        ...
+
+    def item_dropped(self, token: Token_contra, request: KlaviyoRequest) -> None:
+        """Not sent (any more): its event was withdrawn."""
         ...
 
 
@@ -74,15 +88,6 @@ class _Job(Generic[Token]):
         self.items: list[_Item[Token]] = []
         self.ticket = ticket
         self.timer: asyncio.TimerHandle | None = None
-
-
-def unique_id(request: KlaviyoRequest) -> str | None:
-    """The ``unique_id`` of a Create Event request, if it has one."""
-    try:
-        value = request.body["data"]["attributes"]["unique_id"]  # type: ignore[index]
-    except (KeyError, TypeError):
-        return None
-    return value if isinstance(value, str) else None
 
 
 class BulkBatcher(Generic[Token]):
@@ -156,31 +161,44 @@ class BulkBatcher(Generic[Token]):
 
     async def _send_job(self, job: _Job[Token]) -> None:
         try:
-            await self._send(self._unique(job.items))
+            # Withdrawn items out first: a live copy is no duplicate of one that is never sent.
+            await self._send(self._unique(self._live(job.items)))
         finally:
             # Also on cancellation (shutdown): lanes waiting on the ticket must not hang.
             if not job.ticket.done():
                 job.ticket.set_result(None)
 
     def _unique(self, items: list[_Item[Token]]) -> list[_Item[Token]]:
-        seen: set[str] = set()
+        seen: set[RepeatKey] = set()
         kept = []
         for item in items:
-            uid = unique_id(item.request)
-            if uid is not None and uid in seen:
+            keys = repeat_keys(item.request)
+            if any(key in seen for key in keys):
                 self._sink.item_duplicate(item.token, item.request)
                 continue
-            if uid is not None:
-                seen.add(uid)
+            seen.update(keys)
             kept.append(item)
         return kept
 
+    def _live(self, items: list[_Item[Token]]) -> list[_Item[Token]]:
+        """``items`` without those of withdrawn events (handed back as dropped)."""
+        kept = []
+        for item in items:
+            if self._sink.withdrawn(item.token):
+                self._sink.item_dropped(item.token, item.request)
+            else:
+                kept.append(item)
+        return kept
+
     async def _send(self, items: list[_Item[Token]]) -> None:
-        requests = [item.request for item in items]
-        orders = [item.order for item in items]
-        # One after another: a key's events may be spread over several of them.
-        for job in build_bulk_jobs(requests, self._max_events, self._max_bytes, orders):
+        # One bulk request after another (a key's events may be spread over several of them),
+        # each packed from what is still live: an answer may withdraw events of the next.
+        while items := self._live(items):
+            requests = [item.request for item in items]
+            orders = [item.order for item in items]
+            job = build_bulk_jobs(requests, self._max_events, self._max_bytes, orders)[0]
             await self._send_bulk(job, items)
+            items = items[len(job.items) :]  # a job is packed from a prefix of its input
 
     async def _send_bulk(self, job: BulkJob, items: list[_Item[Token]]) -> None:
         outcome = await self._sender.settle(job.request)

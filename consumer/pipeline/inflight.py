@@ -4,7 +4,8 @@ The invariant: a record's offset counts towards its partition's contiguous water
 :mod:`consumer.pipeline.offsets`) only when :meth:`InFlight.finish` is called for it, and that
 happens exactly when the event is *finished*: every Klaviyo request of it was accepted (in batch
 mode: every Create Event item of it was accepted or found to be a duplicate in its bulk job), or
-its record was written to the dead-letter topic and the broker acknowledged the write. Nothing
+its record was written to the dead-letter topic and the broker acknowledged the write (in batch
+mode: and none of its items is left in a bulk job, see :meth:`InFlight.settle`). Nothing
 else moves a watermark; the commit loop commits only what :meth:`InFlight.committable` gives.
 
 The book also answers, for a revoke, whether the partition's *started* events are done
@@ -46,7 +47,16 @@ class Flow(Protocol):
 class Work:
     """One Kafka record on its way through the relay."""
 
-    __slots__ = ("dead", "done", "occurred_at", "offsets", "record", "remaining", "started")
+    __slots__ = (
+        "dead",
+        "done",
+        "occurred_at",
+        "offsets",
+        "parked",
+        "record",
+        "remaining",
+        "started",
+    )
 
     def __init__(self, record: SourceRecord, offsets: PartitionOffsets) -> None:
         self.record = record
@@ -54,7 +64,8 @@ class Work:
         self.started = False
         self.done = False
         self.dead = False  # handed to the dead-letter topic: Klaviyo verdicts no longer count
-        self.remaining = 0  # batch mode: Create Event items not yet settled
+        self.parked = False  # the broker acknowledged its dead letter
+        self.remaining = 0  # batch mode: Create Event items not yet settled (sent or dropped)
         self.occurred_at: datetime | None = None
 
 
@@ -135,6 +146,13 @@ class InFlight:
             if was_crowded and not tracker.crowded:
                 self._crowd()
         self._progress.set()
+
+    def settle(self, work: Work) -> None:
+        """Finish ``work`` once none of its items is in a bulk job any more and, when it was
+        dead-lettered, its dead letter is acknowledged: a committed offset must not leave a
+        bulk request of it in flight, to land after (or beside) its replay."""
+        if work.remaining == 0 and (work.parked or not work.dead):
+            self.finish(work)
 
     # --- revokes and losses ------------------------------------------------------------------
 

@@ -143,6 +143,9 @@ class DeadLettering:
         self._writer = writer
 
     def __call__(self, work: Work, failure: Failure) -> None:
+        if work.dead:  # a batched event may fail twice (an item, then a later step)
+            self._book.settle(work)  # its steps are all placed now: this may be its last word
+            return
         work.dead = True
         record = work.record
         log.warning(
@@ -162,4 +165,5 @@ class DeadLettering:
             raise RuntimeError("dead letter before the writer was opened")
         reason = await self._writer.send(work.record, failure)  # too_large if it did not fit
         EVENTS_DEAD_LETTERED.labels(work.record.topic, failure.stage, reason).inc()
-        self._book.finish(work)
+        work.parked = True
+        self._book.settle(work)

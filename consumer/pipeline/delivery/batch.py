@@ -87,10 +87,12 @@ class BatchDelivery:
             return None
 
         work.remaining += 1  # held until every step is placed, so an early verdict cannot finish it
-        failure = await self._runner.run(plan, into_job, on_accepted(work))
-        work.remaining -= 1
-        if failure is None and work.remaining == 0 and not work.dead:
-            self._book.finish(work)
+        try:
+            failure = await self._runner.run(plan, into_job, on_accepted(work))
+        finally:
+            work.remaining -= 1
+        if failure is None:  # else the caller dead-letters it
+            self._book.settle(work)
         return failure
 
     # verdicts on the items of a bulk job (batching.ItemSink)
@@ -114,11 +116,18 @@ class BatchDelivery:
         token.remaining -= 1
         if not token.dead:
             self._reject(token, Failure.from_klaviyo(outcome, endpoint.value, _now(), error))
+        self._book.settle(token)
+
+    def withdrawn(self, token: Work) -> bool:
+        """Its event was dead-lettered: its other items are not sent (a replay sends them all)."""
+        return token.dead
+
+    def item_dropped(self, token: Work, _request: KlaviyoRequest) -> None:
+        self._item_settled(token)
 
     def _item_settled(self, token: Work) -> None:
         token.remaining -= 1
-        if token.remaining == 0 and not token.dead:
-            self._book.finish(token)
+        self._book.settle(token)
 
 
 def _now() -> datetime:
