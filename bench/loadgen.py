@@ -34,6 +34,7 @@ from consumer.codec import Decoder, Encoder
 from consumer.handlers.registry import HandlerRegistry
 from consumer.klaviyo.requests import Endpoint
 from consumer.plain_json import from_plain_json
+from consumer.rfc3339 import format_rfc3339
 from consumer.schemas import default_schemas_dir, load_store
 from consumer.settings import load_settings
 from consumer.topics import CONTRACT_TOPICS
@@ -96,7 +97,7 @@ class LoadGenerator:
             placeholder = str(uuid.uuid4())
             stamp = now - timedelta(minutes=1)
             plain["event_id"] = placeholder
-            plain["occurred_at"] = stamp.isoformat(timespec="milliseconds")
+            plain["occurred_at"] = format_rfc3339(stamp, timespec="milliseconds")
             datum = from_plain_json(CONTRACT_TOPICS[topic], plain, self._store)
             value = encoder.encode(CONTRACT_TOPICS[topic], datum)
             millis = zigzag_varint(int(stamp.timestamp() * 1000))
@@ -252,5 +253,5 @@ def _personalise(plain: dict[str, Any], k: int, now: datetime) -> dict[str, Any]
             new_email=f"{customer}.new@shopmail.io",
         )
     if plain.get("expires_at") is not None:  # a reset link valid for the whole run
-        plain["expires_at"] = (now + timedelta(days=2)).isoformat(timespec="milliseconds")
+        plain["expires_at"] = format_rfc3339(now + timedelta(days=2), timespec="milliseconds")
     return plain

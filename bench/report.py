@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -126,12 +125,3 @@ def write(rows: list[Row], config: Config, out: Path, took: float, argv: list[st
     payload = {"kind": kind, "machine": info, "took_s": took, "rows": [asdict(r) for r in rows]}
     (out / f"{kind}.json").write_text(json.dumps(payload, indent=2) + "\n")
     return path
-
-
-def git_revision() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"

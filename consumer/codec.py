@@ -25,33 +25,36 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 
-from consumer.plain_json import InvalidEvent, from_plain_json, to_plain_json
+from consumer.errors import (
+    BadMagic,
+    DecodeError,
+    IncompatibleSchema,
+    InvalidBody,
+    RegistryUnavailable,
+    SchemaNotFound,
+    TruncatedBody,
+    UnknownSchema,
+)
 from consumer.schema_registry import in_daemon_thread, lookup_deadline, registry_client
 from consumer.schemas import AvroSchema, SchemaError, SchemaStore, parse_document_set
 from consumer.settings import Settings
 
+# The decode errors live in consumer.errors; DecodeError and RegistryUnavailable are named here
+# only for consumer/pipeline/relay.py (rewritten on another branch), which imports them from
+# this module: drop them from this list once it imports consumer.errors.
 __all__ = [
-    "BadMagic",
     "DecodeError",
     "DecodedEvent",
     "Decoder",
     "EncodeError",
     "Encoder",
-    "IncompatibleSchema",
-    "InvalidBody",
-    "InvalidEvent",
     "RegistryUnavailable",
-    "SchemaNotFound",
-    "TruncatedBody",
-    "UnknownSchema",
-    "from_plain_json",
-    "to_plain_json",
 ]
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -64,42 +67,6 @@ _CONFLUENT_HEADER = len(CONFLUENT_MAGIC) + 4
 class DecodedEvent:
     record_name: str  # full name of the current schema it was read with
     datum: dict[str, Any]
-
-
-class DecodeError(Exception):
-    """A message value that cannot be decoded; ``reason`` is a bounded code for metrics/DLQ."""
-
-    reason: ClassVar[str] = "invalid_body"
-
-
-class BadMagic(DecodeError):
-    reason = "bad_magic"
-
-
-class UnknownSchema(DecodeError):
-    reason = "unknown_schema"
-
-
-class SchemaNotFound(UnknownSchema):
-    """The registry answered that it does not know the id (404, error code 40403)."""
-
-
-class IncompatibleSchema(UnknownSchema):
-    """The writer schema is known but cannot be read as the current schema of its record."""
-
-
-class TruncatedBody(DecodeError):
-    reason = "truncated"
-
-
-class InvalidBody(DecodeError):
-    reason = "invalid_body"
-
-
-class RegistryUnavailable(DecodeError):
-    """Transient: the registry could not answer. The message is not bad; try again later."""
-
-    reason = "registry_unavailable"
 
 
 class EncodeError(Exception):

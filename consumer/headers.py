@@ -5,6 +5,9 @@ replayed record (:mod:`consumer.pipeline.records`) and the tools reading the dea
 (:mod:`consumer.tools`), so the two sides cannot drift apart.
 """
 
+# A record's headers as the relay keeps them: (name, value) in order, names may repeat.
+Headers = tuple[tuple[str, bytes], ...]
+
 # Kafka Connect's error headers, so Connect tooling reads our dead letters too.
 CONNECT_PREFIX = "__connect.errors."
 H_TOPIC = CONNECT_PREFIX + "topic"

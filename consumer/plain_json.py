@@ -12,12 +12,13 @@ import copy
 import math
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from fastavro.validation import ValidationError, validate
 
+from consumer.rfc3339 import format_rfc3339
 from consumer.schemas import SchemaStore, default_schemas_dir, load_store
 
 _INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
@@ -218,7 +219,7 @@ def to_plain_json(datum: Any) -> Any:
     if isinstance(datum, list | tuple):
         return [to_plain_json(v) for v in datum]
     if isinstance(datum, datetime):
-        return format_timestamp(datum)
+        return format_rfc3339(datum)
     if isinstance(datum, Decimal):
         return format(datum, "f")  # a string keeps every digit; never exponent notation
     if isinstance(datum, uuid.UUID):
@@ -226,10 +227,3 @@ def to_plain_json(datum: Any) -> Any:
     if isinstance(datum, bytes):
         return datum.decode("latin-1")
     return datum
-
-
-def format_timestamp(moment: datetime) -> str:
-    """RFC 3339 in UTC with Z, milliseconds only when there are any."""
-    utc = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-    timespec = "milliseconds" if utc.microsecond else "seconds"
-    return utc.replace(tzinfo=None).isoformat(timespec=timespec) + "Z"

@@ -39,10 +39,12 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.codec import DecodeError, Decoder, Encoder, from_plain_json, to_plain_json
+from consumer.codec import Decoder, Encoder
+from consumer.errors import DecodeError, Reason
+from consumer.plain_json import from_plain_json, to_plain_json
 from consumer.sandbox import SandboxOptions, running_sandbox
 from consumer.settings import DEFAULT_RATE_LIMITS, Settings, load_settings
-from consumer.tools.deadletters import DeadLetter
+from consumer.tools.deadletters import ParkedRecord
 from consumer.tools.dlq_kafka import DeadLetterTopic
 from consumer.tools.masking import mask_email, mask_event
 from consumer.tools.render import Original, inspect_line
@@ -59,9 +61,11 @@ PARTITIONS = 3
 # What each planted record must become: its dead-letter reason (None: delivered, not
 # dead-lettered) and, for the decode failure, any of the codec's reasons.
 EXPECTED_REASONS: dict[Planted, frozenset[str]] = {
-    Planted.UNDECODABLE: frozenset({"bad_magic", "unknown_schema", "truncated", "invalid_body"}),
-    Planted.LIMIT_EXCEEDED: frozenset({"limit_exceeded"}),
-    Planted.EXPIRED: frozenset({"expired"}),
+    Planted.UNDECODABLE: frozenset(
+        {Reason.BAD_MAGIC, Reason.UNKNOWN_SCHEMA, Reason.TRUNCATED, Reason.INVALID_BODY}
+    ),
+    Planted.LIMIT_EXCEEDED: frozenset({Reason.LIMIT_EXCEEDED}),
+    Planted.EXPIRED: frozenset({Reason.EXPIRED}),
 }
 
 
@@ -86,7 +90,7 @@ class Findings:
     delivered: dict[tuple[str, str], int]  # (topic, metric) → events (relay metric)
     warnings: dict[tuple[str, str], int]  # (topic, code) → count (relay metric)
     sandbox_events: list[dict[str, Any]]
-    dead_letters: list[DeadLetter]
+    dead_letters: list[ParkedRecord]
     commits: dict[str, list[tuple[int, int, int]]]  # topic → (partition, committed, end)
     metrics_file: Path | None = None
     relay_log: Path | None = None
@@ -228,7 +232,7 @@ def render_summary(findings: Findings, decoder: Decoder | None, now: datetime) -
     return "\n".join(out)
 
 
-def _original(decoder: Decoder | None, letter: DeadLetter) -> Original:
+def _original(decoder: Decoder | None, letter: ParkedRecord) -> Original:
     if decoder is None or letter.value is None:
         return Original(undecodable="not decoded")
     try:

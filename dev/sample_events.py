@@ -32,6 +32,8 @@ from typing import Any
 
 import orjson
 
+from consumer.errors import Reason
+from consumer.rfc3339 import format_rfc3339
 from consumer.topics import CONTRACT_TOPICS
 
 JSON = dict[str, Any]
@@ -44,8 +46,9 @@ class Planted(StrEnum):
     """The bad records of the sample and what the relay is expected to do with each."""
 
     UNDECODABLE = "undecodable"  # dead-lettered at the decode stage
-    LIMIT_EXCEEDED = "limit_exceeded"  # dead-lettered by the handler
-    EXPIRED = "expired"  # dead-lettered by the handler
+    # Dead-lettered by the handler, with the reason of the same name.
+    LIMIT_EXCEEDED = Reason.LIMIT_EXCEEDED.value
+    EXPIRED = Reason.EXPIRED.value
     PHONE_UNPARSEABLE = "phone_unparseable"  # delivered without the phone, warning counted
 
 
@@ -211,7 +214,9 @@ class _Generator:
         garbage = bytes([0x7B]) + self.rng.randbytes(47)  # not C3 01: no Avro single-object
         reset = "shop.account.password-reset-requested"
         expired = {**self._envelope(hours_ago=3), **self._password_reset_requested(_PEOPLE[1])}
-        expired["expires_at"] = _rfc3339(self.now - timedelta(hours=1))
+        expired["expires_at"] = format_rfc3339(
+            self.now - timedelta(hours=1), timespec="milliseconds"
+        )
         invoice = "shop.order.invoice-created"
         oversized = {**self._envelope(), **self._invoice_created(_PEOPLE[4])}
         oversized["order"] = self._order(_PEOPLE[4], items=OVERSIZED_ORDER_ITEMS)
@@ -252,7 +257,7 @@ class _Generator:
         occurred = self.now - timedelta(seconds=self.rng.uniform(60, hours_ago * 3600))
         return {
             "event_id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
-            "occurred_at": _rfc3339(occurred),
+            "occurred_at": format_rfc3339(occurred, timespec="milliseconds"),
         }
 
     def _customer(self, person: _Person) -> JSON:
@@ -371,7 +376,7 @@ class _Generator:
         return {
             "customer": self._customer(person),
             "reset_url": f"https://www.northwind-books.com/account/reset/{token}",
-            "expires_at": _rfc3339(expires) if expires else None,
+            "expires_at": format_rfc3339(expires, timespec="milliseconds") if expires else None,
         }
 
     def _invoice_created(self, person: _Person) -> JSON:
@@ -424,10 +429,6 @@ class _Generator:
             "lead_source": source,
             "representative": self._customer(self.rng.choice(_REPRESENTATIVES)),
         }
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,11 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import consumer.schemas
-from consumer.codec import (
+from consumer.codec import Decoder, Encoder
+from consumer.errors import (
     BadMagic,
     DecodeError,
-    Decoder,
-    Encoder,
     IncompatibleSchema,
     InvalidBody,
     RegistryUnavailable,

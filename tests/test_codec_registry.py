@@ -15,7 +15,8 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryError
 from pydantic import SecretStr
 
 import consumer.codec
-from consumer.codec import Decoder, Encoder, RegistryUnavailable, SchemaNotFound, UnknownSchema
+from consumer.codec import Decoder, Encoder
+from consumer.errors import RegistryUnavailable, SchemaNotFound, UnknownSchema
 from consumer.schema_registry import client_config, registry_client
 from consumer.schemas import SchemaStore
 from consumer.settings import Settings, SettingsError, load_settings

@@ -7,8 +7,7 @@ import dataclasses
 import hashlib
 from datetime import UTC, datetime
 
-from consumer.codec import UnknownSchema
-from consumer.handlers.errors import LimitViolation
+from consumer.errors import LimitViolation, UnknownSchema
 from consumer.klaviyo.outcomes import KlaviyoError, Permanent
 from consumer.pipeline.deadletter import (
     STAGE_DECODE,
@@ -56,7 +55,7 @@ def test_decode_failure_keeps_the_original_record_and_adds_connect_headers() -> 
     assert headers["__connect.errors.partition"] == "3"
     assert headers["__connect.errors.offset"] == "42"
     assert headers["__connect.errors.stage"] == "decode"  # the stale copy was replaced
-    assert headers["__connect.errors.class.name"] == "consumer.codec.UnknownSchema"
+    assert headers["__connect.errors.class.name"] == "consumer.errors.UnknownSchema"
     assert "fingerprint" in headers["__connect.errors.exception.message"]
     assert headers["klaviyo-relay.reason"] == "unknown_schema"
     assert headers["klaviyo-relay.attempts"] == "1"
@@ -123,7 +122,7 @@ BIG = SourceRecord(
     timestamp_ms=1_700_000_000_123,
     headers=(("trace-id", b"abc"), ("klaviyo-relay.value-truncated", b"stale")),
 )
-BAD_MAGIC = Failure("decode", "bad_magic", "consumer.codec.BadMagic", "bad_magic: x", NOW)
+BAD_MAGIC = Failure("decode", "bad_magic", "consumer.errors.BadMagic", "bad_magic: x", NOW)
 
 
 def test_a_letter_within_the_limit_is_written_whole() -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from consumer.pipeline.deadletter import Failure, build_dead_letter
 from consumer.pipeline.records import SourceRecord
-from consumer.tools.deadletters import DeadLetter
+from consumer.tools.deadletters import ParkedRecord
 from consumer.topics import CONTRACT_TOPICS
 from dev.demo import Findings, Progress, relay_counters, relay_env, verify
 from dev.sample_events import OVERSIZED_ORDER_ITEMS, Planted, sample
@@ -60,11 +60,11 @@ def test_sample_is_reproducible_but_relative_to_now() -> None:
 # --- the demo's judgement ----------------------------------------------------------------------
 
 
-def dead_letter(topic: str, reason: str, stage: str = "handle") -> DeadLetter:
+def dead_letter(topic: str, reason: str, stage: str = "handle") -> ParkedRecord:
     source = SourceRecord(topic, 0, 0, b"k", b"v", None)
     failure = Failure(stage, reason, "x.Error", reason, NOW)
     written = build_dead_letter(source, failure)
-    return DeadLetter(0, 0, written.key, written.value, None, written.headers)
+    return ParkedRecord(0, 0, written.key, written.value, None, written.headers)
 
 
 def good_findings() -> Findings:

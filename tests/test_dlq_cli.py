@@ -24,11 +24,12 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from consumer.codec import Encoder, from_plain_json
-from consumer.handlers.errors import LimitViolation
+from consumer.codec import Encoder
+from consumer.errors import LimitViolation
 from consumer.pipeline.deadletter import Failure, build_dead_letter
 from consumer.pipeline.records import SourceRecord
 from consumer.pipeline.relay import Relay
+from consumer.plain_json import from_plain_json
 from consumer.sandbox import SandboxOptions, running_sandbox
 from consumer.sandbox.server import RunningSandbox
 from consumer.settings import Settings, load_settings

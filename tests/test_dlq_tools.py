@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.handlers.errors import ExpiredEvent, LimitViolation
+from consumer.errors import ExpiredEvent, LimitViolation
 from consumer.headers import (
     H_BACKFILL,
     H_REPLAY_OF,
@@ -20,8 +20,8 @@ from consumer.klaviyo.outcomes import KlaviyoError, Permanent
 from consumer.pipeline.deadletter import Failure, build_dead_letter
 from consumer.pipeline.records import SourceRecord
 from consumer.tools.deadletters import (
-    DeadLetter,
     NotReplayable,
+    ParkedRecord,
     Selection,
     format_duration,
     newest,
@@ -49,7 +49,7 @@ def letter(
     parked: datetime = NOW - HOUR / 2,
     max_bytes: int | None = None,
     value: bytes = b"\xc3\x01payload",
-) -> DeadLetter:
+) -> ParkedRecord:
     """What the dead-letter topic holds for a record that failed with ``failure``, parked (the
     dead letter's own timestamp, given by the producer) at ``parked``."""
     source = SourceRecord(
@@ -62,7 +62,7 @@ def letter(
         headers=headers,
     )
     written = build_dead_letter(source, failure, max_bytes)
-    return DeadLetter(
+    return ParkedRecord(
         partition=0,
         offset=dlq_offset,
         key=written.key,
@@ -98,7 +98,7 @@ def test_reads_the_writers_headers() -> None:
 
 def test_letters_of_older_relays_kept_the_create_time_as_their_timestamp() -> None:
     dl = letter(rejected_failure())
-    old = DeadLetter(
+    old = ParkedRecord(
         dl.partition,
         dl.offset,
         dl.key,
@@ -126,11 +126,11 @@ def test_too_large_marker_is_shown_and_never_replayed() -> None:
     line = inspect_line(dl, Original(undecodable="value prefix"), NOW, replayed=False)
     assert "reason=too_large (was limit_exceeded)" in line
     assert f"sha256 {dl.value_sha256}; not replayable" in line
-    assert "created=2026-07-20T10:00:00+00:00" in line
+    assert "created=2026-07-20T10:00:00Z" in line
     shown = inspect_json(dl, Original(undecodable="value prefix"), NOW, replayed=False)
     assert shown["value_truncated"] == "prefix" and shown["original_size"] == 2_000
-    assert shown["original_timestamp"] == "2026-07-20T10:00:00+00:00"
-    assert shown["parked_at"] == "2026-07-20T11:30:00+00:00"
+    assert shown["original_timestamp"] == "2026-07-20T10:00:00Z"
+    assert shown["parked_at"] == "2026-07-20T11:30:00Z"
 
 
 def test_handler_rejection_has_no_klaviyo_status() -> None:
@@ -141,7 +141,7 @@ def test_handler_rejection_has_no_klaviyo_status() -> None:
 
 def test_original_headers_drop_error_and_replay_headers() -> None:
     dl = letter(limit_failure(), headers=(("traceparent", b"t"), (H_REPLAY_OF, b"x/0/1")))
-    assert dl.original_headers() == [("traceparent", b"t")]
+    assert dl.original_headers() == (("traceparent", b"t"),)
 
 
 # --- selection -------------------------------------------------------------------------------
@@ -199,11 +199,11 @@ def test_replay_restores_source_and_marks_it() -> None:
     dl = letter(limit_failure(), partition=1, offset=9, created=NOW - 10 * HOUR)
     replay = plan_replay(dl, NOW, backfill_after=HOUR)
     assert (replay.topic, replay.partition, replay.backfill) == ("shop.order.placed", 1, True)
-    assert replay.headers == [
+    assert replay.headers == (
         ("traceparent", b"00-abc-01"),
         (H_REPLAY_OF, b"shop.order.placed/1/9"),
         (H_BACKFILL, b"true"),
-    ]
+    )
 
 
 def test_recent_events_are_replayed_without_backfill() -> None:
@@ -213,7 +213,7 @@ def test_recent_events_are_replayed_without_backfill() -> None:
 
 
 def test_record_without_source_is_not_replayable() -> None:
-    foreign = DeadLetter(0, 5, b"k", b"v", NOW, (("something", b"else"),))
+    foreign = ParkedRecord(0, 5, b"k", b"v", NOW, (("something", b"else"),))
     with pytest.raises(NotReplayable):
         plan_replay(foreign, NOW, HOUR)
 

@@ -66,7 +66,7 @@ def test_captured_lead_becomes_lead_and_notifies_the_representative() -> None:
     assert attributes["metric"]["data"]["attributes"]["name"] == "Became Lead"
     assert attributes["properties"] == {"Action": "Filled out whitepaper request form"}
     assert attributes["profile"] == {"data": LEAD}
-    assert attributes["time"] == "2023-10-15T00:00:00+00:00"
+    assert attributes["time"] == "2023-10-15T00:00:00Z"
 
     rep = event_attributes(new)
     assert rep["metric"]["data"]["attributes"]["name"] == "New Lead"

@@ -70,7 +70,7 @@ def assert_order_event(request: KlaviyoRequest, metric: str, extra: dict[str, An
     assert attributes["properties"] == {**ORDER_PROPERTIES, **extra}
     assert attributes["value"] == 9.99
     assert attributes["value_currency"] == "USD"
-    assert attributes["time"] == "2023-10-15T00:00:00+00:00"
+    assert attributes["time"] == "2023-10-15T00:00:00Z"
     assert attributes["unique_id"] == EVENT_ID
     profile = attributes["profile"]["data"]
     assert profile["id"] == PROFILE_ID

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from consumer.codec import DecodedEvent
-from consumer.handlers.errors import (
+from consumer.errors import (
     ExpiredEvent,
     LimitViolation,
     MalformedEvent,

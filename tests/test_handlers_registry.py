@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consumer.codec import DecodedEvent
-from consumer.handlers.errors import MalformedEvent, UnknownRecord
+from consumer.errors import MalformedEvent, UnknownRecord
 from consumer.handlers.registry import HANDLERS, HandlerRegistry
 from consumer.schemas import default_schemas_dir, load_store
 from consumer.settings import SettingsError, load_settings

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from consumer.errors import LimitViolation
 from consumer.handlers.context import HandlerContext
-from consumer.handlers.errors import LimitViolation
 from consumer.handlers.limits import check_create_event, check_profile_request
 from consumer.handlers.orders import order_placed
 from tests.handler_events import line_item, order, sample

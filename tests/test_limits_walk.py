@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from consumer.errors import LimitViolation
 from consumer.handlers import limits
-from consumer.handlers.errors import LimitViolation
 
 NOW = datetime(2024, 3, 1, tzinfo=UTC)
 

@@ -76,7 +76,7 @@ def test_preview_of_each_contract_example(topic: str) -> None:
         assert operation is not None
         assert body_errors(operation, request["body"]) == []
         if request["path"] == "/api/events":
-            assert request["body"]["data"]["attributes"]["time"] == "2023-10-15T00:00:00+00:00"
+            assert request["body"]["data"]["attributes"]["time"] == "2023-10-15T00:00:00Z"
 
 
 def test_preview_reads_stdin_and_prints_the_lookup_plan() -> None:

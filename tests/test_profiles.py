@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consumer.errors import NoIdentifier
 from consumer.handlers.context import HandlerContext
-from consumer.handlers.errors import NoIdentifier
 from consumer.handlers.profiles import build_profile, e164
 from consumer.klaviyo.requests import PlanWarning
 from tests.handler_events import NOW, customer

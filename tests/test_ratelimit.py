@@ -275,7 +275,6 @@ async def test_server_headers_hold_callers_until_reset() -> None:
     headers = CIMultiDict({"RateLimit-Remaining": "0", "ratelimit-reset": "1"})
     limiter.release(permit, status=202, headers=headers)
     answered_at = loop.time()
-    assert limiter.remaining("create_event") == 0
     await asyncio.wait_for(limiter.acquire("create_event"), timeout=10)
     assert loop.time() - answered_at >= 1.0
 

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from consumer.codec import Encoder, from_plain_json
+from consumer.codec import Encoder
 from consumer.klaviyo.requests import Endpoint
+from consumer.plain_json import from_plain_json
 from consumer.sandbox import running_sandbox
 from consumer.settings import SendMode
 from dev.kafka_broker import KafkaBroker

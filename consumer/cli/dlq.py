@@ -17,34 +17,19 @@ from confluent_kafka import KafkaException
 
 from consumer.cli import settings_from
 from consumer.cli.kafka import require_topics
-from consumer.codec import DecodeError, Decoder, to_plain_json
+from consumer.codec import Decoder
+from consumer.errors import UNFIXABLE_BY_REPLAY, DecodeError, Reason
+from consumer.plain_json import to_plain_json
 from consumer.settings import Settings
-from consumer.tools.deadletters import DeadLetter, Selection, count_by, newest, parse_since
+from consumer.tools.deadletters import ParkedRecord, Selection, count_by, newest, parse_since
 from consumer.tools.dlq_kafka import DeadLetterTopic, DeadLetterTopicError, publish
 from consumer.tools.masking import mask_event
 from consumer.tools.progress import PartitionProgress, ProgressTooScattered
 from consumer.tools.render import Original, inspect_json, inspect_line
 from consumer.tools.replay import plan_replays, progress_after
 
-# Every reason code the relay writes (consumer.codec, consumer.handlers.errors, the pipeline).
-KNOWN_REASONS = (
-    "bad_magic",
-    "truncated",
-    "invalid_body",
-    "unknown_schema",
-    "registry_unavailable",
-    "unknown_record",
-    "invalid_event",
-    "no_identifier",
-    "limit_exceeded",
-    "expired",
-    "klaviyo_rejected",
-    "too_large",
-)
-# The record's bytes or its deadline: the same record fails the same way however often it is
-# sent. The other reasons can succeed after a fix elsewhere (a schema deployed, TOPIC_HANDLERS,
-# the registry back, a relay upgrade, Klaviyo's account settings).
-UNFIXABLE_BY_REPLAY = frozenset({"bad_magic", "truncated", "invalid_body", "expired"})
+# Every reason code the relay writes, in the order the help lists them.
+KNOWN_REASONS = tuple(Reason)
 
 
 def _known_reason(
@@ -156,12 +141,12 @@ def inspect(
     )
 
 
-def _replayed(progress: dict[int, PartitionProgress], letter: DeadLetter) -> bool:
+def _replayed(progress: dict[int, PartitionProgress], letter: ParkedRecord) -> bool:
     done = progress.get(letter.partition)
     return done is not None and done.replayed(letter.offset)
 
 
-def _original(decoder: Decoder, letter: DeadLetter) -> Original:
+def _original(decoder: Decoder, letter: ParkedRecord) -> Original:
     if letter.value_truncated:
         return Original(undecodable=f"value {letter.value_truncated}: over the size limit")
     if letter.value is None:

@@ -15,9 +15,10 @@ import click
 import orjson
 
 from consumer.cli import settings_from
-from consumer.codec import DecodedEvent, InvalidEvent, from_plain_json
-from consumer.handlers.errors import EventRejected, UnknownRecord
+from consumer.codec import DecodedEvent
+from consumer.errors import EventRejected, UnknownRecord
 from consumer.handlers.registry import NAMESPACE, HandlerRegistry
+from consumer.plain_json import InvalidEvent, from_plain_json
 from consumer.schemas import SchemaStore
 from consumer.settings import SettingsError
 

@@ -16,7 +16,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.cli import settings_from
 from consumer.cli.kafka import QUIET_KAFKA_LOG, require_topics
-from consumer.codec import EncodeError, Encoder, InvalidEvent, from_plain_json
+from consumer.codec import EncodeError, Encoder
+from consumer.plain_json import InvalidEvent, from_plain_json
 from consumer.schemas import SchemaStore
 from consumer.settings import Settings
 from consumer.topics import CONTRACT_TOPICS, event_key

@@ -8,8 +8,8 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
+from consumer.errors import ExpiredEvent, MalformedEvent
 from consumer.handlers.context import HandlerContext
-from consumer.handlers.errors import ExpiredEvent, MalformedEvent
 from consumer.handlers.events import person_event
 from consumer.handlers.limits import check_profile_request
 from consumer.klaviyo.requests import Endpoint, JSONObject, KlaviyoRequest, Plan

@@ -16,8 +16,9 @@ from typing import Any
 from consumer.handlers.context import HandlerContext
 from consumer.handlers.limits import check_create_event
 from consumer.handlers.profiles import build_profile
-from consumer.handlers.values import compact, number, rfc3339
+from consumer.handlers.values import compact, number
 from consumer.klaviyo.requests import Endpoint, JSONObject, KlaviyoRequest, Plan
+from consumer.rfc3339 import format_rfc3339
 
 CREATE_EVENT_PATH = "/api/events"
 
@@ -45,7 +46,7 @@ def create_event(
             "properties": compact(properties),
             "metric": {"data": {"type": "metric", "attributes": {"name": metric}}},
             "profile": profile,
-            "time": rfc3339(occurred_at),
+            "time": format_rfc3339(occurred_at),
             "value": None if value is None else number(value),
             "value_currency": value_currency,
             "unique_id": unique_id,

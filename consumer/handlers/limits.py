@@ -9,12 +9,13 @@ overview's "Limitations" (revision 2026-07-15).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
-from consumer.handlers.errors import LimitViolation
+from consumer.errors import LimitViolation
+from consumer.rfc3339 import parse_rfc3339
 
 JSONObject = dict[str, Any]
 
@@ -98,9 +99,7 @@ def _check_profile(profile: JSONObject, base: str, size: int | None) -> None:
 
 
 def _check_time(value: str, now: datetime, pointer: str) -> None:
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:  # never built that way, but compare like with like
-        moment = moment.replace(tzinfo=UTC)
+    moment = parse_rfc3339(value)
     if moment.year < MIN_TIME_YEAR:
         _fail(pointer, f"time must be in {MIN_TIME_YEAR} or later")
     if moment > now + MAX_TIME_AHEAD:

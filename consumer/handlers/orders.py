@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from consumer.errors import MalformedEvent
 from consumer.handlers.context import HandlerContext
-from consumer.handlers.errors import MalformedEvent
 from consumer.handlers.events import create_event
 from consumer.handlers.profiles import Profile, build_profile
 from consumer.handlers.values import compact, number

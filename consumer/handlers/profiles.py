@@ -14,8 +14,8 @@ from typing import Any
 
 import phonenumbers
 
+from consumer.errors import NoIdentifier
 from consumer.handlers.context import HandlerContext
-from consumer.handlers.errors import NoIdentifier
 from consumer.handlers.values import compact
 from consumer.klaviyo.requests import JSONObject, PlanWarning
 

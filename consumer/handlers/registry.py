@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from consumer.codec import DecodedEvent
+from consumer.errors import MalformedEvent, UnknownRecord
 from consumer.handlers import accounts, leads, orders
 from consumer.handlers.context import HandlerContext
-from consumer.handlers.errors import MalformedEvent, UnknownRecord
 from consumer.klaviyo.requests import Plan
 from consumer.settings import Settings, SettingsError
 from consumer.topics import CONTRACT_TOPICS

@@ -106,10 +106,6 @@ class KlaviyoClient:
         }
         self._session: aiohttp.ClientSession | None = None
 
-    @property
-    def limiter(self) -> RateLimiter:
-        return self._limiter
-
     async def __aenter__(self) -> KlaviyoClient:
         await self.open()
         return self

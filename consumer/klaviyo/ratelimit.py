@@ -291,10 +291,6 @@ class RateLimiter:
         if queue.waiters:
             self._wake(queue)
 
-    def remaining(self, endpoint: str) -> int | None:
-        """Requests left in the current steady window as this limiter sees it."""
-        return self._queue(endpoint).budget.remaining(asyncio.get_running_loop().time())
-
     def _wake(self, queue: _Queue) -> None:
         """Grant every waiter that may go now, in order; re-arm the timer for the rest."""
         loop = asyncio.get_running_loop()

@@ -26,6 +26,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from consumer.errors import Reason, Rejected
 from consumer.headers import (
     CONNECT_PREFIX,
     H_ATTEMPTS,
@@ -47,6 +48,7 @@ from consumer.headers import (
     H_TOPIC,
     H_VALUE_SHA256,
     H_VALUE_TRUNCATED,
+    Headers,
 )
 from consumer.klaviyo.outcomes import KlaviyoError, Permanent
 from consumer.observability.logging import LibrdkafkaLogFilter, get_logger
@@ -57,7 +59,8 @@ from consumer.pipeline.deadletter_topic import (
     DeadLetterTopicUnchecked,
     probe_dead_letter_topic,
 )
-from consumer.pipeline.records import Headers, SourceRecord
+from consumer.pipeline.records import SourceRecord
+from consumer.rfc3339 import format_rfc3339
 from consumer.settings import Settings
 
 log = get_logger(__name__)
@@ -69,8 +72,6 @@ LIBRDKAFKA_LOG.addFilter(LibrdkafkaLogFilter())
 STAGE_DECODE = "decode"
 STAGE_HANDLE = "handle"
 STAGE_SEND = "send"
-
-REASON_TOO_LARGE = "too_large"
 
 # Relay headers this module writes; an older copy on the original record is replaced.
 _WRITTEN_RELAY_HEADERS = frozenset(
@@ -125,16 +126,12 @@ def masked_exception_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_DATA_WORD.sub(_mask_word, text)}"
 
 
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @dataclass(frozen=True, slots=True)
 class Failure:
     """Why a record goes to the dead-letter topic."""
 
     stage: str  # decode | handle | send
-    reason: str  # bounded code (see interfaces: "Dead-letter records")
+    reason: str  # a consumer.errors.Reason
     class_name: str
     message: str
     first_failure: datetime
@@ -147,7 +144,7 @@ class Failure:
     @classmethod
     def from_exception(cls, stage: str, reason: str, exc: BaseException, now: datetime) -> Failure:
         """A decode error or a handler's rejection (their messages name fields, not values)."""
-        field = getattr(exc, "field", None)
+        field = exc.field if isinstance(exc, Rejected) else None
         text = f"{reason}: {exc}"
         if field and field not in text:
             text += f" (field {field})"
@@ -180,7 +177,7 @@ class Failure:
                 parts.append(f"parameter {error.parameter}")
         return cls(
             stage=STAGE_SEND,
-            reason="klaviyo_rejected",
+            reason=Reason.KLAVIYO_REJECTED,
             class_name=class_name(outcome),
             message=_one_line(" ".join(parts)),
             first_failure=now,
@@ -193,8 +190,10 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """What is written: its Kafka timestamp is left to the producer (the time it is parked)."""
+class OutgoingDeadLetter:
+    """A dead letter about to be written; read back by the tools it is a
+    :class:`consumer.tools.deadletters.ParkedRecord`. Its Kafka timestamp is left to the
+    producer: the time it is parked."""
 
     key: bytes | None
     value: bytes | None
@@ -230,7 +229,7 @@ def _error_headers(record: SourceRecord, failure: Failure) -> list[tuple[str, st
         (H_MESSAGE, failure.message),
         (H_REASON, failure.reason),
         (H_ATTEMPTS, str(failure.attempts)),
-        (H_FIRST_FAILURE, rfc3339(failure.first_failure)),
+        (H_FIRST_FAILURE, format_rfc3339(failure.first_failure, timespec="milliseconds")),
     ]
     optional = {
         H_STATUS: None if failure.klaviyo_status is None else str(failure.klaviyo_status),
@@ -239,7 +238,9 @@ def _error_headers(record: SourceRecord, failure: Failure) -> list[tuple[str, st
         H_ENDPOINT: failure.endpoint,
         H_ORIGINAL_TIMESTAMP: None
         if record.timestamp_ms is None
-        else rfc3339(datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)),
+        else format_rfc3339(
+            datetime.fromtimestamp(record.timestamp_ms / 1000, UTC), timespec="milliseconds"
+        ),
     }
     return error_headers + [(k, v) for k, v in optional.items() if v is not None]
 
@@ -254,10 +255,10 @@ def _original_headers(record: SourceRecord) -> Headers:
 
 def build_dead_letter(
     record: SourceRecord, failure: Failure, max_bytes: int | None = None
-) -> DeadLetter:
+) -> OutgoingDeadLetter:
     """``record``'s dead letter: original key, value and headers + error headers, or, when that
     is over ``max_bytes``, a ``too_large`` marker (:func:`build_marker`)."""
-    letter = DeadLetter(
+    letter = OutgoingDeadLetter(
         key=record.key,
         value=record.value,
         headers=_original_headers(record) + _encoded(_error_headers(record, failure)),
@@ -268,7 +269,7 @@ def build_dead_letter(
     return build_marker(record, failure, max_bytes)
 
 
-def build_marker(record: SourceRecord, failure: Failure, max_bytes: int) -> DeadLetter:
+def build_marker(record: SourceRecord, failure: Failure, max_bytes: int) -> OutgoingDeadLetter:
     """A ``too_large`` marker for a record whose dead letter would be over ``max_bytes``.
 
     It keeps the error headers (reason ``too_large``, the first reason in ``original-reason``),
@@ -279,7 +280,7 @@ def build_marker(record: SourceRecord, failure: Failure, max_bytes: int) -> Dead
     """
     value = record.value or b""
     fixed = [
-        (name, REASON_TOO_LARGE if name == H_REASON else text)
+        (name, Reason.TOO_LARGE if name == H_REASON else text)
         for name, text in _error_headers(record, failure)
     ] + [
         (H_ORIGINAL_REASON, failure.reason),
@@ -305,7 +306,7 @@ def build_marker(record: SourceRecord, failure: Failure, max_bytes: int) -> Dead
         fixed.append((H_VALUE_TRUNCATED, "prefix" if prefix else "dropped"))
     if omitted:
         fixed.append((H_OMITTED, ",".join(omitted)))
-    return DeadLetter(key, prefix, kept + _encoded(fixed), REASON_TOO_LARGE)
+    return OutgoingDeadLetter(key, prefix, kept + _encoded(fixed), Reason.TOO_LARGE)
 
 
 class DeadLetterProducer:
@@ -396,7 +397,7 @@ class DeadLetterProducer:
             )
             await asyncio.sleep(delay)
 
-    async def _produce_once(self, letter: DeadLetter) -> KafkaError | None:
+    async def _produce_once(self, letter: OutgoingDeadLetter) -> KafkaError | None:
         done: asyncio.Future[KafkaError | None] = self._loop.create_future()
 
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:

@@ -80,10 +80,6 @@ class Dispatcher(Generic[Item]):
     def lanes(self) -> int:
         return len(self._lanes)
 
-    @property
-    def queued(self) -> int:
-        return sum(len(lane.queue) for lane in self._lanes.values())
-
     async def _run(self, lane: Lane[Item]) -> None:
         try:
             while lane.queue:

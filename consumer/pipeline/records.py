@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.headers import H_BACKFILL
-
-Headers = tuple[tuple[str, bytes], ...]
+from consumer.headers import H_BACKFILL, Headers
 
 
 @dataclass(frozen=True, slots=True)

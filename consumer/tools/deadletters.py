@@ -1,6 +1,6 @@
 """Dead-letter records as an operator sees them: why, where from, and how to send them again.
 
-Pure: a :class:`DeadLetter` is built from a record's coordinates, key, value, timestamp and
+Pure: a :class:`ParkedRecord` is built from a record's coordinates, key, value, timestamp and
 headers (the headers the pipeline writes, Kafka Connect's ``__connect.errors.*`` plus the
 relay's ``klaviyo-relay.*``), so everything here is tested without a broker.
 """
@@ -32,21 +32,22 @@ from consumer.headers import (
     H_VALUE_SHA256,
     H_VALUE_TRUNCATED,
     RELAY_PREFIX,
+    Headers,
 )
-
-Headers = list[tuple[str, bytes]]
+from consumer.rfc3339 import parse_rfc3339
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One record of the dead-letter topic."""
+class ParkedRecord:
+    """One record read back from the dead-letter topic (written as a
+    :class:`consumer.pipeline.deadletter.OutgoingDeadLetter`)."""
 
     partition: int  # on the dead-letter topic
     offset: int
     key: bytes | None
     value: bytes | None
     timestamp: datetime | None  # when it was parked (older relays: the source record's time)
-    headers: tuple[tuple[str, bytes], ...]
+    headers: Headers
 
     def header(self, name: str) -> str | None:
         """The last value of header ``name`` as text (the writer's values are UTF-8)."""
@@ -150,11 +151,11 @@ class DeadLetter:
 
     def original_headers(self) -> Headers:
         """The source record's own headers: the error headers and any earlier replay's removed."""
-        return [
+        return tuple(
             (key, value)
             for key, value in self.headers
             if not key.startswith(CONNECT_PREFIX) and not key.startswith(RELAY_PREFIX)
-        ]
+        )
 
 
 def _int(text: str | None) -> int | None:
@@ -172,10 +173,9 @@ def _time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_rfc3339(text)
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +186,7 @@ class Selection:
     topics: frozenset[str] = frozenset()
     since: datetime | None = None
 
-    def matches(self, letter: DeadLetter) -> bool:
+    def matches(self, letter: ParkedRecord) -> bool:
         if self.reasons and letter.reason not in self.reasons:
             return False
         if self.topics and letter.source_topic not in self.topics:
@@ -201,7 +201,7 @@ class Selection:
 class Replay:
     """Where and how one dead letter is published again."""
 
-    letter: DeadLetter
+    letter: ParkedRecord
     topic: str
     partition: int | None  # the original partition, so per-key order holds; None: by key
     headers: Headers
@@ -213,7 +213,7 @@ class NotReplayable(ValueError):
     ``too_large`` marker that does not hold the whole original record."""
 
 
-def plan_replay(letter: DeadLetter, now: datetime, backfill_after: timedelta) -> Replay:
+def plan_replay(letter: ParkedRecord, now: datetime, backfill_after: timedelta) -> Replay:
     """The replay of ``letter``: original key, value and headers back on the source topic,
     marked ``replay-of`` and, when the event is older than ``backfill_after``, ``backfill``
     (Klaviyo then records it without firing flows a second time)."""
@@ -228,10 +228,9 @@ def plan_replay(letter: DeadLetter, now: datetime, backfill_after: timedelta) ->
         )
     age = letter.age(now)
     backfill = age is not None and age > backfill_after
-    headers = letter.original_headers()
-    headers.append((H_REPLAY_OF, letter.source.encode()))
+    headers = (*letter.original_headers(), (H_REPLAY_OF, letter.source.encode()))
     if backfill:
-        headers.append((H_BACKFILL, b"true"))
+        headers = (*headers, (H_BACKFILL, b"true"))
     return Replay(letter, topic, letter.source_partition, headers, backfill)
 
 
@@ -272,7 +271,7 @@ def format_duration(delta: timedelta | None) -> str:
     return sign + "".join(parts[:2])
 
 
-def count_by(letters: Iterable[DeadLetter], *, field: str = "reason") -> dict[str, int]:
+def count_by(letters: Iterable[ParkedRecord], *, field: str = "reason") -> dict[str, int]:
     """How many dead letters per reason (or per ``source_topic`` / ``stage``), most first."""
     counts: dict[str, int] = {}
     for letter in letters:
@@ -281,7 +280,7 @@ def count_by(letters: Iterable[DeadLetter], *, field: str = "reason") -> dict[st
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def newest(letters: Sequence[DeadLetter], limit: int | None) -> list[DeadLetter]:
+def newest(letters: Sequence[ParkedRecord], limit: int | None) -> list[ParkedRecord]:
     """The ``limit`` most recently failed letters, oldest first (all when ``limit`` is None)."""
     ordered = sorted(
         letters,

@@ -26,7 +26,7 @@ from confluent_kafka import (
 )
 
 from consumer.settings import Settings
-from consumer.tools.deadletters import DeadLetter, Replay
+from consumer.tools.deadletters import ParkedRecord, Replay
 from consumer.tools.progress import PartitionProgress
 
 # librdkafka logs every refused connection to stderr; these commands say once what failed.
@@ -122,7 +122,7 @@ class DeadLetterTopic:
             for tp in committed
         }
 
-    def read(self, starts: Mapping[int, int] | None = None) -> list[DeadLetter]:
+    def read(self, starts: Mapping[int, int] | None = None) -> list[ParkedRecord]:
         """Every record from ``starts`` (default: the beginning) to the end as it was when this
         object was made, in partition/offset order."""
         wanted = {
@@ -133,7 +133,7 @@ class DeadLetterTopic:
         if not wanted:
             return []
         self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in wanted.items()])
-        letters: list[DeadLetter] = []
+        letters: list[ParkedRecord] = []
         pending = set(wanted)
         deadline = time.monotonic() + self._timeout
         try:
@@ -178,12 +178,12 @@ class DeadLetterTopic:
             raise DeadLetterTopicError(f"cannot commit replay progress: {failed[0].error}")
 
 
-def _letter(message: Any) -> DeadLetter:
+def _letter(message: Any) -> ParkedRecord:
     kind, millis = message.timestamp()
     timestamp = (
         datetime.fromtimestamp(millis / 1000, UTC) if kind != TIMESTAMP_NOT_AVAILABLE else None
     )
-    return DeadLetter(
+    return ParkedRecord(
         partition=message.partition(),
         offset=message.offset(),
         key=message.key(),

@@ -15,8 +15,9 @@ from consumer.headers import (
     H_REPLAY_OF,
 )
 from consumer.observability.redact import redact_text
+from consumer.rfc3339 import format_rfc3339
 from consumer.tools.deadletters import (
-    DeadLetter,
+    ParkedRecord,
     format_duration,
 )
 
@@ -53,14 +54,14 @@ def _contact(event: Mapping[str, Any]) -> str | None:
     return None
 
 
-def klaviyo_text(letter: DeadLetter) -> str:
+def klaviyo_text(letter: ParkedRecord) -> str:
     status, code = letter.klaviyo_status, letter.klaviyo_code
     if status is None:
         return "-"
     return f"{status}/{code}" if code else str(status)
 
 
-def inspect_line(letter: DeadLetter, original: Original, now: datetime, *, replayed: bool) -> str:
+def inspect_line(letter: ParkedRecord, original: Original, now: datetime, *, replayed: bool) -> str:
     """``source stage reason klaviyo age | event | message [notes]`` on one line."""
     key = letter.key.decode("utf-8", "replace") if letter.key is not None else "-"
     notes = []
@@ -87,7 +88,7 @@ def inspect_line(letter: DeadLetter, original: Original, now: datetime, *, repla
 
 
 def inspect_json(
-    letter: DeadLetter, original: Original, now: datetime, *, replayed: bool
+    letter: ParkedRecord, original: Original, now: datetime, *, replayed: bool
 ) -> dict[str, Any]:
     age = letter.age(now)
     return {
@@ -99,7 +100,7 @@ def inspect_json(
         "message": redact_text(letter.message),
         "klaviyo_status": letter.klaviyo_status,
         "klaviyo_code": letter.klaviyo_code,
-        "first_failure": letter.first_failure.isoformat() if letter.first_failure else None,
+        "first_failure": _iso(letter.first_failure),
         "original_timestamp": _iso(letter.original_timestamp),
         "parked_at": _iso(letter.timestamp),
         "original_reason": letter.original_reason,
@@ -117,4 +118,4 @@ def inspect_json(
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment is not None else None
+    return format_rfc3339(moment) if moment is not None else None

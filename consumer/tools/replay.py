@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from consumer.tools.deadletters import (
-    DeadLetter,
     NotReplayable,
+    ParkedRecord,
     Replay,
     Selection,
     plan_replay,
@@ -26,11 +26,11 @@ class ReplayPlan:
     replays: list[Replay] = field(default_factory=list)
     already_replayed: int = 0
     not_selected: int = 0
-    unreplayable: list[tuple[DeadLetter, str]] = field(default_factory=list)
+    unreplayable: list[tuple[ParkedRecord, str]] = field(default_factory=list)
 
 
 def plan_replays(
-    letters: Iterable[DeadLetter],
+    letters: Iterable[ParkedRecord],
     progress: Mapping[int, PartitionProgress],
     selection: Selection,
     *,
@@ -44,7 +44,7 @@ def plan_replays(
     gone cannot be replayed, and one whose source partition is gone is sent by key instead.
     """
     replays: list[Replay] = []
-    unreplayable: list[tuple[DeadLetter, str]] = []
+    unreplayable: list[tuple[ParkedRecord, str]] = []
     already = not_selected = 0
     for letter in letters:
         done = progress.get(letter.partition)
