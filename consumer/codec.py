@@ -33,7 +33,6 @@ from fastavro.read import SchemaResolutionError
 
 from consumer.errors import (
     BadMagic,
-    DecodeError,
     IncompatibleSchema,
     InvalidBody,
     RegistryUnavailable,
@@ -45,17 +44,8 @@ from consumer.schema_registry import in_daemon_thread, lookup_deadline, registry
 from consumer.schemas import AvroSchema, SchemaError, SchemaStore, parse_document_set
 from consumer.settings import Settings
 
-# The decode errors live in consumer.errors; DecodeError and RegistryUnavailable are named here
-# only for consumer/pipeline/relay.py (rewritten on another branch), which imports them from
-# this module: drop them from this list once it imports consumer.errors.
-__all__ = [
-    "DecodeError",
-    "DecodedEvent",
-    "Decoder",
-    "EncodeError",
-    "Encoder",
-    "RegistryUnavailable",
-]
+# The decode errors live in consumer.errors.
+__all__ = ["DecodedEvent", "Decoder", "EncodeError", "Encoder"]
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consumer.codec import DecodedEvent
-from consumer.handlers.errors import EventRejected
+from consumer.errors import EventRejected
 from consumer.handlers.registry import HandlerRegistry
 from consumer.klaviyo.bulk import build_bulk_jobs
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest

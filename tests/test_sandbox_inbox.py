@@ -27,7 +27,7 @@ import orjson
 import pytest
 
 from consumer.codec import DecodedEvent
-from consumer.handlers.errors import EventRejected
+from consumer.errors import EventRejected
 from consumer.handlers.registry import HandlerRegistry
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.plain_json import from_plain_json

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
+from consumer.errors import Reason
 from consumer.klaviyo.client import profile_id_from_lookup
 from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Permanent, Retryable
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest, Plan
@@ -155,4 +156,4 @@ def resolve(step: KlaviyoRequest, bindings: dict[str, str]) -> KlaviyoRequest:
 class UnboundStep(ValueError):
     """A plan step needs a binding no lookup provided and has no fallback (a handler bug)."""
 
-    reason = "invalid_event"
+    reason = Reason.INVALID_EVENT

@@ -13,8 +13,8 @@ import asyncio
 import random
 from datetime import UTC, datetime
 
-from consumer.codec import DecodedEvent, DecodeError, Decoder, RegistryUnavailable
-from consumer.handlers.errors import EventRejected
+from consumer.codec import DecodedEvent, Decoder
+from consumer.errors import DecodeError, EmptyRecord, EventRejected, Reason, RegistryUnavailable
 from consumer.handlers.registry import HandlerRegistry
 from consumer.klaviyo.outcomes import Retryable
 from consumer.klaviyo.requests import Plan
@@ -33,10 +33,6 @@ from consumer.pipeline.sending import Halt, UnboundStep
 log = get_logger(__name__)
 
 _RNG = random.Random()
-
-
-class EmptyRecord(DecodeError):
-    reason = "invalid_body"
 
 
 class Stages:
@@ -101,7 +97,7 @@ class Stages:
         except Exception as exc:
             # A handler bug on one record must not stop the pipeline: park it for a fix and
             # replay. The message may quote data: it is logged and parked masked.
-            failure = Failure.unexpected(STAGE_HANDLE, "invalid_event", exc, now)
+            failure = Failure.unexpected(STAGE_HANDLE, Reason.INVALID_EVENT, exc, now)
             log.error(
                 "handler failed", where=record.where, error=class_name(exc), detail=failure.message
             )
@@ -122,7 +118,7 @@ class Stages:
                 return await self._decoder.decode_async(record.value)
             except RegistryUnavailable as exc:
                 # Not the record's fault: hold it, like a Klaviyo outage.
-                outcome = Retryable(None, "registry_unavailable")
+                outcome = Retryable(None, Reason.REGISTRY_UNAVAILABLE)
                 delay = self._policy.delay(retry, outcome, _RNG)
                 log.warning("schema registry unavailable", retry_in=round(delay, 2), error=str(exc))
                 await asyncio.sleep(delay)
