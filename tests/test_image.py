@@ -21,11 +21,11 @@ import aiohttp
 import pytest
 
 from consumer import __version__
-from consumer.sandbox import SandboxOptions, running_sandbox
 from consumer.topics import CONTRACT_TOPICS
 from dev.demo import _free_port, publish_sample, relay_counters
 from dev.kafka_broker import KafkaBroker
 from dev.sample_events import sample
+from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
 from tests.relay_harness import relay_env, sandbox_stats, wait_committed_to_end, wait_for
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from consumer.sandbox import SandboxOptions, running_sandbox
 from consumer.topics import CONTRACT_TOPICS
 from dev.kafka_broker import KafkaBroker
+from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
 from tests.relay_harness import (
     EventFactory,

@@ -21,9 +21,9 @@ from confluent_kafka import KafkaException, Producer
 from consumer.observability.metrics import REGISTRY
 from consumer.pipeline.relay import Relay, Work
 from consumer.pipeline.source import _CONSUME_BATCH
-from consumer.sandbox import SandboxOptions, running_sandbox
 from consumer.settings import load_settings
 from dev.kafka_broker import KafkaBroker
+from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
 from tests.relay_harness import (
     UNLIMITED_RATE_LIMITS,
