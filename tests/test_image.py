@@ -96,6 +96,17 @@ def test_version_and_help(engine: Engine) -> None:
         assert command in help_.stdout
 
 
+def test_the_image_carries_no_sandbox(engine: Engine) -> None:
+    # The Klaviyo sandbox is a development tool (its own distribution): not in the image.
+    probe = "find /opt/venv -name 'klaviyo_sandbox*' -o -name inbox_static"
+    found = engine.container("--entrypoint", "sh", TAG, "-c", probe)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout == ""
+    command = engine.container(TAG, "sandbox")
+    assert command.returncode == 1, command.stdout + command.stderr
+    assert "sandbox is not installed" in command.stderr
+
+
 def test_check_against_nothing_fails_cleanly(engine: Engine) -> None:
     # No API key, no broker (no network at all): a clear report, not a traceback.
     result = engine.container("--network=none", TAG, "check", timeout=180)
