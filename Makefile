@@ -7,14 +7,15 @@ BIN := $(VENV)/bin
 # Touched after a successful install: the venv is refreshed only when pyproject.toml is newer.
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test lint kafka-jars demo tools bench broker-start broker-stop broker-status image
+.PHONY: venv test lint kafka-jars demo tools bench broker-start broker-stop broker-status image sandbox
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The Klaviyo sandbox (sandbox/) is its own distribution: installed here, never in the wheel.
+$(STAMP): pyproject.toml sandbox/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "venv: installing the relay and its dev tools into $(VENV) (pip; 1-3 min the first time, seconds with a warm pip cache)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+	@echo "venv: installing the relay, the Klaviyo sandbox and the dev tools into $(VENV) (pip; 1-3 min the first time, seconds with a warm pip cache)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]" -e ./sandbox
 	touch $(STAMP)
 	@echo "venv: ready ($(BIN)/python)"
 
@@ -26,6 +27,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict consumer dev bench
+	$(BIN)/mypy --strict -p klaviyo_sandbox
 
 # Resolve the Kafka broker's jars from Maven Central into the cache (done on first use anyway).
 kafka-jars: venv
@@ -35,6 +37,10 @@ kafka-jars: venv
 demo: venv
 	@echo "demo: starting Kafka (its jars come from Maven Central on first use, ~1 min) and the sandbox; about a minute in all"
 	$(BIN)/python -m dev.demo $(DEMO_ARGS)
+
+# The Klaviyo stand-in alone on 127.0.0.1:8089 (SANDBOX_ARGS: `python -m klaviyo_sandbox --help`).
+sandbox: venv
+	$(BIN)/python -m klaviyo_sandbox $(SANDBOX_ARGS)
 
 # Benchmarks (bench/README.md): the full suite, or BENCH_ARGS=--quick for the CI-sized run.
 bench: venv

@@ -1,7 +1,7 @@
 """The sandbox for benchmarks, in its own process, with an instrument on the side.
 
 ``python -m bench.sandbox_proc --rate-limits default|none --window-scale S --latency-ms A-B``
-serves :mod:`consumer.sandbox` (``keep_events=False``: memory stays flat over a million events)
+serves :mod:`klaviyo_sandbox` (``keep_events=False``: memory stays flat over a million events)
 and prints one JSON line ``{"base_url": ..., "control_url": ...}`` once it listens.
 
 The control port (never the API port, so the hot path is untouched) serves
@@ -32,22 +32,22 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from consumer.cli.sandbox import parse_latency, parse_rate_limits
-from consumer.sandbox import SandboxOptions, running_sandbox
-from consumer.sandbox.app import Sandbox
-from consumer.sandbox.ratelimit import EndpointQuota
-from consumer.sandbox.store import EventFate
-from consumer.settings import EndpointLimit
+from klaviyo_sandbox import SandboxOptions, running_sandbox
+from klaviyo_sandbox.app import Sandbox
+from klaviyo_sandbox.cli import parse_latency, parse_rate_limits
+from klaviyo_sandbox.facts import Limit
+from klaviyo_sandbox.fixed_windows import FixedWindowQuota
+from klaviyo_sandbox.store import EventFate
 
 # The Klaviyo SDK (klaviyo-api 25) sends this revision; the relay sends an older one, which a
 # sandbox on this revision accepts as well.
 SDK_REVISION = "2026-10-15"
 
 
-class CountingQuota(EndpointQuota):
+class CountingQuota(FixedWindowQuota):
     """An endpoint's quota that also counts admissions and refusals per steady window."""
 
-    def __init__(self, limit: EndpointLimit) -> None:
+    def __init__(self, limit: Limit) -> None:
         super().__init__(limit)
         self.admitted: dict[int, int] = {}
         self.refused = 0

@@ -42,8 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumer.codec import Decoder, Encoder
 from consumer.errors import DecodeError, Reason
 from consumer.plain_json import from_plain_json, to_plain_json
-from consumer.sandbox import SandboxOptions, running_sandbox
-from consumer.settings import DEFAULT_RATE_LIMITS, Settings, load_settings
+from consumer.settings import Settings, load_settings
 from consumer.tools.deadletters import ParkedRecord
 from consumer.tools.dlq_kafka import DeadLetterTopic
 from consumer.tools.masking import mask_email, mask_event
@@ -51,6 +50,8 @@ from consumer.tools.render import Original, inspect_line
 from consumer.topics import CONTRACT_TOPICS
 from dev.kafka_broker import BrokerError, KafkaBroker, kafka_version
 from dev.sample_events import Planted, SampleRecord, sample
+from klaviyo_sandbox import SandboxOptions, running_sandbox
+from klaviyo_sandbox.facts import PUBLISHED_LIMITS
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = ROOT / ".cache" / "demo"
@@ -505,10 +506,10 @@ async def run_demo(
             f" and {DLQ_TOPIC}"
         )
 
-        # Klaviyo's published limits, as `python -m consumer sandbox` enforces by default.
+        # Klaviyo's published limits, as `python -m klaviyo_sandbox` enforces by default.
         sandbox = await stack.enter_async_context(
             running_sandbox(
-                SandboxOptions(api_keys=(SANDBOX_KEY,), rate_limits=dict(DEFAULT_RATE_LIMITS)),
+                SandboxOptions(api_keys=(SANDBOX_KEY,), rate_limits=dict(PUBLISHED_LIMITS)),
                 sandbox_port,
             )
         )

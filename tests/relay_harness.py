@@ -252,7 +252,7 @@ class RelayProcess:
 
 
 class SandboxProcess:
-    """``python -m consumer sandbox`` (no rate limits) as a child process, so that the test's
+    """``python -m klaviyo_sandbox`` (no rate limits) as a child process, so that the test's
     own blocking calls (Kafka admin, offsets) never stall Klaviyo's stand-in."""
 
     def __init__(self, log_path: Path, *args: str) -> None:
@@ -263,8 +263,7 @@ class SandboxProcess:
             [
                 sys.executable,
                 "-m",
-                "consumer",
-                "sandbox",
+                "klaviyo_sandbox",
                 "--port",
                 "0",
                 "--rate-limits",

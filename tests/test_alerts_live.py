@@ -22,9 +22,9 @@ import aiohttp
 import pytest
 import yaml
 
-from consumer.sandbox import SandboxOptions, running_sandbox
 from dev.demo import _free_port
 from dev.kafka_broker import KafkaBroker
+from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
 from tests.relay_harness import (
     EventFactory,

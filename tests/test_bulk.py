@@ -154,8 +154,8 @@ def test_bad_items_maps_pointers_back_to_inputs() -> None:
 
 
 async def test_sandbox_bulk_400_pointers_identify_the_bad_items() -> None:
-    sandbox_server = pytest.importorskip("consumer.sandbox.server")
-    sandbox_app = pytest.importorskip("consumer.sandbox.app")
+    sandbox_server = pytest.importorskip("klaviyo_sandbox.server")
+    sandbox_app = pytest.importorskip("klaviyo_sandbox.app")
     inputs = [event(i, f"p{i % 3}@example.com") for i in range(9)]
     # Two events with a metric name Klaviyo refuses (over 128 characters).
     bad = {2, 7}

@@ -12,9 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from consumer.sandbox import SandboxOptions, running_sandbox
 from consumer.settings import Settings
 from dev.kafka_broker import KafkaBroker
+from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
 from tests.fixtures.cli import run_cli
 

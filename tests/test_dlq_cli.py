@@ -30,11 +30,11 @@ from consumer.pipeline.deadletter import Failure, build_dead_letter
 from consumer.pipeline.records import SourceRecord
 from consumer.pipeline.relay import Relay
 from consumer.plain_json import from_plain_json
-from consumer.sandbox import SandboxOptions, running_sandbox
-from consumer.sandbox.server import RunningSandbox
 from consumer.settings import Settings, load_settings
 from dev.kafka_broker import KafkaBroker
 from dev.sample_events import Planted, SampleRecord, sample
+from klaviyo_sandbox import SandboxOptions, running_sandbox
+from klaviyo_sandbox.server import RunningSandbox
 from tests.conftest import TopicFactory
 from tests.fixtures.cli import run_cli
 

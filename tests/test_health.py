@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.observability.health import RelayState, start_http_server
-from consumer.sandbox import SandboxOptions, running_sandbox
+from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.relay_harness import RelayProcess, metrics_port, readiness, relay_env, wait_for
 
 

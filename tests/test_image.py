@@ -21,11 +21,11 @@ import aiohttp
 import pytest
 
 from consumer import __version__
-from consumer.sandbox import SandboxOptions, running_sandbox
 from consumer.topics import CONTRACT_TOPICS
 from dev.demo import _free_port, publish_sample, relay_counters
 from dev.kafka_broker import KafkaBroker
 from dev.sample_events import sample
+from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
 from tests.relay_harness import relay_env, sandbox_stats, wait_committed_to_end, wait_for
 
@@ -94,6 +94,17 @@ def test_version_and_help(engine: Engine) -> None:
     assert help_.returncode == 0, help_.stderr
     for command in ("run", "check", "dlq"):
         assert command in help_.stdout
+
+
+def test_the_image_carries_no_sandbox(engine: Engine) -> None:
+    # The Klaviyo sandbox is a development tool (its own distribution): not in the image.
+    probe = "find /opt/venv -name 'klaviyo_sandbox*' -o -name inbox_static"
+    found = engine.container("--entrypoint", "sh", TAG, "-c", probe)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout == ""
+    command = engine.container(TAG, "sandbox")
+    assert command.returncode == 1, command.stdout + command.stderr
+    assert "sandbox is not installed" in command.stderr
 
 
 def test_check_against_nothing_fails_cleanly(engine: Engine) -> None:

@@ -396,9 +396,14 @@ async def test_replicas_sharing_the_quota_stay_under_it_together() -> None:
 
 @pytest.mark.slow
 async def test_500_requests_against_the_sandbox_with_zero_429() -> None:
-    app = pytest.importorskip("consumer.sandbox.app")
-    sandbox_server = pytest.importorskip("consumer.sandbox.server")
-    options = app.SandboxOptions(rate_limits=LIMITS)
+    app = pytest.importorskip("klaviyo_sandbox.app")
+    sandbox_server = pytest.importorskip("klaviyo_sandbox.server")
+    facts = pytest.importorskip("klaviyo_sandbox.facts")
+    # The same windows in the sandbox's own terms (it shares no type with the client).
+    limits = {
+        name: facts.Limit.model_validate(limit.model_dump()) for name, limit in LIMITS.items()
+    }
+    options = app.SandboxOptions(rate_limits=limits)
     async with sandbox_server.running_sandbox(options) as sb:
         async with KlaviyoClient(client_settings(sb.base_url)) as client:
             loop = asyncio.get_running_loop()

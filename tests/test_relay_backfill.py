@@ -16,9 +16,9 @@ from confluent_kafka import Producer
 from consumer.codec import Encoder
 from consumer.klaviyo.requests import Endpoint
 from consumer.plain_json import from_plain_json
-from consumer.sandbox import running_sandbox
 from consumer.settings import SendMode
 from dev.kafka_broker import KafkaBroker
+from klaviyo_sandbox import running_sandbox
 from tests.conftest import TopicFactory
 from tests.test_dlq_cli import (
     Scenario,

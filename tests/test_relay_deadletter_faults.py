@@ -22,9 +22,9 @@ from confluent_kafka.admin import AdminClient
 from consumer.handlers.registry import HandlerRegistry
 from consumer.observability.logging import configure_logging
 from consumer.pipeline.relay import Relay
-from consumer.sandbox import SandboxOptions, running_sandbox
 from consumer.settings import load_settings
 from dev.kafka_broker import KafkaBroker
+from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
 from tests.relay_harness import (
     UNLIMITED_RATE_LIMITS,

@@ -15,10 +15,10 @@ import pytest
 from consumer.codec import Decoder
 from consumer.handlers.registry import HandlerRegistry
 from consumer.klaviyo.requests import Endpoint
-from consumer.sandbox import SandboxOptions, running_sandbox
 from consumer.settings import load_settings
 from consumer.topics import CONTRACT_TOPICS
 from dev.kafka_broker import KafkaBroker
+from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
 from tests.relay_harness import (
     Event,

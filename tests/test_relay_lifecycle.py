@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from consumer.sandbox import SandboxOptions, running_sandbox
 from dev.kafka_broker import KafkaBroker
+from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
 from tests.relay_harness import (
     Event,

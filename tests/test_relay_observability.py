@@ -28,11 +28,11 @@ import phonenumbers
 import pytest
 
 from consumer import __version__
-from consumer.sandbox import SandboxOptions, running_sandbox
 from consumer.topics import CONTRACT_TOPICS
 from dev.demo import EXPECTED_REASONS, publish_sample
 from dev.kafka_broker import KafkaBroker
 from dev.sample_events import Planted, SampleRecord, sample
+from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
 from tests.relay_harness import (
     RelayProcess,

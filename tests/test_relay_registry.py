@@ -20,10 +20,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from consumer.sandbox import RunningSandbox, SandboxOptions, running_sandbox
 from consumer.schemas import default_schemas_dir, load_store
 from consumer.topics import CONTRACT_TOPICS
 from dev.kafka_broker import KafkaBroker
+from klaviyo_sandbox import RunningSandbox, SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
 from tests.relay_harness import (
     Event,

@@ -23,9 +23,9 @@ from consumer.pipeline.inflight import Work
 from consumer.pipeline.relay import Relay
 from consumer.pipeline.source import _CONSUME_BATCH
 from consumer.pipeline.stages import Stages
-from consumer.sandbox import SandboxOptions, running_sandbox
 from consumer.settings import load_settings
 from dev.kafka_broker import KafkaBroker
+from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
 from tests.relay_harness import (
     UNLIMITED_RATE_LIMITS,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from consumer.sandbox import SandboxOptions
+from klaviyo_sandbox import SandboxOptions
 from tests.test_sandbox_support import (
     BULK_BASE,
     HEADERS,

@@ -1,4 +1,5 @@
-"""``python -m consumer sandbox``: options, start-up line, serving, and stopping on SIGTERM."""
+"""``python -m klaviyo_sandbox`` (and ``klaviyo-relay sandbox``, which runs the same command):
+options, start-up line, serving, and stopping on SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from consumer.cli import cli
-from consumer.cli.sandbox import parse_latency, parse_rate_limits
-from consumer.settings import DEFAULT_RATE_LIMITS
+from consumer.cli import sandbox as relay_sandbox_cli
+from klaviyo_sandbox.cli import parse_latency, parse_rate_limits
+from klaviyo_sandbox.cli import sandbox as sandbox_command
+from klaviyo_sandbox.facts import PUBLISHED_LIMITS
 from tests.test_sandbox_support import HEADERS, event_body
 
 
@@ -23,7 +26,7 @@ def test_rate_limits_default_none_and_json_scaled() -> None:
     assert parse_rate_limits("none", 0.01) is None
     scaled = parse_rate_limits("default", 0.01)
     assert scaled is not None
-    for name, limit in DEFAULT_RATE_LIMITS.items():
+    for name, limit in PUBLISHED_LIMITS.items():
         assert scaled[name].burst.requests == limit.burst.requests
         assert scaled[name].burst.seconds == pytest.approx(limit.burst.seconds * 0.01)
         assert scaled[name].steady.seconds == pytest.approx(limit.steady.seconds * 0.01)
@@ -36,7 +39,7 @@ def test_rate_limits_default_none_and_json_scaled() -> None:
     custom = parse_rate_limits(orjson.dumps(given).decode(), 1.0)
     assert custom is not None
     assert (custom["create_event"].burst.requests, custom["create_event"].steady.seconds) == (5, 10)
-    assert custom["get_profiles"] == DEFAULT_RATE_LIMITS["get_profiles"]
+    assert custom["get_profiles"] == PUBLISHED_LIMITS["get_profiles"]
 
 
 @pytest.mark.parametrize("raw", ["{", "[]", '{"nope": {}}', '{"create_event": {"burst": 1}}'])
@@ -70,12 +73,24 @@ def test_bad_options_exit_2(args: list[str]) -> None:
     assert result.exit_code == 2, result.output
 
 
+def test_the_relay_cli_runs_the_sandbox_command_when_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert relay_sandbox_cli.sandbox is sandbox_command
+    # Where the sandbox is not installed (the relay's wheel, its image), the command says so.
+    monkeypatch.setitem(sys.modules, "klaviyo_sandbox.cli", None)
+    missing = relay_sandbox_cli._load()
+    result = CliRunner().invoke(missing, ["--port", "0"])
+    assert result.exit_code == 1
+    assert "not installed" in result.output
+    assert "make venv" in result.output
+
+
 async def test_serves_until_sigterm() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "consumer",
-        "sandbox",
+        "klaviyo_sandbox",
         "--port",
         "0",
         "--rate-limits",

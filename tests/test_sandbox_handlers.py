@@ -24,14 +24,14 @@ from consumer.handlers.registry import HandlerRegistry
 from consumer.klaviyo.bulk import build_bulk_jobs
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.plain_json import from_plain_json
-from consumer.sandbox import SandboxOptions
-from consumer.sandbox.validation import (
+from consumer.settings import load_settings
+from klaviyo_sandbox import SandboxOptions
+from klaviyo_sandbox.validation import (
     validate_bulk_create_events,
     validate_create_event,
     validate_profile_import,
     validate_update_profile,
 )
-from consumer.settings import load_settings
 from tests.fixtures.contract import RECORDS, TOPICS
 from tests.handler_events import datums
 from tests.klaviyo_schemas import body_errors, operation_for, require_schemas

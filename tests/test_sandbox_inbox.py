@@ -31,10 +31,11 @@ from consumer.errors import EventRejected
 from consumer.handlers.registry import HandlerRegistry
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.plain_json import from_plain_json
-from consumer.sandbox import SandboxOptions
-from consumer.sandbox.store import REJECTED_KEPT
-from consumer.settings import DEFAULT_RATE_LIMITS, load_settings
+from consumer.settings import load_settings
 from dev.sample_events import Planted, sample
+from klaviyo_sandbox import SandboxOptions
+from klaviyo_sandbox.facts import PUBLISHED_LIMITS
+from klaviyo_sandbox.store import REJECTED_KEPT
 from tests.test_sandbox_handlers import send_plan
 from tests.test_sandbox_support import (
     Api,
@@ -114,7 +115,7 @@ class SandboxThread:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        options = SandboxOptions(seed=11, rate_limits=dict(DEFAULT_RATE_LIMITS))
+        options = SandboxOptions(seed=11, rate_limits=dict(PUBLISHED_LIMITS))
         try:
             async with sandbox_api(options) as api:
                 self._started.set_result(api)

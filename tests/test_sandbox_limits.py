@@ -11,17 +11,17 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from consumer.sandbox import SandboxOptions
-from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, WindowLimit
+from klaviyo_sandbox import SandboxOptions
+from klaviyo_sandbox.facts import PUBLISHED_LIMITS, Limit, Window
 from tests.test_sandbox_support import FakeClock, event_body, sandbox_api
 
 
-def limits(burst: int, burst_s: float, steady: int, steady_s: float) -> dict[str, EndpointLimit]:
-    limit = EndpointLimit(
-        burst=WindowLimit(requests=burst, seconds=burst_s),
-        steady=WindowLimit(requests=steady, seconds=steady_s),
+def limits(burst: int, burst_s: float, steady: int, steady_s: float) -> dict[str, Limit]:
+    limit = Limit(
+        burst=Window(requests=burst, seconds=burst_s),
+        steady=Window(requests=steady, seconds=steady_s),
     )
-    return {**DEFAULT_RATE_LIMITS, "create_event": limit}
+    return {**PUBLISHED_LIMITS, "create_event": limit}
 
 
 async def test_fixed_windows_throttle_with_retry_after_to_the_window_end() -> None:
@@ -77,7 +77,7 @@ async def test_endpoints_have_their_own_windows() -> None:
         lookup = await api.call("GET", '/api/profiles?filter=equals(email,"a@shopmail.io")')
         assert lookup.status == 200
         assert lookup.headers["RateLimit-Limit"] == str(
-            DEFAULT_RATE_LIMITS["get_profiles"].steady.requests
+            PUBLISHED_LIMITS["get_profiles"].steady.requests
         )
 
 
@@ -98,9 +98,7 @@ async def test_short_real_windows_throttle_then_recover() -> None:
 
 async def test_error_documents_and_successes_carry_headers_but_401_does_not() -> None:
     clock = FakeClock(30.0)
-    async with sandbox_api(
-        SandboxOptions(rate_limits=dict(DEFAULT_RATE_LIMITS)), clock=clock
-    ) as api:
+    async with sandbox_api(SandboxOptions(rate_limits=dict(PUBLISHED_LIMITS)), clock=clock) as api:
         bad = await api.event(event_body(unique_id=""))
         assert bad.status == 400 and bad.headers["RateLimit-Limit"] == "3500"
         ok = await api.event(event_body())

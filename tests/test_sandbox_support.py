@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from consumer.sandbox import RunningSandbox, SandboxOptions, running_sandbox
+from klaviyo_sandbox import RunningSandbox, SandboxOptions, running_sandbox
 
 KEY = "pk_sandbox"
 REVISION = "2026-07-15"

@@ -1,185 +1,43 @@
-"""``sandbox``: serve the local Klaviyo stand-in until SIGINT/SIGTERM."""
+"""``sandbox``: the Klaviyo stand-in's own command, when the development install provides it.
+
+The sandbox is a separate distribution (``sandbox/``, package ``klaviyo_sandbox``) that the
+relay's wheel and image leave out, and that imports nothing from the relay. This module only
+finds its command at run time, so ``klaviyo-relay sandbox`` works in a development install and
+says what to install anywhere else.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
-from typing import Any
+import importlib
 
 import click
-import orjson
-from pydantic import ValidationError
 
-from consumer.sandbox import SandboxOptions, running_sandbox
-from consumer.sandbox.faults import FaultError, parse_error_rates
-from consumer.settings import DEFAULT_RATE_LIMITS, DEFAULT_REVISION, EndpointLimit, WindowLimit
-
-
-def parse_rate_limits(raw: str, window_scale: float) -> dict[str, EndpointLimit] | None:
-    """``default`` | ``none`` | JSON ``{endpoint: {"burst": {...}, "steady": {...}}}`` over the
-    defaults; every window length is then multiplied by ``window_scale``."""
-    if raw == "none":
-        return None
-    limits = dict(DEFAULT_RATE_LIMITS)
-    if raw != "default":
-        try:
-            given = orjson.loads(raw)
-            if not isinstance(given, dict):
-                raise ValueError("expected a JSON object of endpoint → limits")
-            unknown = set(given) - set(DEFAULT_RATE_LIMITS)
-            if unknown:
-                raise ValueError(f"unknown endpoint(s) {sorted(unknown)}")
-            limits.update({k: EndpointLimit.model_validate(v) for k, v in given.items()})
-        except (orjson.JSONDecodeError, ValidationError, ValueError) as exc:
-            raise click.BadParameter(str(exc), param_hint="--rate-limits") from None
-    return {
-        name: EndpointLimit(
-            burst=_scaled(limit.burst, window_scale), steady=_scaled(limit.steady, window_scale)
-        )
-        for name, limit in limits.items()
-    }
+_MODULE = "klaviyo_sandbox.cli"
+_MISSING = (
+    "the Klaviyo sandbox is not installed: it comes with the development install "
+    "(`make venv`, or `pip install -e ./sandbox` in a checkout), then `python -m klaviyo_sandbox`"
+)
 
 
-def _scaled(window: WindowLimit, scale: float) -> WindowLimit:
-    return WindowLimit(requests=window.requests, seconds=window.seconds * scale)
+@click.command(
+    name="sandbox",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+def _not_installed() -> None:
+    raise click.ClickException(_MISSING)
 
 
-def parse_latency(raw: str | None) -> tuple[float, float]:
-    """``MIN-MAX`` or ``N`` milliseconds."""
-    if raw is None:
-        return (0.0, 0.0)
-    low, _, high = raw.partition("-")
+def _load() -> click.Command:
     try:
-        bounds = (float(low), float(high or low))
-    except ValueError:
-        raise click.BadParameter(
-            "expected MIN-MAX milliseconds", param_hint="--latency-ms"
-        ) from None
-    if not 0 <= bounds[0] <= bounds[1]:
-        raise click.BadParameter("expected 0 <= MIN <= MAX", param_hint="--latency-ms")
-    return bounds
+        module = importlib.import_module(_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("klaviyo_sandbox", _MODULE):
+            raise
+        return _not_installed
+    command = module.sandbox
+    assert isinstance(command, click.Command)
+    return command
 
 
-def _error_rates(raw: tuple[str, ...]) -> dict[int, float]:
-    pairs: dict[str, Any] = {}
-    for item in raw:
-        status, sep, rate = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            pairs[status] = float(rate)
-        except ValueError:
-            raise click.BadParameter(
-                f"{item!r}: expected STATUS=P", param_hint="--error-rate"
-            ) from None
-    try:
-        return parse_error_rates(pairs)
-    except FaultError as exc:
-        raise click.BadParameter(str(exc), param_hint="--error-rate") from None
-
-
-@click.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8089, show_default=True)
-@click.option(
-    "--api-key",
-    "api_keys",
-    multiple=True,
-    default=("pk_sandbox",),
-    show_default=True,
-    help="Accepted key (as Klaviyo-API-Key or Bearer); repeatable.",
-)
-@click.option("--revision", default=DEFAULT_REVISION, show_default=True, help="Latest revision.")
-@click.option(
-    "--rate-limits",
-    default="default",
-    show_default=True,
-    help="default (Klaviyo's published limits), none, or JSON per endpoint over the defaults.",
-)
-@click.option(
-    "--window-scale",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="Multiply every window length (0.01 for tests).",
-)
-@click.option("--error-rate", "error_rates", multiple=True, help="STATUS=P, e.g. 503=0.2.")
-@click.option("--latency-ms", default=None, help="MIN-MAX (uniform) added to every answer.")
-@click.option(
-    "--timeout-rate",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    help="Share of requests never answered.",
-)
-@click.option("--fail-auth", is_flag=True, help="Answer 401 to everything.")
-@click.option(
-    "--challenge-rate",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    help="Share of requests answered with Cloudflare's HTML 403 bot challenge.",
-)
-@click.option(
-    "--partial-failure-rate",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    help="Share of accepted Create Events answered with X-Klaviyo-Partial-Failure.",
-)
-@click.option("--seed", type=int, default=None, help="Seed for faults and profile ids.")
-@click.option(
-    "--keep-events/--count-only",
-    default=True,
-    show_default=True,
-    help="Keep accepted events for /_sandbox/events, or only count them (long benchmarks).",
-)
-@click.option("--access-log/--no-access-log", default=False, show_default=True)
-def sandbox(
-    *,
-    host: str,
-    port: int,
-    api_keys: tuple[str, ...],
-    revision: str,
-    rate_limits: str,
-    window_scale: float,
-    error_rates: tuple[str, ...],
-    latency_ms: str | None,
-    timeout_rate: float,
-    fail_auth: bool,
-    challenge_rate: float,
-    partial_failure_rate: float,
-    seed: int | None,
-    keep_events: bool,
-    access_log: bool,
-) -> None:
-    """Serve a local Klaviyo stand-in (inspect it under /_sandbox/)."""
-    options = SandboxOptions(
-        api_keys=api_keys,
-        revision=revision,
-        rate_limits=parse_rate_limits(rate_limits, window_scale),
-        error_rates=_error_rates(error_rates),
-        latency_ms=parse_latency(latency_ms),
-        timeout_rate=timeout_rate,
-        seed=seed,
-        fail_auth=fail_auth,
-        challenge_rate=challenge_rate,
-        partial_failure_rate=partial_failure_rate,
-        keep_events=keep_events,
-    )
-    if access_log:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    asyncio.run(_serve(options, host, port, access_log))
-
-
-async def _serve(options: SandboxOptions, host: str, port: int, access_log: bool) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with running_sandbox(options, port, host, access_log=access_log) as sb:
-        click.echo(f"Klaviyo sandbox listening on {sb.base_url}")
-        click.echo(f"accepted API key(s): {', '.join(options.api_keys)}")
-        click.echo("point the relay at it with:")
-        click.echo(f"  export KLAVIYO_BASE_URL={sb.base_url}")
-        click.echo(f"  export KLAVIYO_API_KEY={options.api_keys[0]}")
-        click.echo(f"what it received: {sb.base_url}/ (inbox page; JSON at /_sandbox/events)")
-        await stop.wait()
+sandbox = _load()

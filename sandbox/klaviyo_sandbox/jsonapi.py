@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from consumer.sandbox.validation import Problem
+from klaviyo_sandbox.validation import Problem
 
 CONTENT_TYPE = "application/vnd.api+json"
 

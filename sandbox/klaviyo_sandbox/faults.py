@@ -1,6 +1,6 @@
 """Fault injection: the outages, slowness and hangs a client must survive.
 
-Set from :class:`~consumer.sandbox.app.SandboxOptions` at start and changed live with
+Set from :class:`~klaviyo_sandbox.app.SandboxOptions` at start and changed live with
 ``POST /_sandbox/faults`` (a partial update, validated as a whole before it applies). Faults
 hit ``/api/*`` only, before anything else happens to the request, so a faulted request is
 neither authenticated, counted against the quota nor recorded: it is an outage in front of

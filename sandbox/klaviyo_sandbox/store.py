@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from consumer.sandbox.validation import parse_time
+from klaviyo_sandbox.validation import parse_time
 
 JSONObject = dict[str, Any]
 

@@ -16,7 +16,10 @@ injection skipped entirely while no fault is set.
 Inspection (no auth, no faults, no quota): ``GET /_sandbox/events[?include=dropped&metric=M]``,
 ``GET /_sandbox/profiles``, ``GET /_sandbox/stats``, ``GET|POST /_sandbox/faults``,
 ``POST /_sandbox/reset`` (forget everything, faults back to the options); the inbox page at
-``/`` and ``/_sandbox/`` (:mod:`consumer.sandbox.inbox`) with ``GET /_sandbox/rejected``.
+``/`` and ``/_sandbox/`` (:mod:`klaviyo_sandbox.inbox`) with ``GET /_sandbox/rejected``.
+
+Klaviyo's facts (paths, methods, limits, revision) come from :mod:`klaviyo_sandbox.facts`,
+never from the relay: the sandbox imports nothing from ``consumer``.
 """
 
 from __future__ import annotations
@@ -33,13 +36,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from consumer.klaviyo.classify import PARTIAL_FAILURE_HEADER
-from consumer.klaviyo.requests import Endpoint
-from consumer.sandbox import inbox, jsonapi
-from consumer.sandbox.faults import FaultError, Faults
-from consumer.sandbox.ratelimit import EndpointQuota, RateObserver
-from consumer.sandbox.store import DuplicateProfile, ProfileNotFound, SandboxState
-from consumer.sandbox.validation import (
+from klaviyo_sandbox import inbox, jsonapi
+from klaviyo_sandbox.facts import (
+    BURST_SECONDS,
+    LATEST_REVISION,
+    OPERATIONS,
+    PARTIAL_FAILURE_HEADER,
+    STEADY_SECONDS,
+    Limit,
+    Operation,
+)
+from klaviyo_sandbox.faults import FaultError, Faults
+from klaviyo_sandbox.fixed_windows import FixedWindowQuota, RateObserver
+from klaviyo_sandbox.store import DuplicateProfile, ProfileNotFound, SandboxState
+from klaviyo_sandbox.validation import (
     BULK_ENTRIES,
     EVENT_PAYLOAD_BYTES,
     PROFILE_PAYLOAD_BYTES,
@@ -49,7 +59,6 @@ from consumer.sandbox.validation import (
     validate_profile_import,
     validate_update_profile,
 )
-from consumer.settings import DEFAULT_REVISION, EndpointLimit
 
 Handler = Callable[[web.Request, Any, dict[str, str] | None], web.Response]
 
@@ -57,9 +66,8 @@ _REVISION = re.compile(r"^(\d{4}-\d{2}-\d{2})(\.pre|\.beta)?$")
 _FILTER = re.compile(
     r"""^equals\((id|email|phone_number|external_id),\s*(?:"([^"]*)"|'([^']*)')\)$"""
 )
-_API_PATHS = frozenset(
-    {"/api/events", "/api/event-bulk-create-jobs", "/api/profile-import", "/api/profiles"}
-)
+# Fixed paths of the operations served: another method there is a 405, not a 404.
+_API_PATHS = frozenset(facts.path for facts in OPERATIONS.values() if "{" not in facts.path)
 _CHALLENGE_PAGE = (
     b'<!DOCTYPE html><html lang="en-US"><head><title>Just a moment...</title></head>'
     b"<body><noscript>Enable JavaScript and cookies to continue</noscript></body></html>"
@@ -70,8 +78,8 @@ _HOLD_SECONDS = 3600.0  # longer than any client timeout; cancelled on disconnec
 @dataclass
 class SandboxOptions:
     api_keys: tuple[str, ...] = ("pk_sandbox",)
-    revision: str = DEFAULT_REVISION
-    rate_limits: dict[str, EndpointLimit] | None = None
+    revision: str = LATEST_REVISION
+    rate_limits: dict[str, Limit] | None = None
     error_rates: dict[int, float] = field(default_factory=dict)
     latency_ms: tuple[float, float] = (0.0, 0.0)
     timeout_rate: float = 0.0
@@ -117,17 +125,21 @@ class Sandbox:
 
     def _reset_counters(self) -> None:
         limits = self.options.rate_limits
-        self.quotas = {name: EndpointQuota(limit) for name, limit in (limits or {}).items()}
-        self.observers = {e.value: RateObserver(*self._window_lengths(e.value)) for e in Endpoint}
-        self.counts: dict[str, dict[int, int]] = {e.value: {} for e in Endpoint}
-        self.throttled: dict[str, int] = {e.value: 0 for e in Endpoint}
+        self.quotas = {name: FixedWindowQuota(limit) for name, limit in (limits or {}).items()}
+        self.observers = {e.value: RateObserver(*self._window_lengths(e.value)) for e in Operation}
+        self.counts: dict[str, dict[int, int]] = {e.value: {} for e in Operation}
+        self.throttled: dict[str, int] = {e.value: 0 for e in Operation}
         self.injected: dict[int, int] = {}
         self.challenged = 0
         self.partial_failures = 0
 
     def _window_lengths(self, endpoint: str) -> tuple[float, float]:
         limit = (self.options.rate_limits or {}).get(endpoint)
-        return (limit.burst.seconds, limit.steady.seconds) if limit else (1.0, 60.0)
+        return (
+            (limit.burst.seconds, limit.steady.seconds)
+            if limit
+            else (BURST_SECONDS, STEADY_SECONDS)
+        )
 
     def reset(self) -> None:
         self.state.reset()
@@ -300,7 +312,7 @@ class Sandbox:
     # --- /api endpoints ----------------------------------------------------------------------
 
     async def create_event(self, request: web.Request) -> web.Response:
-        return await self._serve(request, Endpoint.CREATE_EVENT, self._create_event)
+        return await self._serve(request, Operation.CREATE_EVENT, self._create_event)
 
     def _create_event(
         self, request: web.Request, body: Any, headers: dict[str, str] | None
@@ -309,7 +321,7 @@ class Sandbox:
         if problems:
             return jsonapi.problems_response(problems, headers)
         attrs = body["data"]["attributes"]
-        self.state.record_event(Endpoint.CREATE_EVENT, attrs, attrs["profile"]["data"])
+        self.state.record_event(Operation.CREATE_EVENT, attrs, attrs["profile"]["data"])
         rate = self.faults.partial_failure_rate
         if rate and self.rng.random() < rate:
             # Klaviyo took the event but ignored a field (an invalid phone, say).
@@ -318,7 +330,7 @@ class Sandbox:
         return web.Response(status=202, headers=headers)
 
     async def bulk_create_events(self, request: web.Request) -> web.Response:
-        return await self._serve(request, Endpoint.BULK_CREATE_EVENTS, self._bulk_create_events)
+        return await self._serve(request, Operation.BULK_CREATE_EVENTS, self._bulk_create_events)
 
     def _bulk_create_events(
         self, request: web.Request, body: Any, headers: dict[str, str] | None
@@ -335,7 +347,7 @@ class Sandbox:
             backfill = bool(attrs.get("backfill"))
             for event in attrs["events"]["data"]:
                 self.state.record_event(
-                    Endpoint.BULK_CREATE_EVENTS, event["attributes"], profile, backfill
+                    Operation.BULK_CREATE_EVENTS, event["attributes"], profile, backfill
                 )
         # As the spec (2026-07-15) has it: 202 without a body.
         return web.Response(status=202, headers=headers)
@@ -343,7 +355,7 @@ class Sandbox:
     async def update_profile(self, request: web.Request) -> web.Response:
         return await self._serve(
             request,
-            Endpoint.UPDATE_PROFILE,
+            Operation.UPDATE_PROFILE,
             self._update_profile,
             max_bytes=PROFILE_PAYLOAD_BYTES,
         )
@@ -368,7 +380,7 @@ class Sandbox:
     async def profile_import(self, request: web.Request) -> web.Response:
         return await self._serve(
             request,
-            Endpoint.PROFILE_IMPORT,
+            Operation.CREATE_OR_UPDATE_PROFILE,
             self._profile_import,
             max_bytes=PROFILE_PAYLOAD_BYTES,
         )
@@ -389,7 +401,7 @@ class Sandbox:
         return self._profile_document(request, 201 if created else 200, resource, headers)
 
     async def get_profiles(self, request: web.Request) -> web.Response:
-        return await self._serve(request, Endpoint.GET_PROFILES, self._get_profiles, write=False)
+        return await self._serve(request, Operation.GET_PROFILES, self._get_profiles, write=False)
 
     def _get_profiles(
         self, request: web.Request, body: Any, headers: dict[str, str] | None
@@ -544,17 +556,18 @@ def create_app(
     sandbox = Sandbox(options, clock)
     app = web.Application(client_max_size=EVENT_PAYLOAD_BYTES)
     app[SANDBOX_KEY] = sandbox
-    routes = [
-        ("POST", "/api/events", sandbox.create_event),
-        ("POST", "/api/event-bulk-create-jobs", sandbox.bulk_create_events),
-        ("PATCH", "/api/profiles/{id}", sandbox.update_profile),
-        ("POST", "/api/profile-import", sandbox.profile_import),
-        ("GET", "/api/profiles", sandbox.get_profiles),
-    ]
-    for method, path, handler in routes:
+    handlers = {
+        Operation.CREATE_EVENT: sandbox.create_event,
+        Operation.BULK_CREATE_EVENTS: sandbox.bulk_create_events,
+        Operation.UPDATE_PROFILE: sandbox.update_profile,
+        Operation.CREATE_OR_UPDATE_PROFILE: sandbox.profile_import,
+        Operation.GET_PROFILES: sandbox.get_profiles,
+    }
+    for operation, handler in handlers.items():
+        facts = OPERATIONS[operation]
         # Klaviyo's own links end in "/": accept both spellings.
-        app.router.add_route(method, path, handler)
-        app.router.add_route(method, path + "/", handler)
+        app.router.add_route(facts.method, facts.path, handler)
+        app.router.add_route(facts.method, facts.path + "/", handler)
     app.router.add_get("/_sandbox/events", sandbox.inspect_events)
     app.router.add_get("/_sandbox/profiles", sandbox.inspect_profiles)
     app.router.add_get("/_sandbox/stats", sandbox.inspect_stats)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from consumer.settings import EndpointLimit
+from klaviyo_sandbox.facts import Limit
 
 
 class FixedWindow:
@@ -36,12 +36,12 @@ class FixedWindow:
         return (self.index + 1) * self.seconds - now
 
 
-class EndpointQuota:
-    """One endpoint's burst and steady windows."""
+class FixedWindowQuota:
+    """One operation's burst and steady windows, as the server counts them."""
 
     __slots__ = ("burst", "steady")
 
-    def __init__(self, limit: EndpointLimit) -> None:
+    def __init__(self, limit: Limit) -> None:
         self.burst = FixedWindow(limit.burst.requests, limit.burst.seconds)
         self.steady = FixedWindow(limit.steady.requests, limit.steady.seconds)
 

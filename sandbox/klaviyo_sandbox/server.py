@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from consumer.sandbox.app import SANDBOX_KEY, Sandbox, SandboxOptions, create_app
-from consumer.sandbox.store import SandboxState
+from klaviyo_sandbox.app import SANDBOX_KEY, Sandbox, SandboxOptions, create_app
+from klaviyo_sandbox.store import SandboxState
 
 # Held requests are cancelled on shutdown, so there is nothing worth waiting long for.
 _SHUTDOWN_SECONDS = 2.0

@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from consumer.sandbox.ratelimit import FixedWindow
-from consumer.sandbox.store import IDENTIFIERS, JSONObject, Profile
-from consumer.sandbox.validation import parse_time
+from klaviyo_sandbox.fixed_windows import FixedWindow
+from klaviyo_sandbox.store import IDENTIFIERS, JSONObject, Profile
+from klaviyo_sandbox.validation import parse_time
 
 if TYPE_CHECKING:
-    from consumer.sandbox.app import Sandbox
+    from klaviyo_sandbox.app import Sandbox
 
 # Beyond this the page gets slow to read anyway; the filters narrow it down.
 PROFILES_SHOWN = 200
-_STATIC = resources.files("consumer.sandbox") / "inbox_static"
+_STATIC = resources.files("klaviyo_sandbox") / "inbox_static"
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self';"
