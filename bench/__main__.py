@@ -86,7 +86,7 @@ def run(bench: Bench, only: set[str], profile: bool) -> None:
                     _step(f"3: relay batch, backlog of {count} events")
                     bench.backlog_run("3", sandbox, count, "relay batch", mode="batch")
         finally:
-            sandbox.stop()
+            sandbox.stop(30)
     if "2" in only:
         sandbox = InstrumentedSandbox(
             limits=config.limits, latency_ms=config.latency_ms, log=logs / "sandbox-2.log"
@@ -105,7 +105,7 @@ def run(bench: Bench, only: set[str], profile: bool) -> None:
                 sandbox, "baseline (klaviyo-api)", "realtime", config.baseline_windows, realtime
             )
         finally:
-            sandbox.stop()
+            sandbox.stop(30)
 
 
 def _step(text: str) -> None:

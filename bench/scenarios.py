@@ -18,6 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,7 @@ class Bench:
     def new_group(self, name: str, offsets: dict[tuple[str, int], int]) -> str:
         """A consumer group that starts reading at ``offsets``."""
         group = f"bench-{name}-{uuid.uuid4().hex[:6]}"
-        with GroupOffsets(self.bootstrap, group) as positions:
+        with closing(GroupOffsets(self.bootstrap, group)) as positions:
             positions.commit(offsets)
         return group
 

@@ -12,9 +12,10 @@
 Every run starts from scratch (fresh broker data directory, fresh sandbox), so re-running just
 works. Run as ``.venv/bin/python -m dev.demo [--per-topic N] [--timeout S] [--json-summary F]
 [--keep] [--sandbox-port P]``; exits 0 when every contract topic was delivered and every
-planted bad record ended where it should, 1 otherwise. The relay's log and a metrics snapshot
-are kept in ``.cache/demo/``. The sandbox's inbox page (its address is printed) shows what
-Klaviyo received; ``--keep`` leaves the sandbox up after the summary until Ctrl-C.
+planted bad record ended where it should, 1 otherwise. The relay's and the sandbox's logs and
+a metrics snapshot are kept in ``.cache/demo/``. The sandbox's inbox page (its address is
+printed) shows what Klaviyo received; ``--keep`` leaves the sandbox up after the summary until
+Ctrl-C.
 """
 
 from __future__ import annotations

@@ -30,9 +30,9 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import closing
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 from confluent_kafka import Consumer, TopicPartition
@@ -319,7 +319,7 @@ def inspector(bootstrap: str, group: str | None = None, logger: Any = None) -> C
 
 class GroupOffsets:
     """The topics' end offsets and ``group``'s committed offsets, through one consumer kept
-    open (for polling them). Keys are ``(topic, partition)``."""
+    open (for polling them) until :meth:`close`. Keys are ``(topic, partition)``."""
 
     def __init__(
         self, bootstrap: str, group: str | None = None, logger: logging.Logger | None = None
@@ -352,25 +352,14 @@ class GroupOffsets:
     def close(self) -> None:
         self._consumer.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 def partitions_of(bootstrap: str, topics: Iterable[str]) -> list[TopicPartition]:
-    with GroupOffsets(bootstrap) as offsets:
+    with closing(GroupOffsets(bootstrap)) as offsets:
         return offsets.partitions(topics)
 
 
 def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
-    with GroupOffsets(bootstrap) as offsets:
+    with closing(GroupOffsets(bootstrap)) as offsets:
         return offsets.ends(topics)
 
 
@@ -378,5 +367,5 @@ def committed_offsets(
     bootstrap: str, group: str, topics: Iterable[str]
 ) -> dict[tuple[str, int], int]:
     """The group's committed position per partition (-1001 when nothing is committed)."""
-    with GroupOffsets(bootstrap, group) as offsets:
+    with closing(GroupOffsets(bootstrap, group)) as offsets:
         return offsets.committed(topics)
