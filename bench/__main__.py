@@ -14,7 +14,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import report
-from bench.scenarios import DLQ_TOPIC, FULL, OVERSUBSCRIBE, PARTITIONS, QUICK, Bench, SandboxProcess
+from bench.scenarios import (
+    DLQ_TOPIC,
+    FULL,
+    OVERSUBSCRIBE,
+    PARTITIONS,
+    QUICK,
+    Bench,
+    InstrumentedSandbox,
+)
 from consumer.topics import CONTRACT_TOPICS
 from dev.kafka_broker import KafkaBroker
 
@@ -58,7 +66,7 @@ def run(bench: Bench, only: set[str], profile: bool) -> None:
     config = bench.config
     logs = bench.workdir
     if only & {"1", "3"}:
-        sandbox = SandboxProcess(limits=None, latency_ms=None, log=logs / "sandbox-1.log")
+        sandbox = InstrumentedSandbox(limits=None, latency_ms=None, log=logs / "sandbox-1.log")
         try:
             if "1" in only:
                 for mode in ("realtime", "batch"):
@@ -78,9 +86,9 @@ def run(bench: Bench, only: set[str], profile: bool) -> None:
                     _step(f"3: relay batch, backlog of {count} events")
                     bench.backlog_run("3", sandbox, count, "relay batch", mode="batch")
         finally:
-            sandbox.stop()
+            sandbox.stop(30)
     if "2" in only:
-        sandbox = SandboxProcess(
+        sandbox = InstrumentedSandbox(
             limits=config.limits, latency_ms=config.latency_ms, log=logs / "sandbox-2.log"
         )
         try:
@@ -97,7 +105,7 @@ def run(bench: Bench, only: set[str], profile: bool) -> None:
                 sandbox, "baseline (klaviyo-api)", "realtime", config.baseline_windows, realtime
             )
         finally:
-            sandbox.stop()
+            sandbox.stop(30)
 
 
 def _step(text: str) -> None:

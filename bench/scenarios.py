@@ -17,19 +17,26 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from confluent_kafka import Consumer, TopicPartition
 
 from bench.loadgen import LoadGenerator, produce
 from bench.measure import ProcessSampler, Usage
 from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, WindowLimit
 from consumer.topics import CONTRACT_TOPICS
+from dev import harness
+from dev.harness import (
+    RELAY_COMMAND,
+    UNLIMITED_RATE_LIMITS,
+    ChildProcess,
+    GroupOffsets,
+    rate_limits_json,
+    wait_until,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 PARTITIONS = 3
 DLQ_TOPIC = "bench.dead-letters"
 OVERSUBSCRIBE = 1.1  # scenario 2 produces 10 % more than the steady limit lets through
@@ -115,27 +122,21 @@ def _post(url: str) -> None:
         pass
 
 
-class SandboxProcess:
+class InstrumentedSandbox(ChildProcess):
+    """``python -m bench.sandbox_proc``: the sandbox with its measuring control port."""
+
     def __init__(
         self, *, limits: dict[str, EndpointLimit] | None, latency_ms: str | None, log: Path
     ) -> None:
         args = [sys.executable, "-m", "bench.sandbox_proc"]
-        if limits is None:
-            args += ["--rate-limits", "none"]
-        else:
-            args += ["--rate-limits", json.dumps({k: v.model_dump() for k, v in limits.items()})]
+        args += ["--rate-limits", "none" if limits is None else rate_limits_json(limits)]
         if latency_ms:
             args += ["--latency-ms", latency_ms]
         self.limits = limits
-        self._log = log.open("ab")
-        self.process = subprocess.Popen(
-            args, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log, text=True
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the sandbox did not start (see {log})")
-        urls = json.loads(line)
+        super().__init__(args, log)
+        # Its one line on stdout, once it listens: {"base_url": ..., "control_url": ...}.
+        wait_until(lambda: self.line_with('"control_url"') is not None, 120, "the sandbox")
+        urls = json.loads(self.line_with('"control_url"') or "")
         self.base_url: str = urls["base_url"]
         self.control_url: str = urls["control_url"]
 
@@ -150,52 +151,20 @@ class SandboxProcess:
         result: dict[str, Any] = _json_get(self.control_url + "/summary")
         return result
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(30)
-        self._log.close()
 
-
-class Child:
+class Child(ChildProcess):
     """The relay or the baseline as a child process, measured while it runs."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._log = log.open("ab")
+    def __init__(self, args: Iterable[str], env: dict[str, str], log: Path) -> None:
         self.started = time.time()
-        self.process = subprocess.Popen(
-            args, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        self.sampler = ProcessSampler(self.process.pid)
-
-    def logged(self, message: str) -> bool:
-        return message in self.log.read_text(errors="replace")
+        super().__init__(args, log, env)
+        self.sampler = ProcessSampler(self.pid)
 
     def finish(self, timeout: float = 60) -> Usage:
         """Read the usage, then stop the process (SIGTERM, SIGKILL after ``timeout``)."""
         usage = self.sampler.finish()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(30)
-        self._log.close()
+        self.stop(timeout)
         return usage
-
-
-def _wait(condition: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 class Bench:
@@ -212,57 +181,37 @@ class Bench:
     # --- kafka ---------------------------------------------------------------------------------
 
     def end_offsets(self) -> dict[tuple[str, int], int]:
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "bench-inspect"})
-        try:
-            out = {}
-            for topic in self.topics:
-                meta = consumer.list_topics(topic, timeout=30).topics[topic]
-                for partition in meta.partitions:
-                    tp = TopicPartition(topic, partition)
-                    out[(topic, partition)] = consumer.get_watermark_offsets(tp, timeout=30)[1]
-            return out
-        finally:
-            consumer.close()
+        return harness.end_offsets(self.bootstrap, self.topics)
 
     def new_group(self, name: str, offsets: dict[tuple[str, int], int]) -> str:
         """A consumer group that starts reading at ``offsets``."""
         group = f"bench-{name}-{uuid.uuid4().hex[:6]}"
-        consumer = Consumer(
-            {"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False}
-        )
-        try:
-            consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                asynchronous=False,
-            )
-        finally:
-            consumer.close()
+        with closing(GroupOffsets(self.bootstrap, group)) as positions:
+            positions.commit(offsets)
         return group
 
     # --- processes -----------------------------------------------------------------------------
 
     def relay(
-        self, name: str, group: str, sandbox: SandboxProcess, mode: str, limits: str
+        self, name: str, group: str, sandbox: InstrumentedSandbox, mode: str, limits: str
     ) -> Child:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "KLAVIYO_"))}
-        env.update(
-            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
-            KAFKA_GROUP_ID=group,
-            DLQ_TOPIC=DLQ_TOPIC,
-            KLAVIYO_BASE_URL=sandbox.base_url,
-            KLAVIYO_API_KEY="pk_sandbox",
+        env = harness.relay_env(
+            self.bootstrap,
+            sandbox.base_url,
+            group=group,
+            dlq_topic=DLQ_TOPIC,
             RATE_LIMITS=limits,
             SEND_MODE=mode,
-            METRICS_PORT="0",
-            LOG_FORMAT="json",
-            LOG_LEVEL="INFO",
         )
-        return Child(
-            [sys.executable, "-m", "consumer", "run"], env, self.workdir / f"{name}.relay.log"
-        )
+        return Child(RELAY_COMMAND, env, self.workdir / f"{name}.relay.log")
 
     def baseline(
-        self, name: str, group: str, sandbox: SandboxProcess, count: int = 0, seconds: float = 0
+        self,
+        name: str,
+        group: str,
+        sandbox: InstrumentedSandbox,
+        count: int = 0,
+        seconds: float = 0,
     ) -> Child:
         args = [
             sys.executable,
@@ -281,7 +230,7 @@ class Bench:
         ]
         return Child(args, dict(os.environ), self.workdir / f"{name}.baseline.log")
 
-    def drain(self, sandbox: SandboxProcess, expected: int, child: Child) -> None:
+    def drain(self, sandbox: InstrumentedSandbox, expected: int, child: Child) -> None:
         """Wait until the sandbox accepted ``expected`` events (or progress stalls)."""
         seen, since = -1, time.monotonic()
         while True:
@@ -289,7 +238,9 @@ class Bench:
             if accepted >= expected:
                 return
             if child.process.poll() is not None:
-                raise RuntimeError(f"{child.log.name}: exited early ({child.process.returncode})")
+                raise RuntimeError(
+                    f"{child.log_path.name}: exited early ({child.process.returncode})"
+                )
             if accepted != seen:
                 seen, since = accepted, time.monotonic()
             elif time.monotonic() - since > STALL_SECONDS:
@@ -300,7 +251,7 @@ class Bench:
         self,
         scenario: str,
         system: str,
-        sandbox: SandboxProcess,
+        sandbox: InstrumentedSandbox,
         *,
         usage: Usage,
         child: Child,
@@ -342,7 +293,7 @@ class Bench:
     def backlog_run(
         self,
         scenario: str,
-        sandbox: SandboxProcess,
+        sandbox: InstrumentedSandbox,
         count: int,
         system: str,
         *,
@@ -356,7 +307,7 @@ class Bench:
         name = f"{scenario}-{system.split(maxsplit=1)[0]}-{mode}"
         group = self.new_group(name, start)
         if system.startswith("relay"):
-            child = self.relay(name, group, sandbox, mode, _unlimited())
+            child = self.relay(name, group, sandbox, mode, rate_limits_json(UNLIMITED_RATE_LIMITS))
         else:
             child = self.baseline(name, group, sandbox, count=count)
         spy = _py_spy(child.process.pid, self.workdir / f"{name}.py-spy.txt") if profile else None
@@ -372,7 +323,7 @@ class Bench:
     # --- scenario 2: steady production above the limit ---------------------------------------
 
     def quota_run(
-        self, sandbox: SandboxProcess, system: str, mode: str, windows: int, rate: float
+        self, sandbox: InstrumentedSandbox, system: str, mode: str, windows: int, rate: float
     ) -> Row:
         assert sandbox.limits is not None
         endpoint = "bulk_create_events" if mode == "batch" else "create_event"
@@ -381,9 +332,8 @@ class Bench:
         group = self.new_group(f"quota-{mode}", self.end_offsets())
         name = f"2-{system.split(maxsplit=1)[0]}-{mode}"
         if system.startswith("relay"):
-            limits = json.dumps({k: v.model_dump() for k, v in sandbox.limits.items()})
-            child = self.relay(name, group, sandbox, mode, limits)
-            _wait(lambda: child.logged("partitions assigned"), 120, "the relay's partitions")
+            child = self.relay(name, group, sandbox, mode, rate_limits_json(sandbox.limits))
+            wait_until(lambda: child.logged("partitions assigned"), 120, "the relay's partitions")
         else:
             child = self.baseline(name, group, sandbox)
         stop = threading.Event()
@@ -393,12 +343,12 @@ class Bench:
         producer.start()
         try:
             # Until ``windows`` steady windows have passed entirely after the first admission.
-            _wait(lambda: sandbox.progress()["first"] > 0, 120, "the first accepted event")
+            wait_until(lambda: sandbox.progress()["first"] > 0, 120, "the first accepted event")
             first_window = int(sandbox.progress()["first"] // steady.seconds)
             end = (first_window + windows + 1) * steady.seconds + 0.5
             while time.time() < end:
                 if child.process.poll() is not None:
-                    raise RuntimeError(f"{child.log.name}: exited early")
+                    raise RuntimeError(f"{child.log_path.name}: exited early")
                 time.sleep(min(1.0, max(0.0, end - time.time())))
         finally:
             stop.set()
@@ -421,14 +371,6 @@ def _produce_until(gen: LoadGenerator, bootstrap: str, rate: float, stop: thread
     """Produce at ``rate`` events/s in one-second slices until ``stop``."""
     while not stop.is_set():
         produce(gen, bootstrap, max(1, round(rate)), rate=rate)
-
-
-def _unlimited() -> str:
-    window = {
-        "burst": {"requests": 1_000_000, "seconds": 1},
-        "steady": {"requests": 60_000_000, "seconds": 60},
-    }
-    return json.dumps({name: window for name in DEFAULT_RATE_LIMITS})
 
 
 def _quota_digest(summary: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """``make demo``: the whole relay on one machine, from an empty checkout to a summary.
 
 1. start a local Apache Kafka broker (jars fetched once through Maven, then cached) and the
-   Klaviyo sandbox (in this process);
+   Klaviyo sandbox (a subprocess, with Klaviyo's published rate limits);
 2. create the contract's topics and the dead-letter topic, publish a realistic sample of every
    topic (``dev.sample_events``) including the planted bad records;
 3. run the relay (``python -m consumer run``, a subprocess, as in production) until its consumer
@@ -12,9 +12,10 @@
 Every run starts from scratch (fresh broker data directory, fresh sandbox), so re-running just
 works. Run as ``.venv/bin/python -m dev.demo [--per-topic N] [--timeout S] [--json-summary F]
 [--keep] [--sandbox-port P]``; exits 0 when every contract topic was delivered and every
-planted bad record ended where it should, 1 otherwise. The relay's log and a metrics snapshot
-are kept in ``.cache/demo/``. The sandbox's inbox page (its address is printed) shows what
-Klaviyo received; ``--keep`` leaves the sandbox up after the summary until Ctrl-C.
+planted bad record ended where it should, 1 otherwise. The relay's and the sandbox's logs and
+a metrics snapshot are kept in ``.cache/demo/``. The sandbox's inbox page (its address is
+printed) shows what Klaviyo received; ``--keep`` leaves the sandbox up after the summary until
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -36,22 +35,22 @@ from typing import Any, TextIO
 
 import aiohttp
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.codec import Decoder, Encoder
 from consumer.errors import DecodeError, Reason
 from consumer.plain_json import from_plain_json, to_plain_json
-from consumer.settings import Settings, load_settings
+from consumer.settings import load_settings
 from consumer.tools.deadletters import ParkedRecord
 from consumer.tools.dlq_kafka import DeadLetterTopic
 from consumer.tools.masking import mask_email, mask_event
 from consumer.tools.render import Original, inspect_line
 from consumer.topics import CONTRACT_TOPICS
+from dev import harness
+from dev.harness import GroupOffsets, RelayProcess, SandboxProcess, free_port, sandbox_stats
 from dev.kafka_broker import BrokerError, KafkaBroker, kafka_version
 from dev.sample_events import Planted, SampleRecord, sample
-from klaviyo_sandbox import SandboxOptions, running_sandbox
-from klaviyo_sandbox.facts import PUBLISHED_LIMITS
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = ROOT / ".cache" / "demo"
@@ -314,38 +313,19 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def relay_env(bootstrap: str, sandbox_url: str, metrics_port: int) -> dict[str, str]:
-    """The relay's environment: this process's, minus every relay setting the caller may have
-    exported (a real KLAVIYO_API_KEY must never meet the demo), plus the demo's."""
-    names = {name.upper() for name in Settings.model_fields}
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k.upper() not in names
-        and k.upper().split("__")[0] not in names
-        and k != "RELAY_CONFIG_FILE"
-    }
-    env.update(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "KAFKA_GROUP_ID": GROUP_ID,
-            "DLQ_TOPIC": DLQ_TOPIC,
-            "KLAVIYO_BASE_URL": sandbox_url,
-            "KLAVIYO_API_KEY": SANDBOX_KEY,
-            "METRICS_PORT": str(metrics_port),
-            "LOG_FORMAT": "json",
-            "COMMIT_INTERVAL_SECONDS": "0.5",
-            "PYTHONUNBUFFERED": "1",
-        }
+    """The relay's environment: the harness's (none of the caller's relay settings: a real
+    KLAVIYO_API_KEY must never meet the demo), plus the demo's."""
+    return harness.relay_env(
+        bootstrap,
+        sandbox_url,
+        group=GROUP_ID,
+        dlq_topic=DLQ_TOPIC,
+        api_key=SANDBOX_KEY,
+        METRICS_PORT=str(metrics_port),
+        COMMIT_INTERVAL_SECONDS="0.5",
+        PYTHONUNBUFFERED="1",
     )
-    return env
 
 
 def publish_sample(bootstrap: str, records: Sequence[SampleRecord]) -> dict[str, int]:
@@ -381,19 +361,13 @@ class Positions:
     """Committed offsets of the relay's group against the end offsets of the source topics."""
 
     def __init__(self, bootstrap: str, topics: Iterable[str]) -> None:
-        self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": GROUP_ID, "enable.auto.commit": False},
-            logger=_KAFKA_LOG,
-        )
-        self._partitions = [TopicPartition(topic, p) for topic in topics for p in range(PARTITIONS)]
-        self.ends = {
-            (tp.topic, tp.partition): self._consumer.get_watermark_offsets(tp, timeout=30)[1]
-            for tp in self._partitions
-        }
+        self._topics = list(topics)
+        self._offsets = GroupOffsets(bootstrap, GROUP_ID, logger=_KAFKA_LOG)
+        self.ends = self._offsets.ends(self._topics)
 
     def committed(self) -> dict[tuple[str, int], int]:
-        found = self._consumer.committed(self._partitions, timeout=30)
-        return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in found}
+        found = self._offsets.committed(self._topics)
+        return {key: max(offset, 0) for key, offset in found.items()}
 
     def by_topic(self) -> dict[str, list[tuple[int, int, int]]]:
         committed = self.committed()
@@ -403,13 +377,13 @@ class Positions:
         return out
 
     def close(self) -> None:
-        self._consumer.close()
+        self._offsets.close()
 
 
 async def wait_drained(
     positions: Positions,
-    relay: asyncio.subprocess.Process,
-    sandbox_events: Any,
+    relay: RelayProcess,
+    sandbox_url: str,
     progress: Progress,
     drain_seconds: float,
 ) -> None:
@@ -422,37 +396,43 @@ async def wait_drained(
         elapsed = time.monotonic() - started
         progress.update(
             f"  relaying… {done}/{total} records committed · Klaviyo accepted"
-            f" {sandbox_events()} events · {elapsed:.0f}s"
+            f" {(await sandbox_stats(sandbox_url))['events']} events · {elapsed:.0f}s"
         )
         if done >= total:
             progress.done(f"  relayed: {done}/{total} records committed in {elapsed:.1f}s")
             return
-        if relay.returncode is not None:
+        if relay.process.poll() is not None:
             progress.done("")
-            raise DemoError(f"the relay exited early with status {relay.returncode}")
+            raise DemoError(f"the relay exited early with status {relay.process.returncode}")
         if elapsed > drain_seconds:
             progress.done("")
             raise DemoError(f"the relay did not drain the topics within {drain_seconds:.0f}s")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(relay.wait(), timeout=1.0)
+            await relay.wait_exit(within=1.0)
 
 
-async def stop_relay(relay: asyncio.subprocess.Process, grace_seconds: float = 60.0) -> int:
-    if relay.returncode is None:
-        relay.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(relay.wait(), grace_seconds)
-        except TimeoutError:
-            relay.kill()
-            await relay.wait()
-    return relay.returncode if relay.returncode is not None else -1
+def start_sandbox(stack: contextlib.AsyncExitStack, log: Path, port: int) -> SandboxProcess:
+    """The sandbox with Klaviyo's published limits, stopped when ``stack`` closes."""
+    log.unlink(missing_ok=True)  # every run starts from scratch
+    sandbox = SandboxProcess(log, "--api-key", SANDBOX_KEY, port=port, rate_limits="default")
+    stack.callback(sandbox.stop, 10.0)
+    return sandbox
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+def start_relay(
+    stack: contextlib.AsyncExitStack, bootstrap: str, sandbox_url: str, log: Path
+) -> tuple[RelayProcess, int]:
+    """The relay, stopped (SIGTERM) when ``stack`` closes; with its metrics port."""
+    log.unlink(missing_ok=True)
+    metrics_port = free_port()
+    relay = RelayProcess(relay_env(bootstrap, sandbox_url, metrics_port), log)
+    stack.push_async_callback(stop_relay, relay)
+    return relay, metrics_port
+
+
+async def stop_relay(relay: RelayProcess, grace_seconds: float = 60.0) -> int:
+    """SIGTERM (the relay drains and commits), SIGKILL after ``grace_seconds``."""
+    return await asyncio.to_thread(relay.stop, grace_seconds)
 
 
 async def after_summary(
@@ -506,15 +486,9 @@ async def run_demo(
             f" and {DLQ_TOPIC}"
         )
 
-        # Klaviyo's published limits, as `python -m klaviyo_sandbox` enforces by default.
-        sandbox = await stack.enter_async_context(
-            running_sandbox(
-                SandboxOptions(api_keys=(SANDBOX_KEY,), rate_limits=dict(PUBLISHED_LIMITS)),
-                sandbox_port,
-            )
-        )
-        inbox_url = f"{sandbox.base_url}/"
-        say(f"• Klaviyo sandbox listening on {sandbox.base_url} (its inbox: {inbox_url})")
+        base_url = await start_sandbox(stack, output / "sandbox.log", sandbox_port).started()
+        inbox_url = f"{base_url}/"
+        say(f"• Klaviyo sandbox listening on {base_url} (its inbox: {inbox_url})")
 
         records = sample(datetime.now(UTC), per_topic)
         published = await asyncio.to_thread(publish_sample, broker.bootstrap_servers, records)
@@ -526,36 +500,20 @@ async def run_demo(
         for record in planted:
             say(f"    - {record.planted}: {_planted_text(record)} on {record.topic}")
 
-        metrics_port = _free_port()
-        log = stack.enter_context(relay_log.open("wb"))
-        relay = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "consumer",
-            "run",
-            env=relay_env(broker.bootstrap_servers, sandbox.base_url, metrics_port),
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        stack.push_async_callback(stop_relay, relay)
+        relay, metrics_port = start_relay(stack, broker.bootstrap_servers, base_url, relay_log)
         say(f"• Relay started: pid {relay.pid}, metrics on :{metrics_port}")
 
         positions = Positions(broker.bootstrap_servers, topics)
         stack.callback(positions.close)
         try:
-            await wait_drained(
-                positions, relay, lambda: len(sandbox.state.events), progress, drain_seconds
-            )
+            await wait_drained(positions, relay, base_url, progress, drain_seconds)
         except DemoError as exc:
-            raise DemoError(
-                f"{exc}\n--- last lines of {relay_log} ---\n{_tail(relay_log)}"
-            ) from None
+            raise DemoError(f"{exc}\n--- last lines of {relay_log} ---\n{relay.tail(20)}") from None
 
         async with aiohttp.ClientSession() as http:
             metrics_text = await _get_text(http, f"http://127.0.0.1:{metrics_port}/metrics")
             metrics_file.write_text(metrics_text)
-            events = orjson.loads(await _get_text(http, f"{sandbox.base_url}/_sandbox/events"))
+            events = orjson.loads(await _get_text(http, f"{base_url}/_sandbox/events"))
         status = await stop_relay(relay)
         say(f"• Relay stopped with SIGTERM (exit status {status})")
 

@@ -1,53 +1,72 @@
-"""Shared helpers for the relay's integration tests: contract-shaped events, producing them, the
-relay as a real subprocess, waiting on conditions, and reading a group's offsets."""
+"""Helpers of the relay's integration tests: contract-shaped events, producing them, reading a
+topic back, the relay's environment with the tests' settings, and the sandbox's fault API.
+
+Running the relay and the sandbox as child processes, waiting and reading offsets is the
+harness the demo and the bench share (:mod:`dev.harness`); its names are re-exported here so
+that a test imports its helpers from one place."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Message, Producer, TopicPartition
 
 from consumer.codec import Encoder
 from consumer.plain_json import from_plain_json
 from consumer.schemas import default_schemas_dir, load_store
 from consumer.topics import CONTRACT_TOPICS, event_key
-
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO.parent / "shared" / "contract" / "examples"
-WAIT = 120.0  # generous: other helpers run their tests on the same two cores
-
-# No quota in the tests: the sandbox runs without limits and the relay must not throttle itself.
-_UNLIMITED = {
-    "burst": {"requests": 1_000_000, "seconds": 1},
-    "steady": {"requests": 60_000_000, "seconds": 60},
-}
-UNLIMITED_RATE_LIMITS = json.dumps(
-    {
-        name: _UNLIMITED
-        for name in (
-            "create_event",
-            "bulk_create_events",
-            "update_profile",
-            "create_or_update_profile",
-            "get_profiles",
-        )
-    }
+from dev import harness
+from dev.harness import (
+    REPO,
+    UNLIMITED_RATE_LIMITS,
+    WAIT,
+    RelayProcess,
+    SandboxProcess,
+    committed_offsets,
+    end_offsets,
+    inspector,
+    partitions_of,
+    rate_limits_json,
+    sandbox_events,
+    sandbox_stats,
+    wait_for,
 )
+
+__all__ = [
+    "UNLIMITED_RATE_LIMITS",
+    "WAIT",
+    "Event",
+    "EventFactory",
+    "RelayProcess",
+    "SandboxProcess",
+    "committed_offsets",
+    "end_offsets",
+    "headers_dict",
+    "metrics_port",
+    "produce",
+    "produce_events",
+    "read_all",
+    "readiness",
+    "relay_env",
+    "sandbox_events",
+    "sandbox_stats",
+    "set_faults",
+    "wait_committed_to_end",
+    "wait_for",
+]
+
+EXAMPLES = REPO.parent / "shared" / "contract" / "examples"
+metrics_port = RelayProcess.metrics_port
 
 
 def contract_examples() -> dict[str, dict[str, Any]]:
@@ -167,205 +186,28 @@ def relay_env(
     dlq_topic: str,
     **overrides: str,
 ) -> dict[str, str]:
-    """Environment for ``python -m consumer run``; ``topics``: test topic → contract topic."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "KLAVIYO_"))}
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        KAFKA_GROUP_ID=group,
+    """The harness's relay environment with the tests' settings; ``topics``: test topic →
+    contract topic."""
+    settings = {
         # A SIGKILLed member must leave the group fast for the crash tests.
-        KAFKA_EXTRA_CONFIG=json.dumps(
+        "KAFKA_EXTRA_CONFIG": json.dumps(
             {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}
         ),
-        TOPICS=json.dumps(sorted(topics)),
-        TOPIC_HANDLERS=json.dumps(topics),
-        DLQ_TOPIC=dlq_topic,
-        KLAVIYO_BASE_URL=base_url,
-        KLAVIYO_API_KEY="pk_sandbox",
-        RATE_LIMITS=UNLIMITED_RATE_LIMITS,
-        RETRY_MAX_ATTEMPTS="2",
-        RETRY_BASE_SECONDS="0.05",
-        RETRY_CAP_SECONDS="0.5",
-        METRICS_PORT="0",
-        COMMIT_INTERVAL_SECONDS="0.2",
-        DRAIN_TIMEOUT_SECONDS="15",
-        LOG_FORMAT="json",
-        LOG_LEVEL="INFO",
+        "TOPICS": json.dumps(sorted(topics)),
+        "TOPIC_HANDLERS": json.dumps(topics),
+        "RATE_LIMITS": rate_limits_json(UNLIMITED_RATE_LIMITS),
+        "RETRY_MAX_ATTEMPTS": "2",
+        "RETRY_BASE_SECONDS": "0.05",
+        "RETRY_CAP_SECONDS": "0.5",
+        "COMMIT_INTERVAL_SECONDS": "0.2",
+        "DRAIN_TIMEOUT_SECONDS": "15",
+    }
+    return harness.relay_env(
+        bootstrap, base_url, group=group, dlq_topic=dlq_topic, **{**settings, **overrides}
     )
-    env.update(overrides)
-    return env
-
-
-class RelayProcess:
-    """``python -m consumer run`` as a child process, its log in a file."""
-
-    def __init__(
-        self, env: dict[str, str], log_path: Path, command: list[str] | None = None
-    ) -> None:
-        """``command`` replaces ``python -m consumer run`` (a wrapper that still runs it)."""
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            command or [sys.executable, "-m", "consumer", "run"],
-            env=env,
-            cwd=REPO,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for raw in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                lines.append(json.loads(raw))
-            except ValueError:
-                lines.append({"message": raw})
-        return lines
-
-    def logged(self, message: str) -> bool:
-        return any(line.get("message") == message for line in self.log_lines())
-
-    def tail(self, lines: int = 30) -> str:
-        """The log's last lines, for failure messages."""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def terminate(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(WAIT)
-
-    async def wait_exit(self, within: float = WAIT) -> int:
-        deadline = time.monotonic() + within
-        while self.process.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"relay did not exit within {within}s")
-            await asyncio.sleep(0.05)
-        return self.process.returncode
-
-    def stop(self) -> None:
-        """Cleanup: make sure the child is gone."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(WAIT)
-        self._log.close()
-
-
-class SandboxProcess:
-    """``python -m klaviyo_sandbox`` (no rate limits) as a child process, so that the test's
-    own blocking calls (Kafka admin, offsets) never stall Klaviyo's stand-in."""
-
-    def __init__(self, log_path: Path, *args: str) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.base_url = ""
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "klaviyo_sandbox",
-                "--port",
-                "0",
-                "--rate-limits",
-                "none",
-                *args,
-            ],
-            cwd=REPO,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def started(self) -> str:
-        """Wait for the listening line; the sandbox's base URL."""
-
-        def listening() -> bool:
-            assert self.process.poll() is None, self.log_path.read_text(errors="replace")
-            for line in self.log_path.read_text(errors="replace").splitlines():
-                if "listening on " in line:
-                    self.base_url = line.rsplit("listening on ", 1)[1].strip()
-                    return True
-            return False
-
-        await wait_for(listening, what="the sandbox to listen")
-        return self.base_url
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(WAIT)
-        self._log.close()
-
-
-async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]],
-    within: float = WAIT,
-    what: str = "condition",
-    interval: float = 0.1,
-) -> None:
-    """Poll ``condition`` until true; fail with ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 # --- offsets and topics --------------------------------------------------------------------
-
-
-def _client(bootstrap: str, group: str | None = None) -> Consumer:
-    return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group or f"inspect-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-
-
-def partitions_of(bootstrap: str, topics: Iterable[str]) -> list[TopicPartition]:
-    consumer = _client(bootstrap)
-    try:
-        out = []
-        for topic in topics:
-            meta = consumer.list_topics(topic, timeout=30).topics[topic]
-            out += [TopicPartition(topic, p) for p in sorted(meta.partitions)]
-        return out
-    finally:
-        consumer.close()
-
-
-def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
-    consumer = _client(bootstrap)
-    try:
-        return {
-            (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=30)[1]
-            for tp in partitions_of(bootstrap, topics)
-        }
-    finally:
-        consumer.close()
-
-
-def committed_offsets(
-    bootstrap: str, group: str, topics: Iterable[str]
-) -> dict[tuple[str, int], int]:
-    """The group's committed position per partition (-1001 when nothing is committed)."""
-    consumer = _client(bootstrap, group)
-    try:
-        committed = consumer.committed(partitions_of(bootstrap, topics), timeout=30)
-        return {(tp.topic, tp.partition): tp.offset for tp in committed}
-    finally:
-        consumer.close()
 
 
 async def wait_committed_to_end(
@@ -391,7 +233,7 @@ async def wait_committed_to_end(
 
 def read_all(bootstrap: str, topic: str, expected: int, timeout: float = WAIT) -> list[Message]:
     """Every record of ``topic`` (at least ``expected`` of them)."""
-    consumer = _client(bootstrap)
+    consumer = inspector(bootstrap)
     # From the beginning, not from the (never) committed offsets: a fresh broker may answer
     # that lookup with NOT_COORDINATOR, and the consumer then never fetches.
     consumer.assign(
@@ -430,26 +272,6 @@ async def set_faults(base_url: str, faults: dict[str, Any]) -> None:
         assert response.status == 200, await response.text()
 
 
-async def sandbox_stats(base_url: str) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{base_url}/_sandbox/stats") as response,
-    ):
-        result: dict[str, Any] = await response.json()
-        return result
-
-
-async def sandbox_events(base_url: str) -> list[dict[str, Any]]:
-    """Every event the sandbox accepted, in the order it received them."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{base_url}/_sandbox/events") as response,
-    ):
-        assert response.status == 200, await response.text()
-        events: list[dict[str, Any]] = (await response.json())["data"]
-        return events
-
-
 async def readiness(port: int) -> dict[str, Any]:
     async with (
         aiohttp.ClientSession() as session,
@@ -458,10 +280,3 @@ async def readiness(port: int) -> dict[str, Any]:
         body: dict[str, Any] = await response.json()
         body["status"] = response.status
         return body
-
-
-def metrics_port(relay: RelayProcess) -> int | None:
-    for line in relay.log_lines():
-        if line.get("message") == "relay started":
-            return int(line["metrics_port"])
-    return None

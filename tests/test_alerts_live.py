@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 import yaml
 
-from dev.demo import _free_port
+from dev.harness import free_port
 from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
@@ -82,7 +82,7 @@ def prometheus_for(tmp_path: Path) -> Iterator[Any]:
 
     def start(target_port: int) -> str:
         assert PROMETHEUS is not None
-        port = _free_port()
+        port = free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(rules_file(tmp_path))],

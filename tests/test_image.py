@@ -22,7 +22,8 @@ import pytest
 
 from consumer import __version__
 from consumer.topics import CONTRACT_TOPICS
-from dev.demo import _free_port, publish_sample, relay_counters
+from dev.demo import publish_sample, relay_counters
+from dev.harness import free_port
 from dev.kafka_broker import KafkaBroker
 from dev.sample_events import sample
 from klaviyo_sandbox import SandboxOptions, running_sandbox
@@ -176,7 +177,7 @@ async def test_real_run_delivers_the_sample_and_stops_on_sigterm(
     ours = {contract: topic for topic, contract in topics.items()}
     group = f"relay-image-{uuid.uuid4().hex[:8]}"
     records = [dataclasses.replace(r, topic=ours[r.topic]) for r in sample(datetime.now(UTC))]
-    metrics = _free_port()
+    metrics = free_port()
     options = SandboxOptions(api_keys=("pk_sandbox",), rate_limits=None)
     async with running_sandbox(options) as sandbox:
         env = relay_env(

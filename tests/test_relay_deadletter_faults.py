@@ -216,7 +216,7 @@ async def test_a_handler_bug_is_logged_and_parked_masked(
             dlq_topic=dlq,
             klaviyo_base_url=sandbox.base_url,
             klaviyo_api_key="pk_sandbox",
-            rate_limits=json.loads(UNLIMITED_RATE_LIMITS),
+            rate_limits=UNLIMITED_RATE_LIMITS,
             metrics_port=0,
             commit_interval_seconds=0.2,
             log_format="json",

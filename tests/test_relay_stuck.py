@@ -11,7 +11,6 @@ event finishes.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Any
 
@@ -92,7 +91,7 @@ async def test_one_stuck_event_pauses_only_its_partition_until_it_finishes(
             dlq_topic=topic_factory("dlq"),
             klaviyo_base_url=sandbox.base_url,
             klaviyo_api_key="pk_sandbox",
-            rate_limits=json.loads(UNLIMITED_RATE_LIMITS),
+            rate_limits=UNLIMITED_RATE_LIMITS,
             send_mode="batch",
             batch_linger_seconds=0.05,
             max_in_flight=50,
