@@ -9,14 +9,8 @@ from datetime import UTC, datetime
 
 from consumer.errors import LimitViolation, UnknownSchema
 from consumer.klaviyo.outcomes import KlaviyoError, Permanent
-from consumer.pipeline.deadletter import (
-    STAGE_DECODE,
-    STAGE_HANDLE,
-    Failure,
-    build_dead_letter,
-    build_marker,
-    class_name,
-)
+from consumer.pipeline.deadletter import build_dead_letter, build_marker
+from consumer.pipeline.failure import STAGE_DECODE, STAGE_HANDLE, Failure, class_name
 from consumer.pipeline.records import SourceRecord
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)

@@ -14,8 +14,9 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.observability.metrics import REGISTRY
-from consumer.pipeline.deadletter import DeadLetterProducer, Failure
+from consumer.pipeline.deadletter import DeadLetterProducer
 from consumer.pipeline.deadletter_topic import DeadLetterTopicUnusable
+from consumer.pipeline.failure import Failure
 from consumer.pipeline.records import SourceRecord
 from consumer.settings import Settings, load_settings
 from dev.kafka_broker import KafkaBroker

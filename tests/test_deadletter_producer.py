@@ -19,7 +19,8 @@ from confluent_kafka import KafkaError, KafkaException
 
 from consumer.observability.metrics import REGISTRY
 from consumer.pipeline import deadletter
-from consumer.pipeline.deadletter import LIBRDKAFKA_LOG, DeadLetterProducer, Failure
+from consumer.pipeline.deadletter import LIBRDKAFKA_LOG, DeadLetterProducer
+from consumer.pipeline.failure import Failure
 from consumer.pipeline.records import SourceRecord
 from consumer.settings import load_settings
 

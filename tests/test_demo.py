@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from consumer.pipeline.deadletter import Failure, build_dead_letter
+from consumer.pipeline.deadletter import build_dead_letter
+from consumer.pipeline.failure import Failure
 from consumer.pipeline.records import SourceRecord
 from consumer.tools.deadletters import ParkedRecord
 from consumer.topics import CONTRACT_TOPICS

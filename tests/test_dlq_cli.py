@@ -26,7 +26,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumer.codec import Encoder
 from consumer.errors import LimitViolation
-from consumer.pipeline.deadletter import Failure, build_dead_letter
+from consumer.pipeline.deadletter import build_dead_letter
+from consumer.pipeline.failure import Failure
 from consumer.pipeline.records import SourceRecord
 from consumer.pipeline.relay import Relay
 from consumer.plain_json import from_plain_json

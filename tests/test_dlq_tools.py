@@ -17,7 +17,8 @@ from consumer.headers import (
     H_REPLAY_OF,
 )
 from consumer.klaviyo.outcomes import KlaviyoError, Permanent
-from consumer.pipeline.deadletter import Failure, build_dead_letter
+from consumer.pipeline.deadletter import build_dead_letter
+from consumer.pipeline.failure import Failure
 from consumer.pipeline.records import SourceRecord
 from consumer.tools.deadletters import (
     NotReplayable,

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import re
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from consumer.errors import Reason, Rejected
+from consumer.errors import Reason
 from consumer.headers import (
     CONNECT_PREFIX,
     H_ATTEMPTS,
@@ -50,15 +49,14 @@ from consumer.headers import (
     H_VALUE_TRUNCATED,
     Headers,
 )
-from consumer.klaviyo.outcomes import KlaviyoError, Permanent
 from consumer.observability.logging import LibrdkafkaLogFilter, get_logger
 from consumer.observability.metrics import DEAD_LETTER_WRITE_FAILURES
-from consumer.observability.redact import redact_text
 from consumer.pipeline.deadletter_topic import (
     DeadLetterTopicInfo,
     DeadLetterTopicUnchecked,
     probe_dead_letter_topic,
 )
+from consumer.pipeline.failure import Failure
 from consumer.pipeline.records import SourceRecord
 from consumer.rfc3339 import format_rfc3339
 from consumer.settings import Settings
@@ -68,10 +66,6 @@ log = get_logger(__name__)
 # raw to stderr; delivered by the poll thread's ``poll`` calls.
 LIBRDKAFKA_LOG = logging.getLogger(f"{__name__}.librdkafka")
 LIBRDKAFKA_LOG.addFilter(LibrdkafkaLogFilter())
-
-STAGE_DECODE = "decode"
-STAGE_HANDLE = "handle"
-STAGE_SEND = "send"
 
 # Relay headers this module writes; an older copy on the original record is replaced.
 _WRITTEN_RELAY_HEADERS = frozenset(
@@ -91,102 +85,10 @@ _WRITTEN_RELAY_HEADERS = frozenset(
         H_OMITTED,
     )
 )
-_MAX_MESSAGE = 500
 # Bytes a record takes beyond its key, value and headers' names and values: librdkafka's
 # worst-case record framing plus the batch header, rounded up generously.
 _RECORD_FRAMING = 256
 _HEADER_FRAMING = 10  # the two varint lengths of one header
-# An unexpected exception's text may quote data: words with a capital or a digit (names,
-# streets, numbers) and anything in quotes are masked; plain lowercase words stay.
-_QUOTED = re.compile("'[^']*'|\"[^\"]*\"")
-_DATA_WORD = re.compile(r"""[^\s'"]*[A-Z0-9][^\s'"]*""")
-
-
-def class_name(obj: object) -> str:
-    """``module.Class`` of an exception or outcome, as Connect's ``class.name`` header wants."""
-    kind = type(obj)
-    return f"{kind.__module__}.{kind.__qualname__}"
-
-
-def _one_line(text: str) -> str:
-    flat = " ".join(redact_text(text).split())
-    return flat if len(flat) <= _MAX_MESSAGE else flat[: _MAX_MESSAGE - 1] + "…"
-
-
-def _mask_word(match: re.Match[str]) -> str:
-    word = match.group(0)
-    return f"{word[:1]}***" if word[:1].isalpha() else "***"
-
-
-def masked_exception_text(exc: BaseException) -> str:
-    """What an unexpected exception says, safe for a log line or a header: personal data in
-    any form is masked (``KeyError: 'John Smith'`` → ``KeyError: '***'``)."""
-    text = _QUOTED.sub(lambda m: f"{m.group(0)[0]}***{m.group(0)[0]}", str(exc))
-    text = redact_text(text)
-    return f"{type(exc).__name__}: {_DATA_WORD.sub(_mask_word, text)}"
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """Why a record goes to the dead-letter topic."""
-
-    stage: str  # decode | handle | send
-    reason: str  # a consumer.errors.Reason
-    class_name: str
-    message: str
-    first_failure: datetime
-    attempts: int = 1
-    klaviyo_status: int | None = None
-    klaviyo_code: str | None = None
-    klaviyo_pointer: str | None = None
-    endpoint: str | None = None
-
-    @classmethod
-    def from_exception(cls, stage: str, reason: str, exc: BaseException, now: datetime) -> Failure:
-        """A decode error or a handler's rejection (their messages name fields, not values)."""
-        field = exc.field if isinstance(exc, Rejected) else None
-        text = f"{reason}: {exc}"
-        if field and field not in text:
-            text += f" (field {field})"
-        return cls(stage, reason, class_name(exc), _one_line(text), now)
-
-    @classmethod
-    def unexpected(cls, stage: str, reason: str, exc: BaseException, now: datetime) -> Failure:
-        """A bug's exception: its text is masked (:func:`masked_exception_text`), never raw."""
-        text = f"{reason}: {masked_exception_text(exc)}"
-        return cls(stage, reason, class_name(exc), _one_line(text), now)
-
-    @classmethod
-    def from_klaviyo(
-        cls,
-        outcome: Permanent,
-        endpoint: str,
-        now: datetime,
-        error: KlaviyoError | None = None,
-    ) -> Failure:
-        """Klaviyo refused the request (4xx); ``error`` picks one item's error of a bulk job."""
-        error = error if error is not None else outcome.first
-        status = error.status if error is not None and error.status else outcome.status
-        parts = [f"Klaviyo {status}"]
-        if error is not None:
-            # Code and title are Klaviyo's fixed vocabulary; ``detail`` may quote the payload.
-            parts += [p for p in (error.code, error.title) if p]
-            if error.pointer:
-                parts.append(f"at {error.pointer}")
-            elif error.parameter:
-                parts.append(f"parameter {error.parameter}")
-        return cls(
-            stage=STAGE_SEND,
-            reason=Reason.KLAVIYO_REJECTED,
-            class_name=class_name(outcome),
-            message=_one_line(" ".join(parts)),
-            first_failure=now,
-            attempts=outcome.attempts,
-            klaviyo_status=status,
-            klaviyo_code=error.code if error is not None else None,
-            klaviyo_pointer=error.pointer if error is not None else None,
-            endpoint=endpoint,
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ from typing import Protocol
 from consumer.klaviyo.client import KlaviyoClient
 from consumer.klaviyo.outcomes import Outcome
 from consumer.klaviyo.requests import KlaviyoRequest
-from consumer.pipeline.deadletter import DeadLetterProducer, Failure
+from consumer.pipeline.deadletter import DeadLetterProducer
+from consumer.pipeline.failure import Failure
 from consumer.pipeline.offsets import TopicPartitionKey
 from consumer.pipeline.records import SourceRecord
 from consumer.pipeline.source import KafkaSource, Positions, SourceListener

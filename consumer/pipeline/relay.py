@@ -29,10 +29,10 @@ from consumer.klaviyo.requests import KlaviyoRequest
 from consumer.klaviyo.retry import RetryPolicy
 from consumer.observability.health import RelayState, start_http_server
 from consumer.observability.logging import get_logger
-from consumer.pipeline.deadletter import class_name
 from consumer.pipeline.deadletter_topic import DeadLetterTopicUnusable
 from consumer.pipeline.delivery import delivery_for
 from consumer.pipeline.dispatch import Dispatcher
+from consumer.pipeline.failure import class_name
 from consumer.pipeline.inflight import InFlight, Work
 from consumer.pipeline.listener import Listener
 from consumer.pipeline.ports import (

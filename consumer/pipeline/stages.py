@@ -21,10 +21,10 @@ from consumer.klaviyo.requests import Plan
 from consumer.klaviyo.retry import RetryPolicy
 from consumer.observability.logging import get_logger
 from consumer.observability.metrics import EVENTS_DEAD_LETTERED, PLAN_WARNINGS
-from consumer.pipeline.deadletter import STAGE_DECODE, STAGE_HANDLE, STAGE_SEND, Failure, class_name
 from consumer.pipeline.delivery import Delivery
 from consumer.pipeline.delivery.base import Reject, Spawn
 from consumer.pipeline.dispatch import Lane
+from consumer.pipeline.failure import STAGE_DECODE, STAGE_HANDLE, STAGE_SEND, Failure, class_name
 from consumer.pipeline.inflight import InFlight, Work
 from consumer.pipeline.ports import DeadLetterWriter
 from consumer.pipeline.records import SourceRecord

@@ -20,8 +20,8 @@ from prometheus_client import Counter, Histogram
 from consumer.klaviyo.outcomes import Accepted
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest, Plan
 from consumer.observability.metrics import END_TO_END_DELAY, EVENTS_DELIVERED
-from consumer.pipeline.deadletter import Failure
 from consumer.pipeline.dispatch import Lane
+from consumer.pipeline.failure import Failure
 from consumer.pipeline.inflight import Work
 from consumer.pipeline.sending import StepFailure, metric_name
 

@@ -19,9 +19,9 @@ from consumer.klaviyo.outcomes import KlaviyoError, Permanent
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest, Plan
 from consumer.observability.metrics import BULK_DUPLICATES
 from consumer.pipeline.batching import BulkBatcher
-from consumer.pipeline.deadletter import Failure
 from consumer.pipeline.delivery.base import Reject, Spawn, delivered, on_accepted
 from consumer.pipeline.dispatch import Lane
+from consumer.pipeline.failure import Failure
 from consumer.pipeline.inflight import InFlight, Work
 from consumer.pipeline.sending import PlanRunner, Sender, StepFailure
 
