@@ -112,9 +112,18 @@ class DeadLetterTopic:
 
     def progress(self) -> dict[int, PartitionProgress]:
         """The replay group's progress on every partition."""
-        committed = self._consumer.committed(
-            [TopicPartition(self.topic, p) for p in self.partitions], timeout=self._timeout
-        )
+        partitions = [TopicPartition(self.topic, p) for p in self.partitions]
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                committed = self._consumer.committed(partitions, timeout=self._timeout)
+                break
+            except KafkaException as exc:
+                # A new group's coordinator is still loading or moving (NOT_COORDINATOR,
+                # COORDINATOR_LOAD_IN_PROGRESS): librdkafka says retriable; ask again.
+                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         return {
             tp.partition: PartitionProgress.from_commit(
                 tp.offset, tp.metadata, self.watermarks[tp.partition].low
