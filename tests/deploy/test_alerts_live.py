@@ -26,6 +26,7 @@ from dev.harness import free_port
 from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
+from tests.fixtures.helm import FULLNAME, HELM, NAMESPACE, find_tool, one, render
 from tests.fixtures.relay_harness import (
     EventFactory,
     RelayProcess,
@@ -36,9 +37,8 @@ from tests.fixtures.relay_harness import (
     wait_committed_to_end,
     wait_for,
 )
-from tests.deploy.test_helm import FULLNAME, HELM, NAMESPACE, _tool, one, render
 
-PROMETHEUS = _tool("prometheus")
+PROMETHEUS = find_tool("prometheus")
 pytestmark = [
     pytest.mark.kafka,
     pytest.mark.skipif(

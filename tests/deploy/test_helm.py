@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,22 @@ from consumer.observability.metrics import REGISTRY
 from consumer.pipeline.relay import DLQ_FLUSH_SECONDS
 from consumer.pipeline.source import CLOSE_SECONDS, FINAL_COMMIT_SECONDS
 from consumer.settings import Settings, load_settings
+from tests.fixtures.helm import (
+    CHART,
+    FULLNAME,
+    HELM,
+    KUBE_VERSION,
+    NAMESPACE,
+    RELEASE,
+    _helm,
+    _values_args,
+    by_kind,
+    find_tool,
+    one,
+    render,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "klaviyo-relay"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
-KUBE_VERSION = "1.31.0"
-NAMESPACE = "shop"
-RELEASE = "relay"
-FULLNAME = f"{RELEASE}-klaviyo-relay"
 # Custom resources kubernetes-validate has no schema for; checked structurally below.
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
@@ -52,18 +59,7 @@ REQUIRED_ALERTS = {
 }
 
 
-def _tool(name: str) -> str | None:
-    cache_dir = os.environ.get("KLAVIYO_RELAY_TOOLS") or str(
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "klaviyo-relay" / "bin"
-    )
-    candidate = Path(cache_dir) / name
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    return shutil.which(name)
-
-
-HELM = _tool("helm")
-PROMTOOL = _tool("promtool")
+PROMTOOL = find_tool("promtool")
 needs_helm = pytest.mark.skipif(
     HELM is None,
     reason="helm not found on PATH or in ~/.cache/klaviyo-relay/bin: run dev/install-tools.sh",
@@ -74,45 +70,9 @@ needs_promtool = pytest.mark.skipif(
 )
 
 
-def _helm(*args: str) -> subprocess.CompletedProcess[str]:
-    assert HELM is not None
-    return subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120, check=False)
-
-
 def _template(*args: str) -> subprocess.CompletedProcess[str]:
     """``helm template`` of the chart with ``args``, failing or not."""
     return _helm("template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, *args)
-
-
-def _values_args(
-    values: dict[str, Any] | None, files: Sequence[Path], tmp: Path | None
-) -> list[str]:
-    args = [arg for f in files for arg in ("-f", str(f))]
-    if values:
-        assert tmp is not None
-        extra = tmp / "extra-values.yaml"
-        extra.write_text(yaml.safe_dump(values))
-        args += ["-f", str(extra)]
-    return args
-
-
-def render(
-    files: Sequence[Path] = (),
-    values: dict[str, Any] | None = None,
-    tmp: Path | None = None,
-) -> list[dict[str, Any]]:
-    result = _helm(
-        "template",
-        RELEASE,
-        str(CHART),
-        "--namespace",
-        NAMESPACE,
-        "--kube-version",
-        KUBE_VERSION,
-        *_values_args(values, list(files), tmp),
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 @cache
@@ -142,15 +102,6 @@ def render_notes(tmp: Path, args: list[str] | None = None) -> str:
     )
     assert result.returncode == 0, result.stderr
     return str(yaml.safe_load(result.stdout)["data"]["notes"])
-
-
-def by_kind(docs: Any, kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
-
-
-def one(docs: Any, kind: str) -> dict[str, Any]:
-    (found,) = by_kind(docs, kind)
-    return found
 
 
 def config_of(docs: Any) -> dict[str, str]:

@@ -6,21 +6,13 @@ relay runs in this process so the tests can wait on its state.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -29,76 +21,27 @@ from consumer.errors import LimitViolation
 from consumer.pipeline.deadletter import build_dead_letter
 from consumer.pipeline.failure import Failure
 from consumer.pipeline.records import SourceRecord
-from consumer.pipeline.relay import Relay
 from consumer.plain_json import from_plain_json
-from consumer.settings import Settings, load_settings
 from dev.kafka_broker import KafkaBroker
 from dev.sample_events import Planted, SampleRecord, sample
-from klaviyo_sandbox import SandboxOptions, running_sandbox
-from klaviyo_sandbox.server import RunningSandbox
+from klaviyo_sandbox import running_sandbox
 from tests.conftest import TopicFactory
 from tests.fixtures.cli import run_cli
+from tests.fixtures.dlq import (
+    WAIT,
+    Scenario,
+    drained,
+    end_offsets,
+    make_scenario,
+    relaying,
+    sample_of,
+    sandbox_options,
+    set_faults,
+)
 
 pytestmark = pytest.mark.kafka
 
-ROOT = Path(__file__).resolve().parents[2]
-KEY = "pk_test_dlq"
-WAIT = 90.0  # generous: other test sessions share the two cores
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
-
-
-@dataclass
-class Scenario:
-    """One relay deployment for a test: its topics, group and settings."""
-
-    env: dict[str, str]
-    settings: Settings
-    topics: dict[str, str]  # contract topic → this test's topic
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """``python -m consumer ARGS`` with this scenario's environment."""
-        return subprocess.run(
-            [sys.executable, "-m", "consumer", *args],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=WAIT,
-            check=False,
-        )
-
-    async def acli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return await asyncio.to_thread(self.cli, *args)
-
-
-def make_scenario(
-    broker: KafkaBroker,
-    topic_factory: TopicFactory,
-    contract_topics: Iterable[str],
-    sandbox_url: str = "http://127.0.0.1:9",
-    backfill_after: float = 3600.0,
-) -> Scenario:
-    topics = {t: topic_factory(t.replace(".", "-")) for t in contract_topics}
-    values = {
-        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "KAFKA_GROUP_ID": f"relay-{uuid.uuid4().hex[:8]}",
-        "DLQ_TOPIC": topic_factory("dlq"),
-        "TOPICS": orjson.dumps(list(topics.values())).decode(),
-        "TOPIC_HANDLERS": orjson.dumps({mine: t for t, mine in topics.items()}).decode(),
-        "KLAVIYO_BASE_URL": sandbox_url,
-        "KLAVIYO_API_KEY": KEY,
-        "METRICS_PORT": "0",
-        "COMMIT_INTERVAL_SECONDS": "0.2",
-        "REPLAY_BACKFILL_AFTER_SECONDS": str(backfill_after),
-        "LOG_FORMAT": "json",
-    }
-    names = {name.upper() for name in Settings.model_fields}
-    env = {k: v for k, v in os.environ.items() if k.upper().split("__")[0] not in names}
-    env.update(values)
-    overrides: dict[str, Any] = {k.lower(): v for k, v in values.items()}
-    overrides["topics"] = list(topics.values())
-    overrides["topic_handlers"] = {mine: t for t, mine in topics.items()}
-    return Scenario(env, load_settings(**overrides), topics)
 
 
 def publish(scenario: Scenario, records: Iterable[SampleRecord]) -> int:
@@ -115,78 +58,6 @@ def publish(scenario: Scenario, records: Iterable[SampleRecord]) -> int:
         count += 1
     assert producer.flush(30) == 0
     return count
-
-
-def end_offsets(scenario: Scenario, topic: str) -> int:
-    consumer = Consumer(
-        {"bootstrap.servers": scenario.env["KAFKA_BOOTSTRAP_SERVERS"], "group.id": "x"}
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=30)
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-            for p in metadata.topics[topic].partitions
-        )
-    finally:
-        consumer.close()
-
-
-def committed_total(scenario: Scenario) -> int:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": scenario.env["KAFKA_BOOTSTRAP_SERVERS"],
-            "group.id": scenario.settings.kafka_group_id,
-        }
-    )
-    try:
-        found = consumer.committed(
-            [TopicPartition(t, 0) for t in scenario.topics.values()], timeout=30
-        )
-        return sum(max(tp.offset, 0) for tp in found)
-    finally:
-        consumer.close()
-
-
-async def wait_until(condition: Callable[[], Any], what: str) -> None:
-    """Poll ``condition`` (run in a thread: it may block on Kafka) until it is true."""
-    deadline = time.monotonic() + WAIT
-    while not await asyncio.to_thread(condition):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.2)
-
-
-async def drained(scenario: Scenario) -> None:
-    """Until the relay's group has committed everything on the source topics."""
-    ends = sum(end_offsets(scenario, t) for t in scenario.topics.values())
-    await wait_until(lambda: committed_total(scenario) >= ends, f"{ends} records are committed")
-
-
-@asynccontextmanager
-async def relaying(scenario: Scenario) -> AsyncIterator[Relay]:
-    relay = Relay(scenario.settings)
-    task = asyncio.create_task(relay.run())
-    try:
-        await wait_until(lambda: relay.state.joined or task.done(), "the relay joined its group")
-        assert not task.done(), "the relay stopped at start"
-        yield relay
-    finally:
-        if not task.done():
-            relay.request_stop()
-        assert await asyncio.wait_for(task, WAIT) == 0
-
-
-def sample_of(topic: str, planted: Planted | None = None, count: int = 1) -> list[SampleRecord]:
-    records = [r for r in sample(datetime.now(UTC), 4) if r.topic == topic and r.planted is planted]
-    return records[:count]
-
-
-async def set_faults(sandbox: RunningSandbox, faults: dict[str, Any]) -> None:
-    sandbox.sandbox.faults.update(faults)
-
-
-def sandbox_options() -> SandboxOptions:
-    return SandboxOptions(api_keys=(KEY,))
 
 
 def reason_of(line: str) -> str:

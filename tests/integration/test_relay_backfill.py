@@ -20,7 +20,7 @@ from consumer.settings import SendMode
 from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import running_sandbox
 from tests.conftest import TopicFactory
-from tests.integration.test_dlq_cli import (
+from tests.fixtures.dlq import (
     Scenario,
     drained,
     make_scenario,

@@ -31,6 +31,7 @@ from tests.fixtures.relay_harness import (
     WAIT,
     EventFactory,
     RelayProcess,
+    base_ids,
     committed_offsets,
     end_offsets,
     headers_dict,
@@ -41,7 +42,6 @@ from tests.fixtures.relay_harness import (
     relay_env,
     wait_for,
 )
-from tests.integration.test_relay_failures import base_ids
 
 pytestmark = pytest.mark.kafka
 

@@ -15,6 +15,7 @@ from tests.conftest import TopicFactory
 from tests.fixtures.relay_harness import (
     EventFactory,
     RelayProcess,
+    base_ids,
     committed_offsets,
     end_offsets,
     headers_dict,
@@ -30,10 +31,6 @@ from tests.fixtures.relay_harness import (
 )
 
 pytestmark = pytest.mark.kafka
-
-
-def base_ids(sandbox_events: list[dict[str, object]]) -> set[str]:
-    return {str(e["unique_id"]).split(":", 1)[0] for e in sandbox_events}
 
 
 async def test_poison_records_are_dead_lettered_and_their_neighbours_delivered(

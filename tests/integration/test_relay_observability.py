@@ -34,6 +34,7 @@ from dev.kafka_broker import KafkaBroker
 from dev.sample_events import Planted, SampleRecord, sample
 from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
+from tests.fixtures.metrics import PROMISED, metric_families
 from tests.fixtures.relay_harness import (
     RelayProcess,
     metrics_port,
@@ -44,7 +45,6 @@ from tests.fixtures.relay_harness import (
     wait_committed_to_end,
     wait_for,
 )
-from tests.unit.observability.test_metrics_stats import PROMISED, metric_families
 
 pytestmark = pytest.mark.kafka
 

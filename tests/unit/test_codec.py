@@ -36,29 +36,14 @@ from consumer.errors import (
 from consumer.plain_json import from_plain_json, to_plain_json
 from consumer.schemas import SchemaStore
 from consumer.settings import Settings
-from tests.fixtures.contract import RECORDS, datums
+from tests.fixtures.contract import EVENT_ID, OCCURRED, RECORDS, account_created, datums
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-EVENT_ID = "0b9d6f7e-3c1a-4e59-9a53-2f4c1d0e8b71"
-OCCURRED = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
-CUSTOMER = {
-    "customer_id": "cust-9",
-    "klaviyo_profile_id": None,
-    "email": "ana@shopmail.io",
-    "phone_number": None,
-    "first_name": "Ana",
-    "last_name": None,
-    "address": None,
-}
 
 
 @pytest.fixture(scope="module")
 def store() -> SchemaStore:
     return SchemaStore.load(SCHEMAS)
-
-
-def _account_created(**extra: Any) -> dict[str, Any]:
-    return {"event_id": EVENT_ID, "occurred_at": OCCURRED, "customer": CUSTOMER, **extra}
 
 
 # --- Hand-written Avro binary, independent of fastavro's writer -------------------------------
@@ -110,7 +95,7 @@ def test_hand_written_body_decodes(store: SchemaStore) -> None:
 
 
 def test_single_object_header(store: SchemaStore) -> None:
-    value = Encoder(store).encode("shop.events.AccountCreated", _account_created())
+    value = Encoder(store).encode("shop.events.AccountCreated", account_created())
     schema = store.current("shop.events.AccountCreated")
     assert value[:2] == b"\xc3\x01"
     assert value[2:10] == schema.fingerprint
@@ -123,10 +108,10 @@ def test_single_object_header(store: SchemaStore) -> None:
 def test_v1_writer_is_read_with_the_current_schema(store: SchemaStore) -> None:
     old = next(w for w in store.writers() if "AccountCreated.v1" in w.origin)
     body = io.BytesIO()
-    schemaless_writer(body, old.parsed, _account_created())
+    schemaless_writer(body, old.parsed, account_created())
     event = Decoder(store).decode(b"\xc3\x01" + old.fingerprint + body.getvalue())
     assert event.record_name == "shop.events.AccountCreated"
-    assert event.datum == _account_created(signup_source=None)
+    assert event.datum == account_created(signup_source=None)
     assert type(event.datum["event_id"]) is str
 
 
@@ -169,7 +154,7 @@ def test_unknown_fingerprint(store: SchemaStore) -> None:
 
 def test_every_cut_is_truncated(store: SchemaStore) -> None:
     value = Encoder(store).encode(
-        "shop.events.AccountCreated", _account_created(signup_source="Checkout")
+        "shop.events.AccountCreated", account_created(signup_source="Checkout")
     )
     decoder = Decoder(store)
     for cut in range(2, len(value)):
@@ -196,10 +181,10 @@ def test_invalid_body(store: SchemaStore, body: bytes, problem: str) -> None:
 
 
 def test_decoding_never_parses_schemas(store: SchemaStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    value = Encoder(store).encode("shop.events.AccountCreated", _account_created())
+    value = Encoder(store).encode("shop.events.AccountCreated", account_created())
     old = next(w for w in store.writers() if "AccountCreated.v1" in w.origin)
     body = io.BytesIO()
-    schemaless_writer(body, old.parsed, _account_created())
+    schemaless_writer(body, old.parsed, account_created())
     decoder = Decoder(store)
 
     def forbidden(*args: Any, **kwargs: Any) -> Any:
@@ -219,7 +204,7 @@ def _mock_registry(name: str) -> SchemaRegistryClient:
 
 def test_confluent_round_trip(store: SchemaStore) -> None:
     registry = _mock_registry("round-trip")
-    datum = _account_created(signup_source="Checkout")
+    datum = account_created(signup_source="Checkout")
     value = Encoder(store, registry).encode("shop.events.AccountCreated", datum, topic="t")
     assert value[0] == 0
     schema_id = int.from_bytes(value[1:5], "big")
@@ -233,11 +218,11 @@ def test_registry_writer_is_resolved_to_the_current_schema(store: SchemaStore) -
     old = next(w for w in store.writers() if "AccountCreated.v1" in w.origin)
     schema_id = registry.register_schema("accounts-value", Schema(old.to_json(), "AVRO"))
     body = io.BytesIO()
-    schemaless_writer(body, old.parsed, _account_created())
+    schemaless_writer(body, old.parsed, account_created())
     value = b"\x00" + schema_id.to_bytes(4, "big") + body.getvalue()
     event = Decoder(store, registry).decode(value)
     assert event.record_name == "shop.events.AccountCreated"
-    assert event.datum == _account_created(signup_source=None)
+    assert event.datum == account_created(signup_source=None)
 
 
 def test_registry_schema_with_references(store: SchemaStore) -> None:
@@ -250,9 +235,9 @@ def test_registry_schema_with_references(store: SchemaStore) -> None:
     register("PostalAddress", [])
     register("Customer", [SchemaReference("shop.events.PostalAddress", "PostalAddress", 1)])
     schema_id = register("AccountCreated", [SchemaReference("shop.events.Customer", "Customer", 1)])
-    body = Encoder(store).encode("shop.events.AccountCreated", _account_created())[10:]
+    body = Encoder(store).encode("shop.events.AccountCreated", account_created())[10:]
     event = Decoder(store, registry).decode(b"\x00" + schema_id.to_bytes(4, "big") + body)
-    assert event.datum == _account_created(signup_source=None)
+    assert event.datum == account_created(signup_source=None)
 
 
 class _CountingRegistry:
@@ -267,7 +252,7 @@ class _CountingRegistry:
 
 def test_registry_writers_are_cached(store: SchemaStore) -> None:
     registry = _mock_registry("cache")
-    value = Encoder(store, registry).encode("shop.events.AccountCreated", _account_created())
+    value = Encoder(store, registry).encode("shop.events.AccountCreated", account_created())
     counting = _CountingRegistry(registry)
     decoder = Decoder(store, counting)  # type: ignore[arg-type]
     assert decoder.decode(value).datum == decoder.decode(value).datum
@@ -301,16 +286,16 @@ def test_registry_unavailable(store: SchemaStore, error: Exception) -> None:
 
 def test_from_settings_share_one_registry_client() -> None:
     config = Settings(schema_registry_url="mock://from-settings")
-    datum = _account_created(signup_source=None)
+    datum = account_created(signup_source=None)
     value = Encoder.from_settings(config).encode("shop.events.AccountCreated", datum, topic="x")
     assert value[0] == 0
     assert Decoder.from_settings(config).decode(value).datum == datum
 
 
 def test_single_object_still_accepted_with_a_registry(store: SchemaStore) -> None:
-    value = Encoder(store).encode("shop.events.AccountCreated", _account_created())
+    value = Encoder(store).encode("shop.events.AccountCreated", account_created())
     event = Decoder(store, _mock_registry("both")).decode(value)
-    assert event.datum == _account_created(signup_source=None)
+    assert event.datum == account_created(signup_source=None)
 
 
 # --- Property: any valid datum survives both the wire and the plain JSON form ----------------

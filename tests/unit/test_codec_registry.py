@@ -20,7 +20,7 @@ from consumer.errors import RegistryUnavailable, SchemaNotFound, UnknownSchema
 from consumer.schema_registry import client_config, registry_client
 from consumer.schemas import SchemaStore
 from consumer.settings import Settings, SettingsError, load_settings
-from tests.unit.test_codec import _account_created
+from tests.fixtures.contract import account_created
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 RECORD = "shop.events.AccountCreated"
@@ -33,7 +33,7 @@ def store() -> SchemaStore:
 
 
 def framed(store: SchemaStore, schema_id: int = SCHEMA_ID) -> bytes:
-    body = Encoder(store).encode(RECORD, _account_created())[10:]  # past the single-object header
+    body = Encoder(store).encode(RECORD, account_created())[10:]  # past the single-object header
     return b"\x00" + schema_id.to_bytes(4, "big") + body
 
 
@@ -73,7 +73,7 @@ async def test_lookup_runs_off_the_loop_and_is_shared(store: SchemaStore) -> Non
     assert not done
     registry.gate.set()
     events = await asyncio.gather(*waiting)
-    assert {e.datum["event_id"] for e in events} == {_account_created()["event_id"]}
+    assert {e.datum["event_id"] for e in events} == {account_created()["event_id"]}
     assert registry.calls == 1
     assert threading.current_thread().name not in registry.threads
 

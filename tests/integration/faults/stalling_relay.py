@@ -1,5 +1,5 @@
-"""``python -m tests.integration.faults.stalling_relay``: ``python -m consumer run`` with one test-only knob,
-an event loop that stalls during a revocation.
+"""``python -m tests.integration.faults.stalling_relay``: ``python -m consumer run`` with one
+test-only knob, an event loop that stalls during a revocation.
 
 SIGUSR1 arms it: the next revocation starts its drain (its partitions are marked as revoking),
 then a blocking call holds the loop for ``FAULTS_STALL_SECONDS`` (what a blocking lookup or a

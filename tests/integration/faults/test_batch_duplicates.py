@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from dev.kafka_broker import KafkaBroker
-from tests.integration.faults.scenario import Poison, Scenario
 from tests.fixtures.relay_harness import Event, sandbox_stats
+from tests.integration.faults.scenario import Poison, Scenario
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 

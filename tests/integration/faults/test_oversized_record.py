@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from dev.kafka_broker import KafkaBroker
-from tests.integration.faults.scenario import Poison, Scenario
 from tests.fixtures.relay_harness import headers_dict, read_all
+from tests.integration.faults.scenario import Poison, Scenario
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 

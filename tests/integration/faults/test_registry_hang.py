@@ -17,8 +17,8 @@ from aiohttp import web
 from consumer.schemas import default_schemas_dir, load_store
 from consumer.topics import CONTRACT_TOPICS
 from dev.kafka_broker import KafkaBroker
-from tests.integration.faults.scenario import RECORD_TYPES, Poison, Scenario
 from tests.fixtures.relay_harness import Event, metrics_port, read_all, sandbox_stats
+from tests.integration.faults.scenario import RECORD_TYPES, Poison, Scenario
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 

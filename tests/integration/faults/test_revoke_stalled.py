@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from dev.kafka_broker import KafkaBroker
+from tests.fixtures.relay_harness import sandbox_stats, set_faults
 from tests.integration.faults.scenario import Poison, Scenario
 from tests.integration.faults.stalling_relay import STALL_SECONDS
-from tests.fixtures.relay_harness import sandbox_stats, set_faults
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 

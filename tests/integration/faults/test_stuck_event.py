@@ -12,8 +12,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from dev.kafka_broker import KafkaBroker
-from tests.integration.faults.scenario import Poison, Scenario, metric_samples, rss_bytes
 from tests.fixtures.relay_harness import metrics_port, sandbox_stats
+from tests.integration.faults.scenario import Poison, Scenario, metric_samples, rss_bytes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 

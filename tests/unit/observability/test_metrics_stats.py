@@ -16,41 +16,12 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.observability.health import RelayState, start_http_server
 from consumer.observability.metrics import COMMITTED_OFFSET, CONSUMER_LAG, REGISTRY
 from consumer.observability.stats import record_kafka_stats
+from tests.fixtures.metrics import PROMISED, metric_families
 
-# The metrics table of docs/operations.md: family name (as the text format names it) → type.
-PROMISED: dict[str, str] = {
-    "klaviyo_relay_build_info": "gauge",
-    "klaviyo_relay_events_consumed_total": "counter",
-    "klaviyo_relay_events_delivered_total": "counter",
-    "klaviyo_relay_events_dead_lettered_total": "counter",
-    "klaviyo_relay_dead_letter_write_failures_total": "counter",
-    "klaviyo_relay_klaviyo_requests_total": "counter",
-    "klaviyo_relay_klaviyo_request_duration_seconds": "histogram",
-    "klaviyo_relay_klaviyo_retries_total": "counter",
-    "klaviyo_relay_rate_limit_wait_seconds": "histogram",
-    "klaviyo_relay_rate_limit_remaining": "gauge",
-    "klaviyo_relay_klaviyo_throttled_total": "counter",
-    "klaviyo_relay_events_in_flight": "gauge",
-    "klaviyo_relay_partitions_paused": "gauge",
-    "klaviyo_relay_consumer_lag_messages": "gauge",
-    "klaviyo_relay_committed_offset": "gauge",
-    "klaviyo_relay_end_to_end_delay_seconds": "histogram",
-    "klaviyo_relay_commit_duration_seconds": "histogram",
-    "klaviyo_relay_ready": "gauge",
-    "klaviyo_relay_halted": "gauge",
-    "klaviyo_relay_plan_warnings_total": "counter",
-    "klaviyo_relay_klaviyo_edge_answers_total": "counter",
-    "klaviyo_relay_klaviyo_partial_failures_total": "counter",
-    "klaviyo_relay_partitions_paused_pending": "gauge",
-    "klaviyo_relay_oldest_unfinished_event_age_seconds": "gauge",
-    "klaviyo_relay_assigned_partitions": "gauge",
-    "klaviyo_relay_bulk_duplicates_total": "counter",
-}
 # Labels must stay bounded: none of these may ever label a series.
 UNBOUNDED_LABELS = {"email", "phone", "profile_id", "event_id", "unique_id", "offset", "key", "id"}
 
@@ -71,15 +42,6 @@ async def scraped_text() -> AsyncIterator[str]:
     finally:
         if runner is not None:
             await runner.cleanup()
-
-
-def metric_families(text: str) -> dict[str, Any]:
-    # The parser names counters without "_total"; key by the exposed family name instead.
-    families = {}
-    for family in text_string_to_metric_families(text):
-        name = family.name + "_total" if family.type == "counter" else family.name
-        families[name] = family
-    return families
 
 
 async def test_every_promised_metric_is_exposed_with_its_type(scraped_text: str) -> None:

@@ -3,16 +3,16 @@ headers, gzip, bulk, dedup, dropped test domains and profiles."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from klaviyo_sandbox import SandboxOptions
 from tests.fixtures.sandbox import (
+    ATTRS,
     BULK_BASE,
     HEADERS,
+    REJECTED,
     Api,
     bulk_body,
     event_attributes,
@@ -24,107 +24,11 @@ from tests.fixtures.sandbox import (
     sandbox_api,
 )
 
-ATTRS = "/data/attributes"
-PROFILE = "/data/attributes/profile/data"
-
 
 @pytest.fixture
 async def api() -> Any:
     async with sandbox_api(SandboxOptions(seed=7)) as client:
         yield client
-
-
-def _set(path: Sequence[str | int], value: Any) -> Any:
-    def change(body: dict[str, Any]) -> None:
-        node: Any = body
-        for part in path[:-1]:
-            node = node[part]
-        node[path[-1]] = value
-
-    return change
-
-
-def _drop(path: Sequence[str | int]) -> Any:
-    def change(body: dict[str, Any]) -> None:
-        node: Any = body
-        for part in path[:-1]:
-            node = node[part]
-        del node[path[-1]]
-
-    return change
-
-
-A = ["data", "attributes"]
-P = [*A, "profile", "data"]
-PA = [*P, "attributes"]
-in_two_years = (datetime.now(UTC) + timedelta(days=800)).isoformat()
-
-# (case, change to a valid Create Event body, pointer of the error Klaviyo names)
-REJECTED = [
-    ("no identifier", _set(PA, {"first_name": "John"}), PROFILE),
-    (
-        "phone not E.164",
-        _set([*PA, "phone_number"], "(555) 123-4567"),
-        f"{PROFILE}/attributes/phone_number",
-    ),
-    ("time without offset", _set([*A, "time"], "2023-10-15T00:00:00"), f"{ATTRS}/time"),
-    ("time not a date", _set([*A, "time"], "yesterday"), f"{ATTRS}/time"),
-    ("time before 1990", _set([*A, "time"], "1989-12-31T23:59:59Z"), f"{ATTRS}/time"),
-    ("time over a year ahead", _set([*A, "time"], in_two_years), f"{ATTRS}/time"),
-    (
-        "401 properties",
-        _set([*A, "properties"], {f"p{i}": i for i in range(401)}),
-        f"{ATTRS}/properties",
-    ),
-    (
-        "string over 100 KB",
-        _set([*A, "properties"], {"Big": "x" * (100 * 1024 + 1)}),
-        f"{ATTRS}/properties/Big",
-    ),
-    (
-        "multibyte string over 100 KB",
-        _set([*A, "properties"], {"Big": "é" * 51300}),
-        f"{ATTRS}/properties/Big",
-    ),
-    (
-        "array over 4000",
-        _set([*A, "properties"], {"L": list(range(4001))}),
-        f"{ATTRS}/properties/L",
-    ),
-    (
-        "metric name of 128",
-        _set([*A, "metric", "data", "attributes", "name"], "m" * 128),
-        f"{ATTRS}/metric/data/attributes/name",
-    ),
-    ("empty unique_id", _set([*A, "unique_id"], ""), f"{ATTRS}/unique_id"),
-    ("unique_id of 256", _set([*A, "unique_id"], "u" * 256), f"{ATTRS}/unique_id"),
-    ("no metric", _drop([*A, "metric"]), f"{ATTRS}/metric"),
-    ("no properties", _drop([*A, "properties"]), f"{ATTRS}/properties"),
-    ("no profile", _drop([*A, "profile"]), f"{ATTRS}/profile"),
-    ("wrong data.type", _set(["data", "type"], "events"), "/data/type"),
-    (
-        "wrong metric type",
-        _set([*A, "metric", "data", "type"], "event"),
-        f"{ATTRS}/metric/data/type",
-    ),
-    ("value as a string", _set([*A, "value"], "9.99"), f"{ATTRS}/value"),
-    ("value as a boolean", _set([*A, "value"], True), f"{ATTRS}/value"),
-    ("properties null", _set([*A, "properties"], None), f"{ATTRS}/properties"),
-    ("properties an array", _set([*A, "properties"], [1]), f"{ATTRS}/properties"),
-    # The guide's placement; the schema has them at attributes.properties.
-    (
-        "profile properties beside attributes",
-        _set([*P, "properties"], {"X": 1}),
-        f"{PROFILE}/properties",
-    ),
-    ("unknown event field", _set([*A, "Value"], 1), f"{ATTRS}/Value"),
-    (
-        "email of 100 characters",
-        _set([*PA, "email"], "a" * 90 + "@shop.mail"),
-        f"{PROFILE}/attributes/email",
-    ),
-    ("body not an object", lambda b: b.clear(), "/data"),
-]
 
 
 def _nested(depth: int) -> dict[str, Any]:

@@ -35,8 +35,7 @@ from klaviyo_sandbox.validation import (
 from tests.fixtures.contract import RECORDS, TOPICS
 from tests.fixtures.handler_events import datums
 from tests.fixtures.klaviyo_schemas import body_errors, operation_for, require_schemas
-from tests.unit.sandbox.test_sandbox_api import REJECTED
-from tests.fixtures.sandbox import Api, event_body, mutated, sandbox_api
+from tests.fixtures.sandbox import REJECTED, event_body, mutated, sandbox_api, send_plan
 
 EXAMPLES = Path(__file__).resolve().parents[4] / "shared" / "contract" / "examples"
 REGISTRY = HandlerRegistry.from_settings(load_settings())
@@ -64,26 +63,6 @@ def example_plans() -> list[tuple[str, list[KlaviyoRequest]]]:
         event = DecodedEvent(record, from_plain_json(record, plain))
         plans.append((topic, list(REGISTRY.plan(topic, event, NOW).requests)))
     return plans
-
-
-async def send_plan(api: Api, requests: list[KlaviyoRequest]) -> list[int]:
-    """Send a plan's steps as the client does: lookups bind ids, a missing binding takes the
-    fallback request."""
-    bindings: dict[str, str] = {}
-    statuses = []
-    for request in requests:
-        step = request
-        if any(name not in bindings for name in request.needs()):
-            assert request.fallback is not None, request
-            step = request.fallback
-        else:
-            step = request.bind(bindings)
-        reply = await api.call(step.method, step.target, step.body)
-        statuses.append(reply.status)
-        assert 200 <= reply.status < 300, (step.to_preview(), reply.raw)
-        if step.binds is not None and reply.json["data"]:
-            bindings[step.binds] = reply.json["data"][0]["id"]
-    return statuses
 
 
 async def test_every_handler_request_for_the_examples_is_accepted() -> None:

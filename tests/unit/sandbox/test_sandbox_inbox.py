@@ -36,7 +36,6 @@ from dev.sample_events import Planted, sample
 from klaviyo_sandbox import SandboxOptions
 from klaviyo_sandbox.facts import PUBLISHED_LIMITS
 from klaviyo_sandbox.store import REJECTED_KEPT
-from tests.unit.sandbox.test_sandbox_handlers import send_plan
 from tests.fixtures.sandbox import (
     Api,
     Reply,
@@ -44,6 +43,7 @@ from tests.fixtures.sandbox import (
     event_attributes,
     event_body,
     sandbox_api,
+    send_plan,
 )
 
 webdriver = pytest.importorskip(
