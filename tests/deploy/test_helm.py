@@ -672,7 +672,7 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
         "outcome": "accepted",
         "status_class": "2xx",
     }
-    tests = [
+    tests: list[dict[str, Any]] = [
         {  # a revoked key: halted from minute 0
             "interval": "1m",
             "input_series": [up, _series("klaviyo_relay_halted", {"pod": "p1"}, "1x10")],
@@ -899,7 +899,7 @@ def test_dead_letter_write_failures_alert(tmp_path: Path) -> None:
             "summary": "Relay p1 cannot write to the dead-letter topic (unknown_topic_or_part)",
         },
     }
-    tests = [
+    tests: list[dict[str, Any]] = [
         {  # the topic was deleted at minute 2: every retry fails from then on
             "interval": "1m",
             "input_series": [

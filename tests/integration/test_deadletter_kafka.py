@@ -11,7 +11,8 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from consumer.observability.metrics import REGISTRY
 from consumer.pipeline.deadletter import DeadLetterProducer

@@ -136,7 +136,8 @@ async def test_outage_holds_then_catches_up_without_dead_letters(
             produce_events(bootstrap, during)
 
             async def many_refused() -> bool:
-                return (await sandbox_stats(sandbox.base_url))["injected"].get("503", 0) > 300
+                injected: int = (await sandbox_stats(sandbox.base_url))["injected"].get("503", 0)
+                return injected > 300
 
             await wait_for(many_refused, what="the relay retrying through the outage")
             # Held: nothing past the undelivered events is committed, nothing dead-lettered.

@@ -64,12 +64,11 @@ async def test_sigkill_twice_mid_run_loses_nothing(
         for n, share in enumerate((0.2, 0.55)):
             relay = RelayProcess(env, tmp_path / f"relay-{n}.log")
             try:
-                await wait_for(
-                    lambda share=share: (
-                        len(delivered_ids(sandbox.state.events)) >= share * len(wanted)
-                    ),
-                    what=f"{share:.0%} delivered",
-                )
+
+                def reached(share: float = share) -> bool:
+                    return len(delivered_ids(sandbox.state.events)) >= share * len(wanted)
+
+                await wait_for(reached, what=f"{share:.0%} delivered")
                 relay.kill()
             finally:
                 relay.stop()

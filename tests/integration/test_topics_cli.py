@@ -8,7 +8,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource
+
+# Documented as confluent_kafka.admin's API, imported there without an explicit re-export.
+from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from consumer.cli.topics import parse_retention
 from dev.kafka_broker import KafkaBroker

@@ -103,7 +103,7 @@ def bodies(draw: st.DrawFn) -> dict[str, Any]:
         "location": draw(st.dictionaries(KEYS, JSON, max_size=4)),
         "properties": draw(st.dictionaries(KEYS, JSON, max_size=6)),
     }
-    attributes = {
+    attributes: dict[str, Any] = {
         "properties": draw(st.dictionaries(KEYS, JSON, max_size=10)),
         "metric": {"data": {"type": "metric", "attributes": {"name": "Placed Order"}}},
         "profile": {"data": {"type": "profile", "attributes": profile}},
@@ -126,7 +126,7 @@ def outcome(check: Any, body: dict[str, Any]) -> tuple[str, str] | None:
 
 @contextmanager
 def shrunk_limits() -> Iterator[None]:
-    small = {"MAX_STRING_BYTES": 40, "MAX_ARRAY_ITEMS": 5, "MAX_NESTING": 3}
+    small: dict[str, Any] = {"MAX_STRING_BYTES": 40, "MAX_ARRAY_ITEMS": 5, "MAX_NESTING": 3}
     derived = {
         "_SMALL_BODY_BYTES": min(small["MAX_STRING_BYTES"] + 1, 2 * small["MAX_ARRAY_ITEMS"] + 2),
         "_SAFE_STRING_CHARS": small["MAX_STRING_BYTES"] // 4,

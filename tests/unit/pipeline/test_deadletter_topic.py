@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AclOperation
+
+# Documented as confluent_kafka.admin's API, imported there without an explicit re-export.
+from confluent_kafka.admin import AclOperation  # type: ignore[attr-defined]
 
 from consumer.pipeline import deadletter_topic
 from consumer.pipeline.deadletter_topic import (

@@ -69,7 +69,12 @@ async def test_a_fatal_answer_halts_and_holds_every_caller() -> None:
     halts: list[Fatal] = []
     halted = asyncio.Event()
     script = Script(Fatal(401))
-    halt = Halt(lambda outcome, _request: (halts.append(outcome), halted.set()))
+
+    def record(outcome: Fatal, _request: KlaviyoRequest) -> None:
+        halts.append(outcome)
+        halted.set()
+
+    halt = Halt(record)
     sender = Sender(script.send, FAST, halt)
     first = asyncio.create_task(sender.settle(EVENT))
     await halted.wait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -317,7 +318,7 @@ def test_masked_event_leaks_no_personal_data() -> None:
         "last_name": "Smith",
         "address": {"address1": "123 Abc St", "city": "Boston", "zip": "02110"},
     }
-    event = {
+    event: dict[str, Any] = {
         "event_id": "9f1c6a58-2d1e-4c36-8f60-1a2b3c4d5e04",
         "customer": customer,
         "reset_url": "https://www.website.com/reset/1234567890987654321",
