@@ -46,10 +46,10 @@ sandbox: venv
 bench: venv
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# helm and promtool built from the Go module proxy into ~/.cache/klaviyo-relay/bin (cached).
+# helm, promtool and prometheus built from the Go module proxy into ~/.cache/klaviyo-relay/bin (cached).
 tools:
-	@echo "tools: building helm and promtool with Go (>= 1.24) from the module proxy into ~/.cache/klaviyo-relay/bin"
-	@echo "tools: the first build takes about 3-10 min (promtool is the long one); later runs use the cache"
+	@echo "tools: building helm, promtool and prometheus with Go (>= 1.24) from the module proxy into ~/.cache/klaviyo-relay/bin"
+	@echo "tools: the first build takes about 5-15 min (promtool and prometheus are the long ones); later runs use the cache"
 	bash dev/install-tools.sh
 
 # A broker that outlives the command (state in the jar cache folder), for trying things by hand.

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, Settings, WindowLimit
 
@@ -340,8 +340,19 @@ class GroupOffsets:
         }
 
     def committed(self, topics: Iterable[str]) -> dict[tuple[str, int], int]:
-        """The group's position per partition of ``topics`` (-1001 when nothing is committed)."""
-        found = self._consumer.committed(self.partitions(topics), timeout=30)
+        """The group's position per partition of ``topics`` (-1001 when nothing is committed).
+        A group coordinator that is still loading or moving (a fresh or restarted broker answers
+        NOT_COORDINATOR for a moment) is asked again, for up to 30 s."""
+        partitions = self.partitions(topics)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                found = self._consumer.committed(partitions, timeout=30)
+                break
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # a retry's backoff, not a synchronisation
         return {(tp.topic, tp.partition): tp.offset for tp in found}
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
