@@ -33,12 +33,12 @@ from tests.fixtures.helm import (
     KUBE_VERSION,
     NAMESPACE,
     RELEASE,
-    _helm,
-    _values_args,
     by_kind,
     find_tool,
     one,
     render,
+    run_helm,
+    values_args,
 )
 
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -72,7 +72,7 @@ needs_promtool = pytest.mark.skipif(
 
 def _template(*args: str) -> subprocess.CompletedProcess[str]:
     """``helm template`` of the chart with ``args``, failing or not."""
-    return _helm("template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, *args)
+    return run_helm("template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, *args)
 
 
 @cache
@@ -88,7 +88,7 @@ def render_notes(tmp: Path, args: list[str] | None = None) -> str:
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
         'data: {notes: {{ include "klaviyo-relay/templates/NOTES.txt" . | quote }}}\n'
     )
-    result = _helm(
+    result = run_helm(
         "template",
         RELEASE,
         str(chart),
@@ -125,7 +125,7 @@ def relay_container(docs: Any) -> dict[str, Any]:
 @needs_helm
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.stem)
 def test_helm_lint_strict(values_file: Path) -> None:
-    result = _helm(
+    result = run_helm(
         "lint", "--strict", str(CHART), "-f", str(values_file), "--kube-version", KUBE_VERSION
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -565,7 +565,7 @@ def test_schema_rejects_invalid_values(case: str, values: dict[str, Any]) -> Non
 @needs_helm
 @pytest.mark.parametrize(("case", "values"), INVALID_VALUES, ids=[c for c, _ in INVALID_VALUES])
 def test_helm_refuses_invalid_values(case: str, values: dict[str, Any], tmp_path: Path) -> None:
-    result = _template(*_values_args(values, [], tmp_path))
+    result = _template(*values_args(values, [], tmp_path))
     assert result.returncode != 0, f"{case}: accepted"
     assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
 
