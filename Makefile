@@ -26,7 +26,7 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict consumer dev bench
+	$(BIN)/mypy --strict consumer dev bench tests
 	$(BIN)/mypy --strict -p klaviyo_sandbox
 
 # Resolve the Kafka broker's jars from Maven Central into the cache (done on first use anyway).

@@ -51,7 +51,7 @@ if [[ "${SKIP_PROMTOOL:-0}" != 1 ]]; then
 fi
 if [[ "${SKIP_PROMETHEUS:-0}" != 1 ]]; then
     # The server itself, same module as promtool (its build reuses promtool's cache):
-    # tests/test_alerts_live.py evaluates the chart's rules against a running relay.
+    # tests/deploy/test_alerts_live.py evaluates the chart's rules against a running relay.
     install prometheus github.com/prometheus/prometheus/cmd/prometheus "$PROMETHEUS_VERSION" \
         || echo "prometheus: build failed; the live alert test will be skipped" >&2
 fi

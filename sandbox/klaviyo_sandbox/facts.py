@@ -3,7 +3,8 @@
 Written from Klaviyo's own documents (``../shared/klaviyo/README.md`` and the OpenAPI spec of
 revision 2026-07-15 beside it), never from the relay's code: the sandbox is the relay's
 opponent in tests, so a wrong limit or path in the client must meet Klaviyo's value here, not
-its own mirror. ``tests/test_sandbox_facts.py`` checks this table against those documents.
+its own mirror. ``tests/unit/sandbox/test_sandbox_facts.py`` checks this table against those
+documents.
 """
 
 from __future__ import annotations

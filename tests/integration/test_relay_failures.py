@@ -1,0 +1,209 @@
+"""Poison records go to the dead-letter topic without stopping their partition; a Klaviyo
+outage holds the relay (nothing dead-lettered, nothing committed past undelivered events); a
+revoked key halts it (not ready, nothing further committed)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dev.kafka_broker import KafkaBroker
+from klaviyo_sandbox import SandboxOptions, running_sandbox
+from tests.conftest import TopicFactory
+from tests.fixtures.relay_harness import (
+    EventFactory,
+    RelayProcess,
+    base_ids,
+    committed_offsets,
+    end_offsets,
+    headers_dict,
+    metrics_port,
+    produce,
+    produce_events,
+    read_all,
+    readiness,
+    relay_env,
+    sandbox_stats,
+    set_faults,
+    wait_for,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_poison_records_are_dead_lettered_and_their_neighbours_delivered(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = topic_factory("poison")
+    topics = {topic: "shop.account.created"}
+    dlq = topic_factory("dlq")
+    group = f"relay-{uuid.uuid4().hex[:8]}"
+    factory = EventFactory()
+    key = b"cust-poison"
+
+    def good(seq: int) -> tuple[str, bytes, bytes, str]:
+        event = factory.event(topic, "shop.account.created", "cust-poison", seq)
+        return topic, key, event.value, event.event_id
+
+    too_long = factory.datum("shop.account.created", "cust-poison", 90)
+    too_long["signup_source"] = "x" * (101 * 1024)  # a property string over Klaviyo's 100 KB
+    refused = factory.datum("shop.account.created", "cust-poison", 91)
+    refused["customer"]["email"] = "not an email"  # passes the handler, Klaviyo answers 400
+    poison = {
+        1: (b"garbage, not Avro", "bad_magic", "decode"),
+        3: (b"\xc3\x01" + bytes(8) + b"\x02", "unknown_schema", "decode"),
+        5: (factory.encode("shop.account.created", too_long), "limit_exceeded", "handle"),
+        7: (factory.encode("shop.account.created", refused), "klaviyo_rejected", "send"),
+    }
+    records: list[tuple[str, bytes | None, bytes | None]] = []
+    good_ids = []
+    for offset in range(9):
+        if offset in poison:
+            records.append((topic, key, poison[offset][0]))
+        else:
+            _, _, value, event_id = good(offset)
+            records.append((topic, key, value))
+            good_ids.append(event_id)
+    produce(bootstrap, records, headers=[("trace-id", b"t-1")])
+    ends = end_offsets(bootstrap, [topic])
+
+    async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
+        relay = RelayProcess(
+            relay_env(bootstrap, sandbox.base_url, topics, group, dlq), tmp_path / "relay.log"
+        )
+        try:
+            await wait_for(
+                lambda: committed_offsets(bootstrap, group, [topic]) == ends,
+                what="committed offset past the poison records",
+            )
+            relay.terminate()
+            assert await relay.wait_exit() == 0
+        finally:
+            relay.stop()
+        delivered = base_ids(sandbox.state.events)
+
+    assert delivered == set(good_ids)
+    letters = read_all(bootstrap, dlq, expected=len(poison))
+    assert len(letters) == len(poison)
+    by_offset = {int(headers_dict(m)["__connect.errors.offset"]): m for m in letters}
+    assert set(by_offset) == set(poison)
+    for offset, (value, reason, stage) in poison.items():
+        letter = by_offset[offset]
+        headers = headers_dict(letter)
+        assert letter.key() == key and letter.value() == value
+        assert headers["trace-id"] == "t-1"
+        assert headers["__connect.errors.topic"] == topic
+        assert headers["__connect.errors.partition"] == "0"
+        assert headers["__connect.errors.stage"] == stage
+        assert headers["klaviyo-relay.reason"] == reason
+        assert headers["__connect.errors.class.name"]
+        assert headers["__connect.errors.exception.message"]
+        assert "not an email" not in headers["__connect.errors.exception.message"]
+        if reason == "klaviyo_rejected":
+            assert headers["klaviyo-relay.klaviyo.status"] == "400"
+            assert headers["klaviyo-relay.endpoint"] == "create_event"
+        else:
+            assert "klaviyo-relay.klaviyo.status" not in headers
+
+
+async def test_outage_holds_then_catches_up_without_dead_letters(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = topic_factory("outage", partitions=2)
+    topics = {topic: "shop.order.placed"}
+    dlq = topic_factory("dlq")
+    group = f"relay-{uuid.uuid4().hex[:8]}"
+    factory = EventFactory()
+    before = [factory.event(topic, "shop.order.placed", f"c{n % 17}", n) for n in range(100)]
+    during = [factory.event(topic, "shop.order.placed", f"c{n % 17}", n) for n in range(100, 300)]
+    produce_events(bootstrap, before)
+    first_ends = end_offsets(bootstrap, [topic])
+
+    async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
+        relay = RelayProcess(
+            relay_env(bootstrap, sandbox.base_url, topics, group, dlq), tmp_path / "relay.log"
+        )
+        try:
+            await wait_for(
+                lambda: committed_offsets(bootstrap, group, [topic]) == first_ends,
+                what="first batch committed",
+            )
+            await set_faults(sandbox.base_url, {"error_rates": {"503": 1.0}})
+            produce_events(bootstrap, during)
+
+            async def many_refused() -> bool:
+                injected: int = (await sandbox_stats(sandbox.base_url))["injected"].get("503", 0)
+                return injected > 300
+
+            await wait_for(many_refused, what="the relay retrying through the outage")
+            # Held: nothing past the undelivered events is committed, nothing dead-lettered.
+            assert committed_offsets(bootstrap, group, [topic]) == first_ends
+            assert sum(end_offsets(bootstrap, [dlq]).values()) == 0
+            await set_faults(sandbox.base_url, {"error_rates": {}})
+            ends = end_offsets(bootstrap, [topic])
+            await wait_for(
+                lambda: committed_offsets(bootstrap, group, [topic]) == ends,
+                what="catching up after the outage",
+            )
+            relay.terminate()
+            assert await relay.wait_exit() == 0
+        finally:
+            relay.stop()
+        delivered = base_ids(sandbox.state.events)
+    assert delivered == {e.event_id for e in before + during}
+    assert sum(end_offsets(bootstrap, [dlq]).values()) == 0
+    assert not relay.logged("event dead-lettered")
+
+
+async def test_revoked_key_halts_the_relay_and_commits_nothing_further(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = topic_factory("auth")
+    topics = {topic: "shop.account.updated"}
+    dlq = topic_factory("dlq")
+    group = f"relay-{uuid.uuid4().hex[:8]}"
+    factory = EventFactory()
+    produce_events(
+        bootstrap, [factory.event(topic, "shop.account.updated", "k", n) for n in range(20)]
+    )
+    first_ends = end_offsets(bootstrap, [topic])
+
+    async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
+        relay = RelayProcess(
+            relay_env(bootstrap, sandbox.base_url, topics, group, dlq), tmp_path / "relay.log"
+        )
+        try:
+            await wait_for(
+                lambda: committed_offsets(bootstrap, group, [topic]) == first_ends,
+                what="first batch committed",
+            )
+            port = metrics_port(relay)
+            assert port is not None
+            assert (await readiness(port))["status"] == 200
+            await set_faults(sandbox.base_url, {"fail_auth": True})
+            produce_events(
+                bootstrap,
+                [factory.event(topic, "shop.account.updated", "k", n) for n in range(20, 40)],
+            )
+
+            async def halted() -> bool:
+                return (await readiness(port))["halted"] is True
+
+            await wait_for(halted, what="the relay to halt")
+            assert (await readiness(port))["status"] == 503
+            # Klaviyo would accept again, but a halted relay neither sends nor commits.
+            await set_faults(sandbox.base_url, {"fail_auth": False})
+            relay.terminate()
+            assert await relay.wait_exit() == 0
+        finally:
+            relay.stop()
+        assert len(sandbox.state.events) == 20
+    assert committed_offsets(bootstrap, group, [topic]) == first_ends
+    halts = [line for line in relay.log_lines() if "halted" in str(line.get("message"))]
+    assert len(halts) == 1
+    assert sum(end_offsets(bootstrap, [dlq]).values()) == 0

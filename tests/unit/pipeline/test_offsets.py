@@ -1,0 +1,148 @@
+"""The contiguous watermark: a commit never passes an unfinished offset."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consumer.pipeline.offsets import OffsetTracker, PartitionOffsets
+
+
+def test_nothing_committable_until_the_first_offset_finishes() -> None:
+    offsets = PartitionOffsets("t", 0)
+    for offset in (5, 6, 7):
+        offsets.track(offset)
+    assert offsets.finish(7) == 0
+    assert offsets.finish(6) == 0
+    assert offsets.committable() is None
+    assert offsets.finish(5) == 3
+    assert offsets.committable() == 8  # Kafka's position: the next offset to read
+
+
+def test_holes_left_by_compaction_do_not_block_the_watermark() -> None:
+    offsets = PartitionOffsets("t", 0)
+    for offset in (10, 14, 20):
+        offsets.track(offset)
+    offsets.finish(10)
+    offsets.finish(14)
+    assert offsets.committable() == 15
+    offsets.finish(20)
+    assert offsets.committable() == 21
+
+
+def test_finishing_twice_or_an_untracked_offset_changes_nothing() -> None:
+    offsets = PartitionOffsets("t", 0)
+    offsets.track(1)
+    offsets.track(2)
+    assert offsets.finish(1) == 1
+    assert offsets.finish(1) == 0
+    assert offsets.finish(99) == 0
+    assert offsets.unfinished == 1
+    assert offsets.committable() == 2
+
+
+def test_offsets_must_arrive_in_order() -> None:
+    offsets = PartitionOffsets("t", 0)
+    offsets.track(3)
+    with pytest.raises(ValueError, match="out of order"):
+        offsets.track(3)
+    offsets.finish(3)
+    with pytest.raises(ValueError, match="already passed"):
+        offsets.track(2)
+
+
+def test_committed_position_is_not_offered_again() -> None:
+    tracker = OffsetTracker()
+    tracker.assign([("a", 0), ("a", 1)])
+    part = tracker.get("a", 0)
+    assert part is not None
+    part.track(0)
+    part.finish(0)
+    assert tracker.committable() == {("a", 0): 1}
+    tracker.mark_committed({("a", 0): 1})
+    assert tracker.committable() == {}
+    part.track(1)
+    part.finish(1)
+    assert tracker.committable(only=[("a", 1)]) == {}
+    assert tracker.committable(only=[("a", 0)]) == {("a", 0): 2}
+
+
+def test_detached_partition_is_forgotten_and_a_new_assignment_starts_fresh() -> None:
+    tracker = OffsetTracker()
+    tracker.assign([("a", 0)])
+    old = tracker.get("a", 0)
+    assert old is not None
+    old.track(0)
+    old.track(1)
+    (gone,) = tracker.detach([("a", 0)])
+    assert gone is old and old.detached and old.unfinished == 2
+    assert tracker.get("a", 0) is None
+    tracker.assign([("a", 0)])
+    fresh = tracker.get("a", 0)
+    assert fresh is not None and fresh is not old and not fresh.detached
+    assert tracker.committable() == {}
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=3), min_size=1, max_size=60),
+    st.data(),
+)
+def test_watermark_is_the_first_unfinished_offset(gaps: list[int], data: st.DataObject) -> None:
+    # Offsets with holes, finished in a random order; after every step the committable
+    # position must be exactly "one past the longest finished prefix".
+    taken = []
+    offset = 0
+    for gap in gaps:
+        offset += gap
+        taken.append(offset)
+    offsets = PartitionOffsets("t", 0)
+    for o in taken:
+        offsets.track(o)
+    order = data.draw(st.permutations(taken))
+    finished: set[int] = set()
+    for o in order:
+        offsets.finish(o)
+        finished.add(o)
+        prefix = 0
+        while prefix < len(taken) and taken[prefix] in finished:
+            prefix += 1
+        expected = taken[prefix - 1] + 1 if prefix else None
+        assert offsets.committable() == expected
+        assert offsets.pending == len(taken) - prefix
+        assert offsets.unfinished == len(taken) - len(finished)
+
+
+def test_one_stuck_offset_crowds_its_partition_until_it_finishes() -> None:
+    tracker = OffsetTracker(bound=100)
+    tracker.assign([("t", 0), ("t", 1)])
+    stuck = tracker.get("t", 0)
+    flowing = tracker.get("t", 1)
+    assert stuck is not None and flowing is not None
+    for offset in range(100):
+        stuck.track(offset, now=float(offset))
+        flowing.track(offset, now=float(offset))
+        flowing.finish(offset)
+        if offset:  # everything behind offset 0 finishes; offset 0 never does
+            stuck.finish(offset)
+    assert stuck.pending == 100 and stuck.unfinished == 1
+    assert (stuck.crowded, flowing.crowded) == (True, False)
+    assert tracker.crowded() == {("t", 0)}
+    assert stuck.oldest_unfinished_age(now=130.0) == 130.0
+    assert flowing.oldest_unfinished_age(now=130.0) == 0.0
+
+    stuck.finish(0)
+    assert not stuck.crowded and tracker.crowded() == frozenset()
+    assert stuck.committable() == 100
+
+
+def test_crowding_ends_at_half_the_bound_not_before() -> None:
+    offsets = PartitionOffsets("t", 0, bound=10)
+    for offset in range(10):
+        offsets.track(offset)
+    assert offsets.crowded
+    for offset in range(4):
+        offsets.finish(offset)
+    assert offsets.pending == 6 and offsets.crowded
+    offsets.finish(4)
+    assert offsets.pending == 5 and not offsets.crowded
