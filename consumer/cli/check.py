@@ -1,6 +1,8 @@
 """``check``: what an operator runs first. One line per check, non-zero exit if any fails.
 
 - ``config``: the settings validate, the handler routes resolve and the schemas load.
+- ``revision``: the age of ``KLAVIYO_REVISION``: ok while stable, a warning (still ok) once
+  deprecated, FAIL once retired.
 - ``kafka``: the brokers answer, and the source topics and the dead-letter topic exist.
 - ``dlq``: the dead-letter topic (``DLQ_TOPIC``) exists, this client may write to it, and how
   large a dead letter it takes (larger ones are parked as ``too_large`` markers).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from dataclasses import dataclass
+from datetime import date
 
 import click
 from confluent_kafka import KafkaException
@@ -26,6 +29,8 @@ from consumer.cli.preflight import preflight, source_topics
 from consumer.klaviyo.client import KlaviyoClient
 from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Permanent, Retryable
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
+from consumer.klaviyo.revision import InvalidRevision, Phase, revision_status
+from consumer.observability.revision import utc_today
 from consumer.pipeline.deadletter_topic import (
     DeadLetterTopicUnchecked,
     DeadLetterTopicUnusable,
@@ -66,7 +71,12 @@ class Result:
 def check(ctx: click.Context, timeout: float) -> None:
     """Check the configuration, Kafka, Klaviyo and the API key's scopes."""
     settings = settings_from(ctx)
-    results = [check_config(settings), check_kafka(settings, timeout), check_dlq(settings, timeout)]
+    results = [
+        check_config(settings),
+        check_revision(settings, utc_today()),
+        check_kafka(settings, timeout),
+        check_dlq(settings, timeout),
+    ]
     for result in results:
         click.echo(result.line())
     # Every probe is a single attempt: check reports, the relay retries.
@@ -90,6 +100,16 @@ def check_config(settings: Settings) -> Result:
     if problems:
         return Result("config", False, f"{summary}; {'; '.join(problems)}")
     return Result("config", True, f"{summary}, {len(source_topics(settings))} topics")
+
+
+def check_revision(settings: Settings, today: date) -> Result:
+    """Klaviyo retires a revision two years after it ships; deprecated (1-2 years) still works
+    but warns, retired fails."""
+    try:
+        status = revision_status(settings.klaviyo_revision, today)
+    except InvalidRevision as exc:
+        return Result("revision", False, str(exc))
+    return Result("revision", status.phase is not Phase.RETIRED, status.describe())
 
 
 def check_kafka(settings: Settings, timeout: float) -> Result:

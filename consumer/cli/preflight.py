@@ -8,6 +8,7 @@ from __future__ import annotations
 from confluent_kafka import Consumer, KafkaException
 
 from consumer.cli.kafka import QUIET_KAFKA_LOG
+from consumer.klaviyo.revision import InvalidRevision, revision_date
 from consumer.settings import Settings, SettingsError
 
 
@@ -31,6 +32,10 @@ def preflight(settings: Settings, *, key: bool = True) -> list[str]:
         SchemaStore.from_settings(settings)
     except SchemaError as exc:
         problems.append(f"SCHEMAS_DIR: {exc}")
+    try:
+        revision_date(settings.klaviyo_revision)
+    except InvalidRevision as exc:
+        problems.append(str(exc))
     problem = librdkafka_problem(consumer_config(settings))
     if problem is not None:
         problems.append(problem)

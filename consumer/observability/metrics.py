@@ -170,6 +170,12 @@ BULK_DUPLICATES = Counter(
     ["topic"],
     registry=REGISTRY,
 )
+KLAVIYO_REVISION_AGE = Gauge(
+    "klaviyo_relay_klaviyo_revision_age_days",
+    "Age in days of the pinned Klaviyo API revision (KLAVIYO_REVISION): deprecated after 365,"
+    " retired after 730.",
+    registry=REGISTRY,
+)
 
 
 def status_class(status: int | None) -> str:

@@ -29,6 +29,7 @@ from consumer.klaviyo.requests import KlaviyoRequest
 from consumer.klaviyo.retry import RetryPolicy
 from consumer.observability.health import RelayState, start_http_server
 from consumer.observability.logging import get_logger
+from consumer.observability.revision import track_revision
 from consumer.pipeline.deadletter_topic import DeadLetterTopicUnusable
 from consumer.pipeline.delivery import delivery_for
 from consumer.pipeline.dispatch import Dispatcher
@@ -138,6 +139,7 @@ class Relay:
                     mode=self._settings.send_mode.value,
                     metrics_port=_port_of(http),
                 )
+                track_revision(self._settings.klaviyo_revision)
                 await self._reachability.probe()
                 source = self._open_source(
                     self._settings,
