@@ -56,6 +56,7 @@ REQUIRED_ALERTS = {
     "KlaviyoRelayThrottled",
     "KlaviyoRelayNoDeliveries",
     "KlaviyoRelayEventStuck",
+    "KlaviyoRelayRevisionDeprecated",
 }
 
 
@@ -868,6 +869,46 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                             f"No relay pod of {FULLNAME}-metrics is being scraped",
                         ),
                     ],
+                },
+            ],
+        },
+        {  # a revision 400 days old warns after its hour; one 300 days old does not
+            "interval": "1m",
+            "input_series": [
+                _series("up", {"pod": "p1"}, "1x120"),
+                _series("klaviyo_relay_klaviyo_revision_age_days", {"pod": "p1"}, "400x120"),
+                _series("klaviyo_relay_klaviyo_revision_age_days", {"pod": "p2"}, "300x120"),
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "30m",
+                    "alertname": "KlaviyoRelayRevisionDeprecated",
+                    "exp_alerts": [],
+                },
+                {
+                    "eval_time": "90m",
+                    "alertname": "KlaviyoRelayRevisionDeprecated",
+                    "exp_alerts": [
+                        fired(
+                            "KlaviyoRelayRevisionDeprecated",
+                            "warning",
+                            "The pinned Klaviyo revision is 400 days old",
+                        ),
+                    ],
+                },
+            ],
+        },
+        {  # a stable revision: quiet
+            "interval": "1m",
+            "input_series": [
+                _series("up", {"pod": "p1"}, "1x120"),
+                _series("klaviyo_relay_klaviyo_revision_age_days", {"pod": "p1"}, "300x120"),
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "110m",
+                    "alertname": "KlaviyoRelayRevisionDeprecated",
+                    "exp_alerts": [],
                 },
             ],
         },
