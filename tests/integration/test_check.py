@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -64,7 +65,7 @@ async def test_all_good(env: dict[str, str]) -> None:
         result = await asyncio.to_thread(check, {**env, "KLAVIYO_BASE_URL": sandbox.base_url})
     assert result.returncode == 0, result.stdout + result.stderr
     lines = lines_of(result)
-    assert list(lines) == ["config", "kafka", "dlq", "klaviyo", "scopes"]
+    assert list(lines) == ["config", "revision", "kafka", "dlq", "klaviyo", "scopes"]
     assert all(rest.startswith("ok (") for rest in lines.values()), result.stdout
     assert "1 source topics and the dead-letter topic" in lines["kafka"]
     assert (
@@ -75,6 +76,24 @@ async def test_all_good(env: dict[str, str]) -> None:
     assert KEY not in result.stdout + result.stderr
     # The scope probes are refused by validation: nothing was created.
     assert sandbox.state.events == [] and sandbox.state.profiles == {}
+
+
+async def test_revision_lifecycle(env: dict[str, str]) -> None:
+    """A deprecated revision passes with a warning naming the setting; a retired one fails."""
+    today = datetime.now(UTC).date()
+    deprecated = (today - timedelta(days=400)).isoformat()
+    retired = (today - timedelta(days=800)).isoformat()
+    async with running_sandbox(SandboxOptions(api_keys=(KEY,))) as sandbox:
+        base = {**env, "KLAVIYO_BASE_URL": sandbox.base_url}
+        old = await asyncio.to_thread(check, {**base, "KLAVIYO_REVISION": deprecated})
+        gone = await asyncio.to_thread(check, {**base, "KLAVIYO_REVISION": retired})
+    assert old.returncode == 0, old.stdout + old.stderr
+    line = lines_of(old)["revision"]
+    assert line.startswith("ok (") and "deprecated" in line
+    assert "set KLAVIYO_REVISION to a newer revision" in line
+    assert gone.returncode == 1
+    assert lines_of(gone)["revision"].startswith("FAIL (")
+    assert "retired" in lines_of(gone)["revision"]
 
 
 async def test_wrong_key_fails_klaviyo(env: dict[str, str]) -> None:
