@@ -176,11 +176,12 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_RATE_LIMITS),
         description="Per-endpoint burst/steady windows; unspecified endpoints keep the defaults.",
     )
-    rate_limit_share: float = Field(
-        default=1.0,
+    rate_limit_share: float | None = Field(
+        default=None,
         gt=0.0,
         le=1.0,
-        description="This replica's share of the account's quota (1/N for N replicas).",
+        description="This replica's share of the account's quota; unset: its assigned"
+        " partitions' share of the group's (see docs/operations.md).",
     )
     retry_max_attempts: PositiveInt = 8
     retry_max_elapsed_seconds: PositiveFloat = 120.0

@@ -167,6 +167,9 @@ class KlaviyoClient:
         """One harmless authenticated GET (no retries), for ``check`` and readiness."""
         return await self._attempt(PING_REQUEST, None, {})
 
+    def set_share(self, share: float) -> None:
+        self._limiter.set_share(share)
+
     def _payload(self, request: KlaviyoRequest) -> tuple[bytes | None, dict[str, str]]:
         if request.body is None:
             return None, {}

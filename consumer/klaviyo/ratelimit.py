@@ -43,7 +43,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from consumer.klaviyo.classify import parse_retry_after
-from consumer.observability.metrics import RATE_LIMIT_REMAINING, RATE_LIMIT_WAIT
+from consumer.observability.metrics import (
+    QUOTA_SATURATION,
+    RATE_LIMIT_REMAINING,
+    RATE_LIMIT_WAIT,
+)
 from consumer.settings import EndpointLimit, Settings, WindowLimit
 
 # A timer may fire a hair before its deadline (the loop's clock resolution); treat that as on time
@@ -90,6 +94,16 @@ class SlidingWindow:
         self.in_flight -= 1
         self._answered.append(now)
 
+    def used(self, now: float) -> int:
+        """Places held now: in flight, or answered within the last ``length`` seconds."""
+        self._expire(now)
+        return self.in_flight + len(self._answered)
+
+    def resize(self, other: SlidingWindow) -> None:
+        """Take ``other``'s limit and length, keeping this window's history."""
+        self.limit = other.limit
+        self.length = other.length
+
 
 def scaled(limit: WindowLimit, share: float) -> SlidingWindow:
     """This replica's part of a window's quota, as a window of its own.
@@ -100,6 +114,8 @@ def scaled(limit: WindowLimit, share: float) -> SlidingWindow:
     10/s) add up past the account's quota.
     """
     allowed = limit.requests * share
+    if allowed <= 0:  # share 0 (a group member with no partitions): nothing may go
+        return SlidingWindow(0, limit.seconds)
     if allowed >= 1:
         return SlidingWindow(math.floor(allowed), limit.seconds)
     return SlidingWindow(1, limit.seconds / allowed)
@@ -118,10 +134,19 @@ class EndpointBudget:
     server_deadline: float = -math.inf
     server_allowance: int = 0
     in_flight: int = 0
+    # The published limit the windows are scaled from (None: unlimited), for rescale.
+    limit: EndpointLimit | None = None
+    # Until the next answer, at most one request in flight (see rescale).
+    probing: bool = False
 
     @classmethod
     def from_limit(
-        cls, limit: EndpointLimit | None, *, share: float = 1.0, reset_slack: float = 1.0
+        cls,
+        limit: EndpointLimit | None,
+        *,
+        share: float = 1.0,
+        reset_slack: float = 1.0,
+        probe: bool = False,
     ) -> EndpointBudget:
         if limit is None:
             return cls(burst=None, steady=None, share=share, reset_slack=reset_slack)
@@ -131,6 +156,8 @@ class EndpointBudget:
             share=share,
             steady_seconds=limit.steady.seconds,
             reset_slack=reset_slack,
+            limit=limit,
+            probing=probe,
         )
 
     def _windows(self) -> tuple[SlidingWindow, ...]:
@@ -146,6 +173,8 @@ class EndpointBudget:
             at = max(at, window.free_at(now))
         if self._server_capped(now) and self.server_allowance <= 0:
             at = max(at, self.server_deadline)
+        if self.probing and self.in_flight > 0:
+            at = math.inf  # the answer in flight tells what the account has left
         return at
 
     def grant(self, now: float) -> None:
@@ -174,7 +203,7 @@ class EndpointBudget:
         """
         deadline = now + reset + self.reset_slack
         allowance = math.floor(remaining * self.share) - max(0, self.in_flight - 1)
-        if self._server_capped(now):
+        if self._server_capped(now) and not self.probing:
             tolerance = self.steady_seconds / 2
             if abs(deadline - self.server_deadline) <= tolerance:
                 # Same server window: both figures are safe bounds, keep the tighter one.
@@ -190,6 +219,36 @@ class EndpointBudget:
         for window in self._windows():
             window.answered(now)
         self.in_flight -= 1
+        self.probing = False
+
+    def saturation(self, now: float) -> float:
+        """Share of this replica's steady window in use (0 when unlimited or idle)."""
+        if self.steady is None:
+            return 0.0
+        used = self.steady.used(now)
+        if used == 0:
+            return 0.0
+        return 1.0 if self.steady.limit == 0 else min(1.0, used / self.steady.limit)
+
+    def rescale(self, share: float) -> None:
+        """Apply a new share, keeping the windows' history (what this replica sent lately still
+        counts against its new limit: a shrinking replica waits until its excess ages out).
+
+        A share that grows cannot be trusted the same way: the quota it gains was in use by
+        another replica a moment ago, and our empty history does not show it. So a growing
+        budget probes: one request until an answer comes, whose ``RateLimit-Remaining`` then
+        replaces (rather than tightens) the server cap, scaled by the new share.
+        """
+        if share > self.share:
+            self.probing = True
+        if self.share > 0:
+            self.server_allowance = math.floor(self.server_allowance * share / self.share)
+        else:
+            self.server_deadline = -math.inf  # an allowance of nothing says nothing
+        self.share = share
+        if self.limit is not None and self.burst is not None and self.steady is not None:
+            self.burst.resize(scaled(self.limit.burst, share))
+            self.steady.resize(scaled(self.limit.steady, share))
 
 
 @dataclass
@@ -225,7 +284,10 @@ class RateLimiter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
-        return cls(settings.rate_limits, share=settings.rate_limit_share)
+        # Unset: the relay sets the group-derived share at every rebalance (set_share); until
+        # the first, the whole quota (only `check` and the start-up probe send before it).
+        share = settings.rate_limit_share
+        return cls(settings.rate_limits, share=1.0 if share is None else share)
 
     def _queue(self, endpoint: str) -> _Queue:
         queue = self._queues.get(endpoint)
@@ -234,6 +296,7 @@ class RateLimiter:
                 self._limits.get(endpoint),
                 share=self._share,
                 reset_slack=self._reset_slack,
+                probe=self._group_share,
             )
             queue = self._queues[endpoint] = _Queue(budget)
         return queue
@@ -317,6 +380,28 @@ class RateLimiter:
         remaining = queue.budget.remaining(now)
         if remaining is not None:
             RATE_LIMIT_REMAINING.labels(endpoint).set(remaining)
+        QUOTA_SATURATION.labels(endpoint).set(queue.budget.saturation(now))
+
+    # Set by set_share: shares move with the consumer group from then on, so a budget made
+    # later (an endpoint first used after a rebalance) must not trust its empty history either.
+    _group_share: bool = False
+
+    def set_share(self, share: float) -> None:
+        """Apply a new share of the account's quota to every endpoint (a rebalance moved it).
+
+        The caller orders it: a shrinking share is applied before the partitions go to
+        another member, a growing one after they arrived (see consumer.pipeline.share).
+        """
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share must be within [0, 1], not {share}")
+        self._share = share
+        self._group_share = True
+        now = asyncio.get_running_loop().time()
+        for endpoint, queue in self._queues.items():
+            queue.budget.rescale(share)
+            self._report(endpoint, queue, now)
+            if queue.waiters:
+                self._wake(queue)
 
 
 def _leading_number(value: str | None) -> float | None:

@@ -176,6 +176,19 @@ KLAVIYO_REVISION_AGE = Gauge(
     " retired after 730.",
     registry=REGISTRY,
 )
+QUOTA_SHARE = Gauge(
+    "klaviyo_relay_quota_share",
+    "This replica's share of the account's Klaviyo quota: RATE_LIMIT_SHARE when set, else its"
+    " assigned partitions' share of all subscribed partitions (moves at every rebalance).",
+    registry=REGISTRY,
+)
+QUOTA_SATURATION = Gauge(
+    "klaviyo_relay_quota_saturation",
+    "Fraction of this replica's steady rate-limit window in use (in flight or answered within"
+    " the window), as of its last request; near 1 the quota, not the pod, limits throughput.",
+    ["endpoint"],
+    registry=REGISTRY,
+)
 
 
 def status_class(status: int | None) -> str:

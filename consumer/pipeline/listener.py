@@ -39,6 +39,7 @@ class Listener:
         delivery: Delivery,
         halt: Halt,
         on_fatal: Callable[[str], None],
+        on_share: Callable[[float], None] = lambda _share: None,
     ) -> None:
         self._settings = settings
         self._state = state
@@ -47,6 +48,7 @@ class Listener:
         self._delivery = delivery
         self._halt = halt
         self._on_fatal = on_fatal
+        self._on_share = on_share
 
     def on_records(self, records: list[SourceRecord]) -> None:
         for work in self._book.take(records):
@@ -80,6 +82,9 @@ class Listener:
 
     def on_lost(self, partitions: list[TopicPartitionKey]) -> None:
         self._detach(partitions)
+
+    def on_share(self, share: float) -> None:
+        self._on_share(share)
 
     def on_fatal_error(self, message: str) -> None:
         self._on_fatal(message)

@@ -73,6 +73,10 @@ class Klaviyo(Protocol):
 
     async def ping(self) -> Outcome: ...
 
+    def set_share(self, share: float) -> None:
+        """Use this share of the account's quota from now on (the group moved it)."""
+        ...
+
 
 class DeadLetterWriter(Protocol):
     """Writes a dead letter; ``send`` returns once the broker acknowledged it."""

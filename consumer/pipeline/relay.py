@@ -29,6 +29,7 @@ from consumer.klaviyo.requests import KlaviyoRequest
 from consumer.klaviyo.retry import RetryPolicy
 from consumer.observability.health import RelayState, start_http_server
 from consumer.observability.logging import get_logger
+from consumer.observability.metrics import QUOTA_SHARE
 from consumer.observability.revision import track_revision
 from consumer.pipeline.deadletter_topic import DeadLetterTopicUnusable
 from consumer.pipeline.delivery import delivery_for
@@ -112,7 +113,10 @@ class Relay:
             delivery=self._delivery,
             halt=self._halt,
             on_fatal=self._on_kafka_failed,
+            on_share=self._set_share,
         )
+        # Before the first assignment a group-derived share is 0: no partitions yet.
+        QUOTA_SHARE.set(settings.rate_limit_share or 0.0)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -228,6 +232,13 @@ class Relay:
             code=error.code if error is not None else None,
             endpoint=request.endpoint.value,
         )
+
+    def _set_share(self, share: float) -> None:
+        if self._settings.rate_limit_share is not None:
+            return  # RATE_LIMIT_SHARE set explicitly: it wins over the group's
+        self._klaviyo.set_share(share)
+        QUOTA_SHARE.set(share)
+        log.info("quota share", share=round(share, 4))
 
     def _on_kafka_failed(self, message: str) -> None:
         log.error("kafka failed: stopping", error=message)

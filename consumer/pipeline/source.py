@@ -49,6 +49,7 @@ from consumer.observability.metrics import (
 from consumer.observability.stats import record_kafka_stats
 from consumer.pipeline.offsets import TopicPartitionKey
 from consumer.pipeline.records import SourceRecord
+from consumer.pipeline.share import PartitionCounts, partition_share
 from consumer.settings import Settings
 
 log = get_logger(__name__)
@@ -64,6 +65,10 @@ _CONSUME_BATCH = 1000
 _SOFT_HOLD_SECONDS = 2.0
 _CONSUME_TIMEOUT = 0.05
 _STATS_INTERVAL_MS = 5000
+# A revoke waits this long for the loop to apply the smaller quota share (see pipeline.share).
+_SHARE_APPLY_SECONDS = 2.0
+# Until every subscribed topic's partitions were counted, ask again this often (share is 0).
+_SHARE_RETRY_SECONDS = 5.0
 # Shutdown budget after the drain (the chart's terminationGracePeriodSeconds adds these up, see
 # docs/operations.md): the final commit, leaving the group and closing the consumer.
 FINAL_COMMIT_SECONDS = 5.0
@@ -82,6 +87,10 @@ class SourceListener(Protocol):
         ...
 
     def on_lost(self, partitions: list[TopicPartitionKey]) -> None: ...
+
+    def on_share(self, share: float) -> None:
+        """This member's share of the quota moved (see :mod:`consumer.pipeline.share`)."""
+        ...
 
     def on_fatal_error(self, message: str) -> None: ...
 
@@ -146,6 +155,8 @@ class KafkaSource:
             }
         )
         self._thread = threading.Thread(target=self._run, name="kafka-source", daemon=True)
+        self._counts = PartitionCounts(topics)
+        self._share_retry_at = 0.0
 
     # --- loop side -------------------------------------------------------------------------
 
@@ -223,6 +234,7 @@ class KafkaSource:
                 self._run_commands()
                 self._soft_hold()
                 self._adjust_flow()
+                self._retry_share()
                 messages = self._consumer.consume(_CONSUME_BATCH, _CONSUME_TIMEOUT)
                 if messages:
                     self._hand_over(messages)
@@ -353,6 +365,7 @@ class KafkaSource:
             consumer.pause(partitions)
             PARTITIONS_PAUSED.set(len(self._assigned))
         self._to_loop(self._listener.on_assigned, keys)
+        self._update_share(refresh=True)
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
@@ -375,12 +388,35 @@ class KafkaSource:
         PARTITIONS_PENDING_PAUSED.set(len(self._crowded))
         if self._paused:
             PARTITIONS_PAUSED.set(len(self._assigned))
+        self._update_share(refresh=False)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         self._forget(keys)
         log.warning("partitions lost", partitions=len(keys))
         self._to_loop(self._listener.on_lost, keys)
+
+    def _update_share(self, *, refresh: bool) -> None:
+        """Recompute this member's share; a smaller one is in force when this returns (bounded),
+        so a revoke hands its partitions on only after the quota they used went with them."""
+        if refresh:
+            self._counts.refresh(self._consumer)
+            self._share_retry_at = time.monotonic() + _SHARE_RETRY_SECONDS
+        share = partition_share(self._assigned, self._counts.known)
+        applied = threading.Event()
+
+        def apply() -> None:
+            try:
+                self._listener.on_share(share)
+            finally:
+                applied.set()
+
+        self._to_loop(apply)
+        applied.wait(_SHARE_APPLY_SECONDS)
+
+    def _retry_share(self) -> None:
+        if self._assigned and self._counts.stale and time.monotonic() >= self._share_retry_at:
+            self._update_share(refresh=True)
 
     def _on_stats(self, stats_json: str) -> None:
         self._to_loop(record_kafka_stats, stats_json)
