@@ -17,7 +17,8 @@ spare requests twice). See :mod:`consumer.klaviyo.ratelimit`.
 During a rebalance the sum must not pass 1 either. With the cooperative protocol a partition is
 revoked from its old owner (which drains it, commits, and only then gives it up) before the
 next round assigns it to a new one, so the old owner applies its smaller share at revoke, before
-returning from the callback, and the new owner its larger share at assign. A lost partition
+returning from the callback, and the new owner its larger share right after its assignment
+(in the source thread's loop, with fresh partition counts). A lost partition
 shrinks the share at once. A growing share starts with one request whose answer tells how much
 of the account's window the previous owner already used (``EndpointBudget.rescale``).
 """

@@ -156,6 +156,7 @@ class KafkaSource:
         )
         self._thread = threading.Thread(target=self._run, name="kafka-source", daemon=True)
         self._counts = PartitionCounts(topics)
+        self._share_due = False  # an assignment came: count the partitions and apply the share
         self._share_retry_at = 0.0
 
     # --- loop side -------------------------------------------------------------------------
@@ -234,7 +235,7 @@ class KafkaSource:
                 self._run_commands()
                 self._soft_hold()
                 self._adjust_flow()
-                self._retry_share()
+                self._refresh_share()
                 messages = self._consumer.consume(_CONSUME_BATCH, _CONSUME_TIMEOUT)
                 if messages:
                     self._hand_over(messages)
@@ -365,7 +366,7 @@ class KafkaSource:
             consumer.pause(partitions)
             PARTITIONS_PAUSED.set(len(self._assigned))
         self._to_loop(self._listener.on_assigned, keys)
-        self._update_share(refresh=True)
+        self._share_due = True
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
@@ -388,7 +389,7 @@ class KafkaSource:
         PARTITIONS_PENDING_PAUSED.set(len(self._crowded))
         if self._paused:
             PARTITIONS_PAUSED.set(len(self._assigned))
-        self._update_share(refresh=False)
+        self._apply_share()
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
@@ -396,12 +397,22 @@ class KafkaSource:
         log.warning("partitions lost", partitions=len(keys))
         self._to_loop(self._listener.on_lost, keys)
 
-    def _update_share(self, *, refresh: bool) -> None:
-        """Recompute this member's share; a smaller one is in force when this returns (bounded),
-        so a revoke hands its partitions on only after the quota they used went with them."""
-        if refresh:
-            self._counts.refresh(self._consumer)
-            self._share_retry_at = time.monotonic() + _SHARE_RETRY_SECONDS
+    def _refresh_share(self) -> None:
+        """After an assignment, count the subscribed partitions and apply the (grown) share.
+        Here, not in the assign callback: a metadata call made inside a librdkafka callback
+        clears confluent-kafka's per-call state, and the next callback of that poll aborts the
+        process. Growing a little later is safe; shrinking (at revoke) needs no metadata."""
+        retry = self._counts.stale and time.monotonic() >= self._share_retry_at
+        if not (self._share_due or (retry and self._assigned)):
+            return
+        self._share_due = False
+        self._counts.refresh(self._consumer)
+        self._share_retry_at = time.monotonic() + _SHARE_RETRY_SECONDS
+        self._apply_share()
+
+    def _apply_share(self) -> None:
+        """Hand this member's share to the loop; in force when this returns (bounded), so a
+        revoke gives its partitions up only after the quota they used went with them."""
         share = partition_share(self._assigned, self._counts.known)
         applied = threading.Event()
 
@@ -413,10 +424,6 @@ class KafkaSource:
 
         self._to_loop(apply)
         applied.wait(_SHARE_APPLY_SECONDS)
-
-    def _retry_share(self) -> None:
-        if self._assigned and self._counts.stale and time.monotonic() >= self._share_retry_at:
-            self._update_share(refresh=True)
 
     def _on_stats(self, stats_json: str) -> None:
         self._to_loop(record_kafka_stats, stats_json)

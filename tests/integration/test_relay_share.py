@@ -1,0 +1,195 @@
+"""The quota share follows the consumer group: two relay processes on the real broker and the
+sandbox (published limits), scaled 1 → 2 → 1. Each relay's share, read from its own /metrics,
+is 1.0 alone, and with two members both hold some share and together never more than 1 — also
+while the partitions move. Events produced while the share moves are all delivered with no
+429."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from consumer.settings import DEFAULT_RATE_LIMITS
+from dev.harness import rate_limits_json
+from dev.kafka_broker import KafkaBroker
+from klaviyo_sandbox import SandboxOptions, running_sandbox
+from klaviyo_sandbox.facts import PUBLISHED_LIMITS
+from tests.conftest import TopicFactory
+from tests.fixtures.relay_harness import (
+    Event,
+    EventFactory,
+    RelayProcess,
+    metrics_port,
+    produce_events,
+    relay_env,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+SHARE = "klaviyo_relay_quota_share"
+
+
+async def scraped_share(relay: RelayProcess) -> float | None:
+    """The relay's quota share gauge; None until it serves /metrics, and once it stopped
+    serving it (a stopping relay closes /metrics last, after it left the group)."""
+    port = metrics_port(relay)
+    if port is None:
+        return None
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(f"http://127.0.0.1:{port}/metrics") as response,
+        ):
+            text = await response.text()
+    except aiohttp.ClientConnectionError:
+        return None
+    for family in text_string_to_metric_families(text):
+        if family.name == SHARE:
+            return float(family.samples[0].value)
+    raise AssertionError(f"{SHARE} not exported")
+
+
+class ShareWatch:
+    """Samples both relays' shares while a rebalance runs. The member whose share may grow is
+    read first: it grows only after the other shrank, so a pair read in that order can only
+    under-count the sum (never show a sum above 1 that never was)."""
+
+    def __init__(self, grower: RelayProcess, shrinker: RelayProcess) -> None:
+        self.grower, self.shrinker = grower, shrinker
+        self.sums: list[float] = []
+        self.last: tuple[float, float] = (0.0, 0.0)
+
+    async def sample(self) -> tuple[float, float]:
+        grows = await scraped_share(self.grower) or 0.0
+        shrinks = await scraped_share(self.shrinker) or 0.0
+        self.sums.append(grows + shrinks)
+        self.last = (grows, shrinks)
+        return self.last
+
+
+def make_events(
+    factory: EventFactory, topics: dict[str, str], count: int, seed: int
+) -> list[Event]:
+    rng = random.Random(seed)
+    names = sorted(topics)
+    return [
+        factory.event(topic, topics[topic], f"cust-{rng.randrange(40)}", seq)
+        for seq, topic in enumerate(rng.choice(names) for _ in range(count))
+    ]
+
+
+async def test_shares_follow_the_group_across_a_rebalance(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    # Uneven partition counts: 4 partitions in all, whatever their topic.
+    topics = {
+        topic_factory("share-orders", partitions=3): "shop.order.placed",
+        topic_factory("share-resets", partitions=1): "shop.account.password-reset-requested",
+    }
+    dlq = topic_factory("dlq")
+    group = f"relay-{uuid.uuid4().hex[:8]}"
+    factory = EventFactory()
+    sent: set[str] = set()
+
+    def produce(count: int, seed: int) -> None:
+        events = make_events(factory, topics, count, seed)
+        produce_events(bootstrap, events)
+        sent.update(e.event_id for e in events)
+
+    options = SandboxOptions(rate_limits=dict(PUBLISHED_LIMITS))
+    async with running_sandbox(options) as sandbox:
+
+        def delivered() -> bool:
+            ids = {str(e["unique_id"]).split(":", 1)[0] for e in sandbox.state.events}
+            return ids >= sent
+
+        env = relay_env(
+            bootstrap,
+            sandbox.base_url,
+            topics,
+            group,
+            dlq,
+            SEND_MODE="realtime",
+            RATE_LIMITS=rate_limits_json(DEFAULT_RATE_LIMITS),  # the published limits
+        )
+        env.pop("RATE_LIMIT_SHARE", None)  # unset: the group decides
+        first = RelayProcess(env, tmp_path / "first.log")
+        second: RelayProcess | None = None
+        try:
+            produce(40, seed=1)
+
+            async def first_alone() -> bool:
+                return await scraped_share(first) == 1.0
+
+            await wait_for(first_alone, what="the only member's share to be 1.0")
+            await wait_for(delivered, what="the first events delivered")
+
+            second = RelayProcess(env, tmp_path / "second.log")
+            joining = ShareWatch(grower=second, shrinker=first)
+
+            async def both_hold_some() -> bool:
+                grown, shrunk = await joining.sample()
+                return grown > 0 and shrunk > 0 and grown + shrunk == pytest.approx(1.0)
+
+            await wait_for(both_hold_some, what="both members to hold a share", interval=0.05)
+            assert max(joining.sums) <= 1.0 + 1e-9, joining.sums
+            produce(40, seed=2)
+            await wait_for(delivered, what="events delivered by two members")
+
+            second.terminate()  # leaves the group: its partitions go back to the first
+            leaving = ShareWatch(grower=first, shrinker=second)
+
+            async def first_alone_again() -> bool:
+                grown, _ = await leaving.sample()
+                return grown == 1.0
+
+            await wait_for(first_alone_again, what="the remaining member's share back at 1.0")
+            assert max(leaving.sums) <= 1.0 + 1e-9, leaving.sums
+            assert await second.wait_exit() == 0
+            produce(40, seed=3)
+            await wait_for(delivered, what="events delivered by the remaining member")
+            first.terminate()
+            assert await first.wait_exit() == 0
+        finally:
+            first.stop()
+            if second is not None:
+                second.stop()
+        throttled = dict(sandbox.sandbox.throttled)
+    assert sum(throttled.values()) == 0, throttled
+    assert second.logged("quota share") and first.logged("partitions revoked")
+
+
+async def test_rate_limit_share_set_explicitly_wins_over_the_group(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topics = {topic_factory("share-fixed", partitions=2): "shop.order.placed"}
+    dlq = topic_factory("dlq")
+    group = f"relay-{uuid.uuid4().hex[:8]}"
+    async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
+        env = relay_env(
+            bootstrap,
+            sandbox.base_url,
+            topics,
+            group,
+            dlq,
+            SEND_MODE="realtime",
+            RATE_LIMIT_SHARE="0.25",
+        )
+        relay = RelayProcess(env, tmp_path / "fixed.log")
+        try:
+            await wait_for(lambda: relay.logged("partitions assigned"), what="an assignment")
+            # Alone in its group it holds every partition, yet keeps the share it was given.
+            assert await scraped_share(relay) == 0.25
+            relay.terminate()
+            assert await relay.wait_exit() == 0
+        finally:
+            relay.stop()
+    assert not relay.logged("quota share")
