@@ -248,7 +248,9 @@ def test_rendered_settings_are_accepted_by_the_relay(
         monkeypatch.setenv(key, "{}" if key.endswith("_CONFIG") else "from-secret")
     settings = load_settings()
     assert settings.metrics_port == int(config["METRICS_PORT"])
-    assert 0 < settings.rate_limit_share <= 1
+    # Unset (the group derives each pod's share) unless the values fix one.
+    explicit = config.get("RATE_LIMIT_SHARE")
+    assert settings.rate_limit_share == (None if explicit is None else float(explicit))
 
 
 @needs_helm
@@ -266,7 +268,9 @@ def test_default_install_expects_a_key_secret_and_says_how(tmp_path: Path) -> No
 def test_notes_without_warning_once_a_key_is_configured(tmp_path: Path) -> None:
     notes = render_notes(tmp_path, ["--set", "klaviyo.existingSecret=klaviyo-api"])
     assert "WARNING" not in notes
-    assert "RATE_LIMIT_SHARE=0.500000" in notes
+    assert "follows the consumer group" in notes
+    fixed = render_notes(tmp_path / "fixed", ["--set", "relay.rateLimitShare=0.25"])
+    assert "RATE_LIMIT_SHARE=0.25 of the account" in fixed
 
 
 @needs_helm
@@ -354,40 +358,46 @@ def test_registry_credential_and_secret_kafka_properties_go_to_a_secret_only(
 
 @needs_helm
 @pytest.mark.parametrize(
-    ("values", "replicas"),
-    [({"replicaCount": 1}, 1), ({"replicaCount": 3}, 3), ({}, 2)],
+    "values",
+    [
+        {"replicaCount": 1},
+        {"replicaCount": 3},
+        {"autoscaling": {"keda": {"enabled": True, "maxReplicaCount": 4}}},
+        {"autoscaling": {"hpa": {"enabled": True, "maxReplicas": 8}}},
+    ],
+    ids=["one", "three", "keda", "hpa"],
 )
-def test_rate_limit_share_is_one_over_the_replicas(
-    values: dict[str, Any], replicas: int, tmp_path: Path
+def test_rate_limit_share_is_left_to_the_group_whatever_the_scale(
+    values: dict[str, Any], tmp_path: Path
 ) -> None:
-    config = config_of(render(values=values, tmp=tmp_path))
-    share = float(config["RATE_LIMIT_SHARE"])
-    assert share <= 1 / replicas < share + 1e-6
+    # A share derived from replicas or maxReplicas is wrong as soon as the scale moves (a
+    # surge, a manual scale, one pod of four using a quarter): the relay derives it instead.
+    assert "RATE_LIMIT_SHARE" not in config_of(render(values=values, tmp=tmp_path))
+
+
+@needs_helm
+def test_an_explicit_rate_limit_share_overrides_the_group(tmp_path: Path) -> None:
+    config = config_of(render(values={"relay": {"rateLimitShare": "0.5"}}, tmp=tmp_path))
+    assert config["RATE_LIMIT_SHARE"] == "0.5"
 
 
 @needs_helm
 @pytest.mark.parametrize(
-    ("values_file", "kind", "other", "max_replicas"),
+    ("values_file", "kind", "other"),
     [
-        ("keda-values.yaml", "ScaledObject", "HorizontalPodAutoscaler", 6),
-        ("hpa-values.yaml", "HorizontalPodAutoscaler", "ScaledObject", 8),
+        ("keda-values.yaml", "ScaledObject", "HorizontalPodAutoscaler"),
+        ("hpa-values.yaml", "HorizontalPodAutoscaler", "ScaledObject"),
     ],
 )
-def test_autoscaling_on_lag_one_or_the_other(
-    values_file: str, kind: str, other: str, max_replicas: int
-) -> None:
+def test_autoscaling_on_lag_one_or_the_other(values_file: str, kind: str, other: str) -> None:
     docs = render_ci(values_file)
     scaler = one(docs, kind)
     assert not by_kind(docs, other)
     assert "replicas" not in one(docs, "Deployment")["spec"]  # the autoscaler owns it
     config = config_of(docs)
-    assert (
-        float(config["RATE_LIMIT_SHARE"])
-        <= 1 / max_replicas
-        < float(config["RATE_LIMIT_SHARE"]) + 1e-6
-    )
+    assert "RATE_LIMIT_SHARE" not in config
     if kind == "ScaledObject":
-        (trigger,) = scaler["spec"]["triggers"]
+        trigger = scaler["spec"]["triggers"][0]
         assert trigger["type"] == "kafka"
         assert trigger["metadata"]["consumerGroup"] == config["KAFKA_GROUP_ID"]
         assert trigger["metadata"]["sasl"] == "scram_sha256"
@@ -398,6 +408,31 @@ def test_autoscaling_on_lag_one_or_the_other(
     else:
         metric = scaler["spec"]["metrics"][0]["external"]["metric"]
         assert metric["name"] == "klaviyo_relay_consumer_lag_messages"
+
+
+@needs_helm
+def test_keda_holds_scale_out_back_while_the_quota_is_saturated(tmp_path: Path) -> None:
+    scaler = one(render_ci("keda-values.yaml"), "ScaledObject")
+    triggers = {t["name"]: t for t in scaler["spec"]["triggers"]}
+    assert [t["type"] for t in triggers.values()] == ["kafka", "prometheus", "prometheus"]
+    modifiers = scaler["spec"]["advanced"]["scalingModifiers"]
+    # Saturated: no more replicas than run now (pods × the per-pod lag target); else the lag.
+    assert modifiers["formula"] == "quota >= 0.9 ? min(lag, pods * 1000) : lag"
+    assert modifiers["target"] == triggers["lag"]["metadata"]["lagThreshold"]
+    assert set(re.findall(r"[a-z]+(?= |\)|,)", modifiers["formula"])) - {"min"} <= set(triggers)
+    # The queries read metrics the relay exports, from its own metrics Service's job.
+    exported = {m.name for m in REGISTRY.collect()}
+    for name in ("quota", "pods"):
+        query = triggers[name]["metadata"]["query"]
+        (metric,) = re.findall(r"(klaviyo_relay_\w+)\{", query)
+        assert metric in exported
+        assert f'job="{FULLNAME}-metrics"' in query and f'namespace="{NAMESPACE}"' in query
+    # Off: the plain lag trigger, nothing else.
+    plain = one(
+        render(values={"autoscaling": {"keda": {"enabled": True}}}, tmp=tmp_path), "ScaledObject"
+    )
+    assert [t["type"] for t in plain["spec"]["triggers"]] == ["kafka"]
+    assert "advanced" not in plain["spec"]
 
 
 # --------------------------------------------------------------------------- monitoring
@@ -528,6 +563,14 @@ INVALID_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("bad pull policy", {"image": {"pullPolicy": "Sometimes"}}),
     ("both autoscalers", {"autoscaling": {"hpa": {"enabled": True}, "keda": {"enabled": True}}}),
     ("KEDA scaling to zero", {"autoscaling": {"keda": {"enabled": True, "minReplicaCount": 0}}}),
+    (
+        "KEDA quota trigger without Prometheus",
+        {"autoscaling": {"keda": {"enabled": True, "quota": {"enabled": True}}}},
+    ),
+    (
+        "quota saturation above 1",
+        {"autoscaling": {"keda": {"quota": {"saturationThreshold": 1.5}}}},
+    ),
     ("bad scrape interval", {"metrics": {"serviceMonitor": {"interval": "often"}}}),
 ]
 

@@ -58,27 +58,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if or .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled }}true{{ end -}}
 {{- end -}}
 
-{{/* The most replicas this release can run: what each pod's quota share is divided by. */}}
-{{- define "klaviyo-relay.maxReplicas" -}}
-{{- if .Values.autoscaling.hpa.enabled -}}
-{{- .Values.autoscaling.hpa.maxReplicas -}}
-{{- else if .Values.autoscaling.keda.enabled -}}
-{{- .Values.autoscaling.keda.maxReplicaCount -}}
-{{- else -}}
-{{- .Values.replicaCount -}}
-{{- end -}}
-{{- end -}}
-
-{{/* RATE_LIMIT_SHARE: explicit, or 1/max replicas rounded down to 6 decimals. */}}
-{{- define "klaviyo-relay.rateLimitShare" -}}
-{{- if .Values.relay.rateLimitShare -}}
-{{- .Values.relay.rateLimitShare -}}
-{{- else -}}
-{{- $n := max 1 (int (include "klaviyo-relay.maxReplicas" .)) -}}
-{{- printf "%.6f" (divf (floor (divf 1000000 $n)) 1000000) -}}
-{{- end -}}
-{{- end -}}
-
 {{/*
 The worst-case shutdown: the drain (relay.drainTimeoutSeconds), then the final commit (5 s),
 leaving the group and closing the consumer (10 s) and flushing dead letters (5 s); the default
