@@ -22,10 +22,15 @@ arrivals about. So:
 3. A 429's ``Retry-After`` pauses the endpoint for every caller until it has passed.
 
 Limits are scaled by ``share`` (floor; below one request per window, one request per a longer
-window) so N replicas configured with 1/N each stay under the account's quota rate together,
-for any N; the server's remaining count is scaled the same way. Replicas do not coordinate,
-so with more replicas than a window's limit a few of them can still land in the same server
-second: Klaviyo then answers 429 and every replica pauses for its Retry-After.
+window) so replicas whose shares add up to at most 1 stay under the account's quota rate
+together, for any number of them; the server's remaining count is scaled the same way (each
+replica takes its part of what the account has left, so they never claim the same requests
+twice). The share moves with the consumer group (:meth:`RateLimiter.set_share`, see
+:mod:`consumer.pipeline.share`). A replica never sends past its own steady window on the
+strength of a high remaining count (what idle replicas leave unused): that count lags the other
+replicas' requests in flight, so two replicas could spend the same spare requests. Replicas do
+not coordinate, so with more replicas than a window's limit a few of them can still land in the
+same server second: Klaviyo then answers 429 and every replica pauses for its Retry-After.
 
 Waiting is FIFO per endpoint and never busy-waits: waiters park on futures, and one timer per
 endpoint (or the next answer, when every place is held by a request in flight) wakes the head
