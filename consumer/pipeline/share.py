@@ -75,8 +75,10 @@ class PartitionCounts:
             try:
                 metadata = consumer.list_topics(topic, timeout=METADATA_TIMEOUT_SECONDS)
             except Exception as exc:  # KafkaException; the broker may be moving
+                # The others would most likely time out too: ask again later (stale) instead
+                # of holding the source thread for a timeout per topic.
                 log.warning("topic metadata unavailable", topic=topic, error=str(exc))
-                continue
+                return
             found = metadata.topics.get(topic)
             if found is not None and found.partitions:
                 self._counts[topic] = len(found.partitions)

@@ -235,8 +235,9 @@ class KafkaSource:
                 self._run_commands()
                 self._soft_hold()
                 self._adjust_flow()
-                self._refresh_share()
                 messages = self._consumer.consume(_CONSUME_BATCH, _CONSUME_TIMEOUT)
+                # Before the records: those of new partitions go out under the new share.
+                self._refresh_share()
                 if messages:
                     self._hand_over(messages)
             self._run_commands()

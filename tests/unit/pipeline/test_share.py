@@ -131,8 +131,10 @@ def test_a_failed_refresh_keeps_the_last_counts_and_a_first_failure_leaves_them_
     counts.refresh(FakeConsumer({"orders": meta(2), "leads": meta(2)}, failing={"leads"}))
     assert counts.known is None  # share 0 until the retry counts it
     counts.refresh(FakeConsumer({"orders": meta(2), "leads": meta(2)}))
-    counts.refresh(FakeConsumer({"orders": meta(9), "leads": meta(9)}, failing={"orders"}))
-    assert counts.known == {"orders": 2, "leads": 9}
+    down = FakeConsumer({"orders": meta(9), "leads": meta(9)}, failing={"orders"})
+    counts.refresh(down)
+    assert counts.known == {"orders": 2, "leads": 2}
+    assert down.asked == ["orders"]  # no timeout per topic while the broker is away
 
 
 def test_a_transient_topic_error_is_asked_again() -> None:
