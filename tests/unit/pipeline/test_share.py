@@ -129,7 +129,7 @@ def test_a_missing_topic_weighs_nothing_until_it_appears() -> None:
 def test_a_failed_refresh_keeps_the_last_counts_and_a_first_failure_leaves_them_unknown() -> None:
     counts = PartitionCounts(["orders", "leads"])
     counts.refresh(FakeConsumer({"orders": meta(2), "leads": meta(2)}, failing={"leads"}))
-    assert counts.known is None  # share 0 until the retry counts it
+    assert counts.stale and partition_share([("orders", 0)], counts.known) == 0.0  # until retried
     counts.refresh(FakeConsumer({"orders": meta(2), "leads": meta(2)}))
     down = FakeConsumer({"orders": meta(9), "leads": meta(9)}, failing={"orders"})
     counts.refresh(down)
