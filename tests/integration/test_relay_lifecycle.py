@@ -3,7 +3,6 @@ is finished, and a stopped relay leaves the group with its work done."""
 
 from __future__ import annotations
 
-import random
 import time
 import uuid
 from pathlib import Path
@@ -14,28 +13,17 @@ from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
 from tests.fixtures.relay_harness import (
-    Event,
     EventFactory,
     RelayProcess,
     committed_offsets,
     end_offsets,
+    make_events,
     produce_events,
     relay_env,
     wait_for,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-
-def make_events(
-    factory: EventFactory, topics: dict[str, str], count: int, keys: int, seed: int
-) -> list[Event]:
-    rng = random.Random(seed)
-    names = sorted(topics)
-    return [
-        factory.event(topic, topics[topic], f"cust-{rng.randrange(keys)}", seq)
-        for seq, topic in enumerate(rng.choice(names) for _ in range(count))
-    ]
 
 
 def delivered_ids(events: list[dict[str, object]]) -> set[str]:

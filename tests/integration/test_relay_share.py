@@ -6,7 +6,6 @@ while the partitions move. Events produced while the share moves are all deliver
 
 from __future__ import annotations
 
-import random
 import uuid
 from pathlib import Path
 
@@ -21,9 +20,10 @@ from klaviyo_sandbox import SandboxOptions, running_sandbox
 from klaviyo_sandbox.facts import PUBLISHED_LIMITS
 from tests.conftest import TopicFactory
 from tests.fixtures.relay_harness import (
-    Event,
     EventFactory,
     RelayProcess,
+    base_ids,
+    make_events,
     metrics_port,
     produce_events,
     relay_env,
@@ -73,17 +73,6 @@ class ShareWatch:
         return self.last
 
 
-def make_events(
-    factory: EventFactory, topics: dict[str, str], count: int, seed: int
-) -> list[Event]:
-    rng = random.Random(seed)
-    names = sorted(topics)
-    return [
-        factory.event(topic, topics[topic], f"cust-{rng.randrange(40)}", seq)
-        for seq, topic in enumerate(rng.choice(names) for _ in range(count))
-    ]
-
-
 async def test_shares_follow_the_group_across_a_rebalance(
     kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
@@ -99,7 +88,7 @@ async def test_shares_follow_the_group_across_a_rebalance(
     sent: set[str] = set()
 
     def produce(count: int, seed: int) -> None:
-        events = make_events(factory, topics, count, seed)
+        events = make_events(factory, topics, count, 40, seed)
         produce_events(bootstrap, events)
         sent.update(e.event_id for e in events)
 
@@ -107,8 +96,7 @@ async def test_shares_follow_the_group_across_a_rebalance(
     async with running_sandbox(options) as sandbox:
 
         def delivered() -> bool:
-            ids = {str(e["unique_id"]).split(":", 1)[0] for e in sandbox.state.events}
-            return ids >= sent
+            return base_ids(sandbox.state.events) >= sent
 
         env = relay_env(
             bootstrap,
