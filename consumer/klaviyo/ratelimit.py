@@ -235,16 +235,17 @@ class EndpointBudget:
             return 0.0
         return 1.0 if self.steady.limit == 0 else min(1.0, used / self.steady.limit)
 
-    def rescale(self, share: float) -> None:
+    def rescale(self, share: float, *, probe: bool = False) -> None:
         """Apply a new share, keeping the windows' history (what this replica sent lately still
         counts against its new limit: a shrinking replica waits until its excess ages out).
 
         A share that grows cannot be trusted the same way: the quota it gains was in use by
         another replica a moment ago, and our empty history does not show it. So a growing
         budget probes: one request until an answer comes, whose ``RateLimit-Remaining`` then
-        replaces (rather than tightens) the server cap, scaled by the new share.
+        replaces (rather than tightens) the server cap, scaled by the new share. ``probe``: so
+        does any share, when the history predates the group's shares (the first one).
         """
-        if share > self.share:
+        if share > self.share or probe:
             self.probing = True
         if self.share > 0:
             self.server_allowance = math.floor(self.server_allowance * share / self.share)
@@ -399,11 +400,12 @@ class RateLimiter:
         """
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"share must be within [0, 1], not {share}")
+        first = not self._group_share
         self._share = share
         self._group_share = True
         now = asyncio.get_running_loop().time()
         for endpoint, queue in self._queues.items():
-            queue.budget.rescale(share)
+            queue.budget.rescale(share, probe=first)
             self._report(endpoint, queue, now)
             if queue.waiters:
                 self._wake(queue)

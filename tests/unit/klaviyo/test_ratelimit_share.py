@@ -129,6 +129,25 @@ async def test_an_endpoint_first_used_after_set_share_probes_too() -> None:
     limiter.release(await asyncio.wait_for(second, timeout=5))
 
 
+async def test_the_first_group_share_probes_even_where_it_shrinks() -> None:
+    # The start-up probe used an endpoint at the whole quota; the first share from the group
+    # is smaller, yet what other replicas sent this window is just as unknown.
+    limiter = RateLimiter({"get_profiles": limit(100, 100)}, share=1.0)
+    limiter.release(await limiter.acquire("get_profiles"))
+    limiter.set_share(0.5)
+    first = await limiter.acquire("get_profiles")
+    second = asyncio.create_task(limiter.acquire("get_profiles"))
+    await asyncio.sleep(0)
+    assert not second.done()
+    limiter.release(first)
+    limiter.release(await asyncio.wait_for(second, timeout=5))
+    limiter.set_share(0.25)  # later shrinks need no probe: the history is the group's
+    third = await limiter.acquire("get_profiles")
+    fourth = await asyncio.wait_for(limiter.acquire("get_profiles"), timeout=5)
+    limiter.release(third)
+    limiter.release(fourth)
+
+
 def test_rate_limit_share_unset_starts_at_the_whole_quota() -> None:
     settings = load_settings(klaviyo_api_key="pk_test")
     assert settings.rate_limit_share is None
