@@ -9,18 +9,19 @@ remaining member holds every partition: share 1.0.
 
 Every partition weighs the same, whatever its topic: topics with more partitions were given
 them because they carry more traffic, so weighing each topic equally would starve the busy
-ones. Partitions with no traffic (an idle topic) still hold their share; the quota they leave
-unused shows in Klaviyo's ``RateLimit-Remaining``, which the limiter follows (scaled by the
-share: each replica takes its part of what the account has left, so they never claim the same
-spare requests twice). See :mod:`consumer.klaviyo.ratelimit`.
+ones. Partitions with no traffic (an idle topic) still hold their share, and the others do not
+borrow it: Klaviyo's ``RateLimit-Remaining`` shows the account's spare requests, but it lags the
+other replicas' requests in flight, so two replicas could spend the same spare requests (see
+:mod:`consumer.klaviyo.ratelimit`). The limiter does cap each replica at its share of that
+count, which covers other users of the account's quota.
 
 During a rebalance the sum must not pass 1 either. With the cooperative protocol a partition is
 revoked from its old owner (which drains it, commits, and only then gives it up) before the
 next round assigns it to a new one, so the old owner applies its smaller share at revoke, before
-returning from the callback, and the new owner its larger share right after its assignment
-(in the source thread's loop, with fresh partition counts). A lost partition
-shrinks the share at once. A growing share starts with one request whose answer tells how much
-of the account's window the previous owner already used (``EndpointBudget.rescale``).
+returning from the callback, and the new owner its larger share right after its assignment (in
+the source thread's loop, with fresh partition counts). A lost partition shrinks the share at
+once. A growing share starts with one request whose answer tells how much of the account's
+window the previous owner already used (``EndpointBudget.rescale``).
 """
 
 from __future__ import annotations
