@@ -33,11 +33,13 @@ from tests.fixtures.relay_harness import (
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 SHARE = "klaviyo_relay_quota_share"
+SATURATION = "klaviyo_relay_quota_saturation"
 
 
-async def scraped_share(relay: RelayProcess) -> float | None:
-    """The relay's quota share gauge; None until it serves /metrics, and once it stopped
-    serving it (a stopping relay closes /metrics last, after it left the group)."""
+async def scraped(relay: RelayProcess, name: str) -> dict[str, float] | None:
+    """The relay's gauge ``name`` by its endpoint label ("" when unlabelled); None until it
+    serves /metrics, and once it stopped serving it (a stopping relay closes /metrics last,
+    after it left the group)."""
     port = metrics_port(relay)
     if port is None:
         return None
@@ -50,9 +52,14 @@ async def scraped_share(relay: RelayProcess) -> float | None:
     except aiohttp.ClientConnectionError:
         return None
     for family in text_string_to_metric_families(text):
-        if family.name == SHARE:
-            return float(family.samples[0].value)
-    raise AssertionError(f"{SHARE} not exported")
+        if family.name == name:
+            return {s.labels.get("endpoint", ""): float(s.value) for s in family.samples}
+    raise AssertionError(f"{name} not exported")
+
+
+async def scraped_share(relay: RelayProcess) -> float | None:
+    values = await scraped(relay, SHARE)
+    return None if values is None else values[""]
 
 
 class ShareWatch:
@@ -118,6 +125,8 @@ async def test_shares_follow_the_group_across_a_rebalance(
 
             await wait_for(first_alone, what="the only member's share to be 1.0")
             await wait_for(delivered, what="the first events delivered")
+            saturation = await scraped(first, SATURATION) or {}
+            assert 0 < saturation["create_event"] <= 1  # its steady window holds those sends
 
             second = RelayProcess(env, tmp_path / "second.log")
             joining = ShareWatch(grower=second, shrinker=first)
