@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from consumer.settings import EndpointLimit, WindowLimit
-from dev.harness import UNLIMITED_RATE_LIMITS, rate_limits_json
 from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
 from klaviyo_sandbox.facts import Limit, Window
@@ -24,6 +22,7 @@ from tests.fixtures.relay_harness import (
     Event,
     EventFactory,
     RelayProcess,
+    create_event_limited,
     produce_events,
     relay_env,
     wait_committed_to_end,
@@ -39,15 +38,6 @@ KEYS = 40
 BURST, STEADY = (5, 1.0), (20, 4.0)
 REALTIME = "create_event"
 BULK = "bulk_create_events"
-
-
-def short_create_event_limits() -> str:
-    """The relay's RATE_LIMITS: the sandbox's short Create Event quota, the rest unlimited."""
-    short = EndpointLimit(
-        burst=WindowLimit(requests=BURST[0], seconds=BURST[1]),
-        steady=WindowLimit(requests=STEADY[0], seconds=STEADY[1]),
-    )
-    return rate_limits_json({**UNLIMITED_RATE_LIMITS, REALTIME: short})
 
 
 def sandbox_limits() -> dict[str, Limit]:
@@ -80,7 +70,7 @@ async def test_auto_switches_to_bulk_under_a_short_quota_and_back_keeping_each_k
             {topic: HANDLER},
             group,
             dlq,
-            RATE_LIMITS=short_create_event_limits(),
+            RATE_LIMITS=create_event_limited(BURST, STEADY),
             BATCH_LINGER_SECONDS="0.2",
         )  # no SEND_MODE: the default is what is tested
         relay = RelayProcess(env, tmp_path / "relay.log")
