@@ -9,6 +9,7 @@ import time
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.observability.metrics import REGISTRY
 from consumer.pipeline.delivery.auto import Route, Why, route
+from consumer.settings import SendMode, Settings
 from tests.fixtures.fakes import Gate, emails, until
 from tests.unit.pipeline.test_relay_core import P0, offsets_in, record, running
 
@@ -72,12 +73,15 @@ def customers(requests: list[KlaviyoRequest], endpoint: Endpoint) -> list[str]:
     return [e.split("@")[0] for r in requests if r.endpoint is endpoint for e in emails(r.body)]
 
 
+def test_auto_is_the_default_send_mode() -> None:
+    assert Settings().send_mode is SendMode.AUTO
+
+
 async def test_auto_is_realtime_with_room_bulk_without_and_realtime_again_when_room_returns() -> (
     None
 ):
     realtime_before, quota_before = routed("realtime", "room"), routed("bulk", "quota")
     async with running(batch_linger_seconds=0.01) as core:
-        assert core.relay._settings.send_mode == "auto"  # the default
         core.source.assign(P0)
         core.source.feed([record(0, "a"), record(1, "b")])
         await until(lambda: core.source.committed(P0) == 2)
@@ -108,8 +112,8 @@ async def test_auto_a_later_event_joins_its_keys_open_job_even_with_room() -> No
         core.source.feed([record(1, "a"), record(2, "b")])
         await until(lambda: customers(core.klaviyo.sent, Endpoint.CREATE_EVENT) == ["b"])
         assert core.source.committed(P0) is None  # a's events wait in the open job
-        core.relay._delivery.hurry()  # a drain sends the open job
-        await until(lambda: core.source.committed(P0) == 3)
+        await core.source.revoke(P0)  # the revoke's drain sends the open job
+        assert core.source.committed(P0) == 3
         bulk = [r for r in core.klaviyo.sent if r.endpoint is Endpoint.BULK_CREATE_EVENTS]
     assert [offsets_in(r.body) for r in bulk] == [[0, 1]]  # a's two events, in one job
 
