@@ -27,30 +27,26 @@ def delivery_for(
     room: Room,
 ) -> Delivery:
     """The delivery strategy of ``settings.send_mode`` (a new mode without one fails mypy)."""
+
+    def batch() -> BatchDelivery:
+        return BatchDelivery(
+            sender,
+            book,
+            reject,
+            spawn,
+            saturated,
+            max_events=settings.batch_max_events,
+            linger=settings.batch_linger_seconds,
+        )
+
     match settings.send_mode:
         case SendMode.REALTIME:
             return RealtimeDelivery(sender, book)
         case SendMode.BATCH:
-            return BatchDelivery(
-                sender,
-                book,
-                reject,
-                spawn,
-                saturated,
-                max_events=settings.batch_max_events,
-                linger=settings.batch_linger_seconds,
-            )
+            return batch()
         case SendMode.AUTO:
             return AutoDelivery(
-                sender,
-                book,
-                reject,
-                spawn,
-                saturated,
-                room=room,
-                max_events=settings.batch_max_events,
-                linger=settings.batch_linger_seconds,
-                max_wait=settings.auto_realtime_max_wait_seconds,
+                batch(), sender, room, max_wait=settings.auto_realtime_max_wait_seconds
             )
         case unknown:
             assert_never(unknown)

@@ -37,11 +37,10 @@ from prometheus_client import Counter
 from consumer.klaviyo.ratelimit import Permit
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest, Plan
 from consumer.observability.metrics import AUTO_ROUTES
-from consumer.pipeline.delivery.base import Reject, Spawn
 from consumer.pipeline.delivery.batch import BatchDelivery
 from consumer.pipeline.delivery.realtime import send_create_event
 from consumer.pipeline.dispatch import Lane
-from consumer.pipeline.inflight import InFlight, Work
+from consumer.pipeline.inflight import Work
 from consumer.pipeline.sending import Sender, StepFailure
 
 P = TypeVar("P")
@@ -85,22 +84,16 @@ def route(
 class AutoDelivery:
     def __init__(
         self,
+        bulk: BatchDelivery,
         sender: Sender,
-        book: InFlight,
-        reject: Reject,
-        spawn: Spawn,
-        saturated: Callable[[], bool],
-        *,
         room: Room,
-        max_events: int,
-        linger: float,
+        *,
         max_wait: float,
         clock: Callable[[], float] = time.monotonic,  # the clock of ``Work.taken``
     ) -> None:
+        """``bulk``: where events without room go (its jobs, verdicts and pacing are reused)."""
+        self._bulk = bulk
         self._sender = sender
-        self._bulk = BatchDelivery(
-            sender, book, reject, spawn, saturated, max_events=max_events, linger=linger
-        )
         self._take_room = functools.partial(room, Endpoint.CREATE_EVENT)
         self._max_wait = max_wait
         self._clock = clock
