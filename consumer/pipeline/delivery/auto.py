@@ -5,8 +5,8 @@ Klaviyo's two endpoints have separate quotas. Create Event (≈ 58 events/s stea
 lowest latency; Bulk Create Events (≈ 2,500 events/s) drains a backlog. Routing on the limiter's
 "room now" (:meth:`consumer.klaviyo.ratelimit.RateLimiter.try_acquire`, which never waits) uses
 both at once: while the Create Event windows are exhausted everything else goes into bulk jobs,
-so a backlog drains at about bulk + realtime speed, and as soon as the windows have room again
-new events go realtime. An event that has already waited longer than
+so a backlog drains on both quotas together, and as soon as the windows have room again new
+events go realtime. An event that has already waited longer than
 ``AUTO_REALTIME_MAX_WAIT_SECONDS`` since it was taken (behind its key's earlier events, or for a
 Klaviyo outage) joins a bulk job too: it is late anyway, and the realtime quota is kept for
 fresh ones.
