@@ -40,6 +40,7 @@ _URL = re.compile(r"(https?|mock)://[^/\s]+(/\S*)?")
 class SendMode(StrEnum):
     REALTIME = "realtime"
     BATCH = "batch"
+    AUTO = "auto"  # Create Event while it has room and the event is fresh, else bulk jobs
 
 
 class AuthScheme(StrEnum):
@@ -189,13 +190,17 @@ class Settings(BaseSettings):
     retry_cap_seconds: PositiveFloat = 60.0
 
     # --- Relay ---
-    send_mode: SendMode = SendMode.REALTIME
+    send_mode: SendMode = SendMode.AUTO
     max_in_flight: PositiveInt = 2000
     resume_below: float = Field(
         default=0.5, gt=0.0, lt=1.0, description="Resume paused partitions below this share."
     )
     batch_max_events: int = Field(default=1000, ge=1, le=1000)
     batch_linger_seconds: PositiveFloat = 0.5
+    auto_realtime_max_wait_seconds: PositiveFloat = Field(
+        default=2.0,
+        description="Auto mode: an event taken longer ago than this goes into a bulk job.",
+    )
     drain_timeout_seconds: PositiveFloat = 25.0
     commit_interval_seconds: PositiveFloat = 1.0
     default_phone_region: str = "US"

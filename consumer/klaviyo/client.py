@@ -12,6 +12,7 @@ import asyncio
 import gzip
 import random
 import time
+from collections.abc import Awaitable
 from decimal import Decimal
 from types import TracebackType
 from typing import Any
@@ -27,7 +28,7 @@ from consumer.klaviyo.classify import (
     timeout_outcome,
 )
 from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Retryable
-from consumer.klaviyo.ratelimit import RateLimiter
+from consumer.klaviyo.ratelimit import Permit, RateLimiter
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.klaviyo.retry import Clock, RetryPolicy, Sleep, call_with_retries
 from consumer.observability.metrics import (
@@ -132,14 +133,20 @@ class KlaviyoClient:
             await self._session.close()
             self._session = None
 
-    async def send(self, request: KlaviyoRequest) -> Outcome:
+    def try_acquire(self, endpoint: Endpoint) -> Permit | None:
+        """A rate-limit permit for ``endpoint`` if it has room right now (see ``send``)."""
+        return self._limiter.try_acquire(endpoint.value)
+
+    async def send(self, request: KlaviyoRequest, permit: Permit | None = None) -> Outcome:
         """Send ``request``, retrying retryable answers inside the retry budget.
 
         Returns Accepted, Permanent or Fatal as soon as one is seen; Retryable only when the
-        budget (attempts or elapsed time) is spent.
+        budget (attempts or elapsed time) is spent. ``permit`` (from ``try_acquire``) is used by
+        the first attempt instead of waiting for one; retries wait as usual.
         """
         # Serialised (and compressed) once; every retry resends the same bytes.
         payload, extra_headers = self._payload(request)
+        granted = permit
 
         def on_retry(outcome: Retryable, wait: float) -> None:
             KLAVIYO_RETRIES.labels(request.endpoint.value, outcome.reason).inc()
@@ -151,8 +158,13 @@ class KlaviyoClient:
                 wait_seconds=round(wait, 3),
             )
 
+        def attempt() -> Awaitable[Outcome]:
+            nonlocal granted
+            given, granted = granted, None
+            return self._attempt(request, payload, extra_headers, given)
+
         outcome = await call_with_retries(
-            lambda: self._attempt(request, payload, extra_headers),
+            attempt,
             self._policy,
             rng=self._rng,
             clock=self._clock,
@@ -181,13 +193,18 @@ class KlaviyoClient:
         return data, headers
 
     async def _attempt(
-        self, request: KlaviyoRequest, payload: bytes | None, extra_headers: dict[str, str]
+        self,
+        request: KlaviyoRequest,
+        payload: bytes | None,
+        extra_headers: dict[str, str],
+        permit: Permit | None = None,
     ) -> Outcome:
-        """One rate-limited HTTP attempt, classified."""
+        """One rate-limited HTTP attempt (with ``permit`` if one was taken already), classified."""
         if self._session is None:
             raise RuntimeError("KlaviyoClient used outside 'async with'")
         endpoint = request.endpoint.value
-        permit = await self._limiter.acquire(endpoint)
+        if permit is None:
+            permit = await self._limiter.acquire(endpoint)
         status: int | None = None
         headers: Any = None
         started = time.perf_counter()

@@ -333,6 +333,18 @@ class RateLimiter:
         self._report(endpoint, queue, loop.time())
         return Permit(endpoint=endpoint, waited=waited)
 
+    def try_acquire(self, endpoint: str) -> Permit | None:
+        """Take one place for ``endpoint`` at once if nobody waits and one is free now; else
+        None, and nothing is taken (for a caller with another way to send)."""
+        now = asyncio.get_running_loop().time()
+        queue = self._queue(endpoint)
+        if queue.waiters or queue.budget.ready_at(now) > now + _EPSILON:
+            return None
+        queue.budget.grant(now)
+        RATE_LIMIT_WAIT.labels(endpoint).observe(0.0)
+        self._report(endpoint, queue, now)
+        return Permit(endpoint=endpoint, waited=0.0)
+
     def release(
         self,
         permit: Permit,

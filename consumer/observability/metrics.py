@@ -190,6 +190,14 @@ QUOTA_SATURATION = Gauge(
     registry=REGISTRY,
 )
 
+AUTO_ROUTES = Counter(
+    "klaviyo_relay_auto_route_total",
+    "Auto mode: Create Events by the path chosen (realtime, bulk) and why (room, quota,"
+    " stale, order).",
+    ["path", "reason"],
+    registry=REGISTRY,
+)
+
 
 def status_class(status: int | None) -> str:
     """``2xx``/``4xx``/``5xx`` for an HTTP status, ``error`` when there was no answer."""

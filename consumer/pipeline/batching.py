@@ -141,11 +141,15 @@ class BulkBatcher(Generic[Token]):
             return
         self._spawn(self._send_job(job))
 
+    def is_open(self, ticket: asyncio.Future[None] | None) -> bool:
+        """Whether ``ticket`` is the open job's (its job still takes items)."""
+        return self._open is not None and self._open.ticket is ticket
+
     def expedite(self, ticket: asyncio.Future[None]) -> None:
         """A lane waits on ``ticket``: if its job is still open, send it now. Lingering cannot
         grow the job faster than the waiting lane is held up, and everything behind that lane
         (its key's later events, and the in-flight window they occupy) waits with it."""
-        if self._open is not None and self._open.ticket is ticket:
+        if self.is_open(ticket):
             self.flush()
 
     def set_linger(self, seconds: float) -> None:

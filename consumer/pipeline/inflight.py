@@ -56,11 +56,13 @@ class Work:
         "record",
         "remaining",
         "started",
+        "taken",
     )
 
-    def __init__(self, record: SourceRecord, offsets: PartitionOffsets) -> None:
+    def __init__(self, record: SourceRecord, offsets: PartitionOffsets, taken: float) -> None:
         self.record = record
         self.offsets = offsets
+        self.taken = taken  # time.monotonic() when the source handed it over
         self.started = False
         self.done = False
         self.dead = False  # handed to the dead-letter topic: Klaviyo verdicts no longer count
@@ -109,7 +111,7 @@ class InFlight:
                 continue
             crowded = crowded or tracker.crowded != was_crowded
             counts[record.topic] = counts.get(record.topic, 0) + 1
-            taken.append(Work(record, tracker))
+            taken.append(Work(record, tracker, now))
         for topic, count in counts.items():
             EVENTS_CONSUMED.labels(topic).inc(count)
         self._release(dropped)

@@ -13,7 +13,8 @@ from typing import Protocol
 
 from consumer.klaviyo.client import KlaviyoClient
 from consumer.klaviyo.outcomes import Outcome
-from consumer.klaviyo.requests import KlaviyoRequest
+from consumer.klaviyo.ratelimit import Permit
+from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.pipeline.deadletter import DeadLetterProducer
 from consumer.pipeline.failure import Failure
 from consumer.pipeline.offsets import TopicPartitionKey
@@ -69,7 +70,13 @@ class Klaviyo(Protocol):
         tb: TracebackType | None,
     ) -> None: ...
 
-    async def send(self, request: KlaviyoRequest) -> Outcome: ...
+    async def send(self, request: KlaviyoRequest, permit: Permit | None = None) -> Outcome:
+        """``permit``: one ``try_acquire`` gave, used by the first attempt."""
+        ...
+
+    def try_acquire(self, endpoint: Endpoint) -> Permit | None:
+        """A rate-limit permit for ``endpoint`` if it has room right now, else None."""
+        ...
 
     async def ping(self) -> Outcome: ...
 

@@ -94,6 +94,7 @@ class Relay:
             reject=self._dead_letters,
             spawn=self._spawn,
             saturated=lambda: self._source is not None and self._source.saturated,
+            room=self._klaviyo.try_acquire,
         )
         stages = Stages(
             self._registry,

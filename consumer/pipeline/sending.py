@@ -14,15 +14,22 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from consumer.errors import Reason
 from consumer.klaviyo.client import profile_id_from_lookup
 from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Permanent, Retryable
+from consumer.klaviyo.ratelimit import Permit
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest, Plan
 from consumer.klaviyo.retry import RetryPolicy
 
-Send = Callable[[KlaviyoRequest], Awaitable[Outcome]]
+
+class Send(Protocol):
+    """Sends one request (``permit``: a rate-limit permit already taken for its first attempt)."""
+
+    def __call__(
+        self, request: KlaviyoRequest, permit: Permit | None = None, /
+    ) -> Awaitable[Outcome]: ...
 
 
 def metric_name(request: KlaviyoRequest) -> str:
@@ -76,12 +83,17 @@ class Sender:
         self._on_reachable = on_reachable
         self._rng = rng or random.Random()
 
-    async def settle(self, request: KlaviyoRequest) -> Accepted | Permanent:
+    async def settle(
+        self, request: KlaviyoRequest, permit: Permit | None = None
+    ) -> Accepted | Permanent:
+        """``permit``: taken already for the first attempt (a halted relay never sends it, and
+        the place it holds no longer matters)."""
         retry = 0
         while True:
             if self._halt.halted:
                 await self._halt.hold()
-            outcome = await self._send(request)
+            outcome = await self._send(request, permit)
+            permit = None
             if isinstance(outcome, Accepted | Permanent):
                 self._on_reachable(True)
                 return outcome

@@ -85,7 +85,9 @@ async def test_edge_answers_are_retried_without_halting_or_dead_letters(
     )
     async with running_sandbox(options) as sandbox:
         relay = RelayProcess(
-            relay_env(bootstrap, sandbox.base_url, topics, group, dlq), tmp_path / "relay.log"
+            # Realtime: the partial failures are counted on Create Event below.
+            relay_env(bootstrap, sandbox.base_url, topics, group, dlq, SEND_MODE="realtime"),
+            tmp_path / "relay.log",
         )
         try:
 

@@ -72,7 +72,9 @@ async def test_poison_records_are_dead_lettered_and_their_neighbours_delivered(
 
     async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
         relay = RelayProcess(
-            relay_env(bootstrap, sandbox.base_url, topics, group, dlq), tmp_path / "relay.log"
+            # Realtime: the refused event's dead letter names Create Event below.
+            relay_env(bootstrap, sandbox.base_url, topics, group, dlq, SEND_MODE="realtime"),
+            tmp_path / "relay.log",
         )
         try:
             await wait_for(

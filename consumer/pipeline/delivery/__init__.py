@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import assert_never
 
+from consumer.pipeline.delivery.auto import AutoDelivery, Room
 from consumer.pipeline.delivery.base import Delivery, Reject, Spawn
 from consumer.pipeline.delivery.batch import BatchDelivery
 from consumer.pipeline.delivery.realtime import RealtimeDelivery
@@ -12,7 +13,7 @@ from consumer.pipeline.inflight import InFlight
 from consumer.pipeline.sending import Sender
 from consumer.settings import SendMode, Settings
 
-__all__ = ["BatchDelivery", "Delivery", "RealtimeDelivery", "delivery_for"]
+__all__ = ["AutoDelivery", "BatchDelivery", "Delivery", "RealtimeDelivery", "delivery_for"]
 
 
 def delivery_for(
@@ -23,20 +24,29 @@ def delivery_for(
     reject: Reject,
     spawn: Spawn,
     saturated: Callable[[], bool],
+    room: Room,
 ) -> Delivery:
     """The delivery strategy of ``settings.send_mode`` (a new mode without one fails mypy)."""
+
+    def batch() -> BatchDelivery:
+        return BatchDelivery(
+            sender,
+            book,
+            reject,
+            spawn,
+            saturated,
+            max_events=settings.batch_max_events,
+            linger=settings.batch_linger_seconds,
+        )
+
     match settings.send_mode:
         case SendMode.REALTIME:
             return RealtimeDelivery(sender, book)
         case SendMode.BATCH:
-            return BatchDelivery(
-                sender,
-                book,
-                reject,
-                spawn,
-                saturated,
-                max_events=settings.batch_max_events,
-                linger=settings.batch_linger_seconds,
+            return batch()
+        case SendMode.AUTO:
+            return AutoDelivery(
+                batch(), sender, room, max_wait=settings.auto_realtime_max_wait_seconds
             )
         case unknown:
             assert_never(unknown)

@@ -4,8 +4,9 @@ A :class:`Delivery` takes an event's :class:`Plan` (decoded and handled) and get
 accepted by Klaviyo. It finishes the event in the book of work in flight
 (:meth:`consumer.pipeline.inflight.InFlight.finish`) once the last of them is accepted, and
 hands a refused step back to the caller (which dead-letters the event). Modes differ in how
-Create Event requests travel: one at a time (``realtime``) or gathered into Bulk Create Events
-jobs (``batch``). The relay picks one in :func:`consumer.pipeline.delivery.delivery_for`.
+Create Event requests travel: one at a time (``realtime``), gathered into Bulk Create Events
+jobs (``batch``), or each one by whichever has room (``auto``). The relay picks one in
+:func:`consumer.pipeline.delivery.delivery_for`.
 """
 
 from __future__ import annotations

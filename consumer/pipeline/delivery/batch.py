@@ -11,7 +11,7 @@ waits until the key's earlier events were accepted.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from consumer.klaviyo.bulk import MAX_BYTES
@@ -24,6 +24,9 @@ from consumer.pipeline.dispatch import Lane
 from consumer.pipeline.failure import Failure
 from consumer.pipeline.inflight import InFlight, Work
 from consumer.pipeline.sending import PlanRunner, Sender, StepFailure
+
+# What a plan's Create Event step does with its request (see ``PlanRunner``).
+CreateEvent = Callable[[KlaviyoRequest], Awaitable[StepFailure | None]]
 
 # While draining, a job is sent almost at once: nobody waits a full linger to leave.
 DRAIN_LINGER = 0.005
@@ -70,12 +73,31 @@ class BatchDelivery:
         self._batcher.set_linger(self._linger)
 
     async def deliver(self, lane: Lane[Work], work: Work, plan: Plan) -> StepFailure | None:
-        batcher = self._batcher
+        return await self.run(lane, work, plan, self.into_job(lane, work))
+
+    async def run(
+        self, lane: Lane[Work], work: Work, plan: Plan, create_event: CreateEvent
+    ) -> StepFailure | None:
+        """Run ``plan`` with ``create_event`` for its Create Event steps (a step that may add to
+        a bulk job); the event is finished once its bulk items are settled too."""
         # Profile steps go alone, and only after this key's earlier events were accepted.
         direct = any(r.endpoint is not Endpoint.CREATE_EVENT for r in plan.requests)
         if direct and lane.last_ticket is not None:
-            batcher.expedite(lane.last_ticket)
+            self._batcher.expedite(lane.last_ticket)
             await asyncio.shield(lane.last_ticket)
+        work.remaining += 1  # held until every step is placed, so an early verdict cannot finish it
+        try:
+            failure = await self._runner.run(plan, create_event, on_accepted(work))
+        finally:
+            work.remaining -= 1
+        if failure is None:  # else the caller dead-letters it
+            self._book.settle(work)
+        return failure
+
+    def into_job(self, lane: Lane[Work], work: Work) -> CreateEvent:
+        """The Create Event step that adds the request to the open bulk job, after this key's
+        previous job (a job still open is joined)."""
+        batcher = self._batcher
 
         async def into_job(request: KlaviyoRequest) -> StepFailure | None:
             while await lane.wait_for_ticket_unless(batcher.open_ticket()):
@@ -86,14 +108,11 @@ class BatchDelivery:
             lane.last_ticket = batcher.add(request, work, order)
             return None
 
-        work.remaining += 1  # held until every step is placed, so an early verdict cannot finish it
-        try:
-            failure = await self._runner.run(plan, into_job, on_accepted(work))
-        finally:
-            work.remaining -= 1
-        if failure is None:  # else the caller dead-letters it
-            self._book.settle(work)
-        return failure
+        return into_job
+
+    def is_open(self, ticket: asyncio.Future[None] | None) -> bool:
+        """Whether ``ticket`` is the open job's (``into_job`` joins it without waiting)."""
+        return self._batcher.is_open(ticket)
 
     # verdicts on the items of a bulk job (batching.ItemSink)
 

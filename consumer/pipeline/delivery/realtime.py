@@ -3,9 +3,8 @@ turn comes in its key's lane; the event is finished when the last one is accepte
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from consumer.klaviyo.outcomes import Permanent
+from consumer.klaviyo.ratelimit import Permit
 from consumer.klaviyo.requests import KlaviyoRequest, Plan
 from consumer.pipeline.delivery.base import delivered, on_accepted
 from consumer.pipeline.dispatch import Lane
@@ -23,7 +22,10 @@ class RealtimeDelivery:
         pass
 
     async def deliver(self, _lane: Lane[Work], work: Work, plan: Plan) -> StepFailure | None:
-        failure = await self._runner.run(plan, self._send_now(work), on_accepted(work))
+        async def create_event(request: KlaviyoRequest) -> StepFailure | None:
+            return await send_create_event(self._sender, work, request)
+
+        failure = await self._runner.run(plan, create_event, on_accepted(work))
         if failure is None:
             self._book.finish(work)
         return failure
@@ -37,12 +39,13 @@ class RealtimeDelivery:
     def relax(self) -> None:
         pass
 
-    def _send_now(self, work: Work) -> Callable[[KlaviyoRequest], Awaitable[StepFailure | None]]:
-        async def create_event(request: KlaviyoRequest) -> StepFailure | None:
-            outcome = await self._sender.settle(request)
-            if isinstance(outcome, Permanent):
-                return StepFailure(request, outcome)
-            delivered(work, request)
-            return None
 
-        return create_event
+async def send_create_event(
+    sender: Sender, work: Work, request: KlaviyoRequest, permit: Permit | None = None
+) -> StepFailure | None:
+    """Send one Create Event now (with ``permit`` if one was taken) and count it delivered."""
+    outcome = await sender.settle(request, permit)
+    if isinstance(outcome, Permanent):
+        return StepFailure(request, outcome)
+    delivered(work, request)
+    return None

@@ -24,8 +24,9 @@ async def test_408_425_and_html_403_challenges_are_retried(
         await scenario.start_sandbox(
             "--error-rate", "408=0.015", "--error-rate", "425=0.015", "--challenge-rate", "0.01"
         )
-        # Enough attempts that a retried request is never given up on within the run.
-        scenario.start_relay(RETRY_MAX_ATTEMPTS="20")
+        # Enough attempts that a retried request is never given up on within the run; realtime,
+        # one request per event, so that the 1 % challenge rate is met (bulk jobs are fewer).
+        scenario.start_relay(RETRY_MAX_ATTEMPTS="20", SEND_MODE="realtime")
         await scenario.verdict()
         stats = await sandbox_stats(scenario.base_url)
         # Every kind of edge answer was met (and survived).

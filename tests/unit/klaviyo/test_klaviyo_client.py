@@ -129,6 +129,7 @@ def settings_for(url: str, **overrides: Any) -> Settings:
     return load_settings(**values)
 
 
+STEADY_100 = {"requests": 100, "seconds": 60.0}
 JSON_API_HEADERS = {"Content-Type": "application/vnd.api+json"}
 
 
@@ -356,6 +357,22 @@ async def test_429_pauses_the_endpoint_for_every_caller(scripted: Callable[..., 
     first, *rest = server.arrivals
     assert len(rest) == 5
     assert min(a.at for a in rest) - first.at >= 1.0
+
+
+async def test_a_permit_taken_with_try_acquire_is_used_by_the_first_attempt_only(
+    scripted: Callable[..., Any],
+) -> None:
+    server = await scripted(Answer(503), default=Answer(202))
+    limits = {"create_event": {"burst": {"requests": 1, "seconds": 0.3}, "steady": STEADY_100}}
+    async with KlaviyoClient(settings_for(server.url, rate_limits=limits)) as client:
+        permit = client.try_acquire(Endpoint.CREATE_EVENT)
+        assert permit is not None
+        assert client.try_acquire(Endpoint.CREATE_EVENT) is None  # the only place is taken
+        # Had the first attempt not used the permit, it would wait for a place behind it.
+        outcome = await asyncio.wait_for(client.send(EVENT, permit), timeout=10)
+    assert outcome == Accepted(202, None, attempts=2)
+    first, second = server.arrivals
+    assert second.at - first.at >= 0.3  # the retry waited for a place of its own
 
 
 async def test_attempt_budget(scripted: Callable[..., Any]) -> None:

@@ -280,6 +280,39 @@ async def test_server_headers_hold_callers_until_reset() -> None:
     assert loop.time() - answered_at >= 1.0
 
 
+async def test_try_acquire_grants_at_once_while_there_is_room_and_never_waits() -> None:
+    limiter = RateLimiter({"create_event": limit(2, 60.0, 100, 60.0)})
+    first, second = limiter.try_acquire("create_event"), limiter.try_acquire("create_event")
+    assert first is not None and second is not None and first.waited == 0.0
+    assert limiter.try_acquire("create_event") is None  # the burst window is full
+    limiter.release(first, status=202)  # answered: its place is held for the window's length
+    assert limiter.try_acquire("create_event") is None
+    assert limiter.try_acquire("get_profiles") is not None  # another endpoint, another budget
+
+
+async def test_try_acquire_never_passes_a_waiter_and_takes_nothing_when_refused() -> None:
+    limiter = RateLimiter({"create_event": limit(1, 0.2, 100, 60.0)})
+    held = limiter.try_acquire("create_event")
+    assert held is not None
+    waiter = asyncio.create_task(limiter.acquire("create_event"))
+    await asyncio.sleep(0)  # it queues behind the permit in flight
+    limiter.release(held, status=202)
+    # The window frees 0.2 s after the answer; the waiter goes first, and a refused
+    # try_acquire took no place from it.
+    assert limiter.try_acquire("create_event") is None
+    permit = await asyncio.wait_for(waiter, timeout=5)
+    assert permit.waited >= 0.2
+    limiter.release(permit, status=202)
+
+
+async def test_try_acquire_is_refused_while_a_429_pause_lasts() -> None:
+    limiter = RateLimiter({"create_event": limit(100, 1.0, 1000, 60.0)})
+    permit = limiter.try_acquire("create_event")
+    assert permit is not None
+    limiter.release(permit, status=429, headers=CIMultiDict({"Retry-After": "30"}))
+    assert limiter.try_acquire("create_event") is None
+
+
 # --- slow: hundreds of requests against fixed-window servers ------------------------------------
 
 BURST = WindowLimit(requests=20, seconds=0.5)

@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from consumer.klaviyo.outcomes import Accepted, KlaviyoError, Outcome, Permanent
+from consumer.klaviyo.ratelimit import Permit
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.klaviyo.retry import RetryPolicy
 from consumer.pipeline.batching import BulkBatcher
@@ -44,7 +45,7 @@ class FakeBulkEndpoint:
         self.most_in_flight = 0
         self.processed: list[tuple[str, str]] = []  # (uid, email of the entry's profile)
 
-    async def send(self, request: KlaviyoRequest) -> Outcome:
+    async def send(self, request: KlaviyoRequest, _permit: Permit | None = None) -> Outcome:
         assert request.endpoint is Endpoint.BULK_CREATE_EVENTS
         assert request.body is not None
         self.requests += 1

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Permanent, Retryable
+from consumer.klaviyo.ratelimit import Permit
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest, Plan
 from consumer.klaviyo.retry import RetryPolicy
 from consumer.pipeline.sending import (
@@ -38,9 +39,11 @@ class Script:
     def __init__(self, *outcomes: Outcome) -> None:
         self._outcomes: Iterator[Outcome] = iter(outcomes)
         self.sent: list[KlaviyoRequest] = []
+        self.permits: list[Permit | None] = []
 
-    async def send(self, request: KlaviyoRequest) -> Outcome:
+    async def send(self, request: KlaviyoRequest, permit: Permit | None = None) -> Outcome:
         self.sent.append(request)
+        self.permits.append(permit)
         return next(self._outcomes)
 
 
@@ -56,6 +59,13 @@ async def test_retryable_answers_are_sent_again_until_settled() -> None:
     assert await sender.settle(EVENT) == Accepted(202)
     assert len(script.sent) == 3
     assert reachable == [True, False, True]  # a 503 is an answer; a timeout is not
+
+
+async def test_a_permit_given_to_settle_goes_with_the_first_send_only() -> None:
+    script = Script(Retryable(503, "server_error"), Accepted(202))
+    permit = Permit("create_event", waited=0.0)
+    assert await sender_for(script).settle(EVENT, permit) == Accepted(202)
+    assert script.permits == [permit, None]
 
 
 async def test_a_permanent_answer_is_returned_not_retried() -> None:

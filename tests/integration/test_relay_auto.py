@@ -1,0 +1,131 @@
+"""Auto mode (the default) end to end on the real broker and the sandbox (issue 13): with a short
+Create Event quota, a backlog goes to Create Event while its windows have room and into Bulk
+Create Events jobs when they are exhausted; once the backlog is gone, new events go to Create
+Event again. The sandbox records which endpoint received each event, in arrival order: that is
+what is checked, with each customer's order across the switches and no 429 answer."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from dev.kafka_broker import KafkaBroker
+from klaviyo_sandbox import SandboxOptions, running_sandbox
+from klaviyo_sandbox.facts import Limit, Window
+from tests.conftest import TopicFactory
+from tests.fixtures.relay_harness import (
+    Event,
+    EventFactory,
+    RelayProcess,
+    create_event_limited,
+    produce_events,
+    relay_env,
+    wait_committed_to_end,
+    wait_for,
+)
+
+pytestmark = pytest.mark.kafka
+
+HANDLER = "shop.account.created"  # one Create Event per record, unique_id = event_id
+BACKLOG = 600
+KEYS = 40
+# Klaviyo's shape, scaled down so that a few seconds exhaust it and a few seconds refill it.
+BURST, STEADY = (5, 1.0), (20, 4.0)
+REALTIME = "create_event"
+BULK = "bulk_create_events"
+
+
+def sandbox_limits() -> dict[str, Limit]:
+    return {
+        REALTIME: Limit(
+            burst=Window(requests=BURST[0], seconds=BURST[1]),
+            steady=Window(requests=STEADY[0], seconds=STEADY[1]),
+        )
+    }
+
+
+async def test_auto_switches_to_bulk_under_a_short_quota_and_back_keeping_each_keys_order(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = topic_factory("accounts-auto", partitions=3)
+    dlq = topic_factory("dlq")
+    group = f"relay-{uuid.uuid4().hex[:8]}"
+    factory = EventFactory()
+    rng = random.Random(13)
+    backlog = [
+        factory.event(topic, HANDLER, f"cust-{rng.randrange(KEYS)}", seq) for seq in range(BACKLOG)
+    ]
+    produce_events(bootstrap, backlog)  # waiting before the relay starts: a backlog
+
+    async with running_sandbox(SandboxOptions(rate_limits=sandbox_limits())) as sandbox:
+        env = relay_env(
+            bootstrap,
+            sandbox.base_url,
+            {topic: HANDLER},
+            group,
+            dlq,
+            RATE_LIMITS=create_event_limited(BURST, STEADY),
+            BATCH_LINGER_SECONDS="0.2",
+        )  # no SEND_MODE: the default is what is tested
+        relay = RelayProcess(env, tmp_path / "relay.log")
+        try:
+            await wait_committed_to_end(bootstrap, group, [topic], BACKLOG)
+            drained = len(sandbox.state.events)
+            # Backlog gone: single new events, each once the previous one arrived, until the
+            # Create Event windows have refilled and three in a row went there.
+            fresh: list[Event] = []
+
+            def endpoints_of_fresh() -> list[str]:
+                by_id = {e["unique_id"]: e["endpoint"] for e in sandbox.state.events[drained:]}
+                return [by_id.get(event.event_id, "") for event in fresh]
+
+            async def three_realtime_in_a_row() -> bool:
+                arrived = endpoints_of_fresh()
+                if arrived[-3:] == [REALTIME] * 3:
+                    return True
+                if not fresh or arrived[-1]:
+                    event = factory.event(topic, HANDLER, f"cust-{len(fresh) % KEYS}", len(fresh))
+                    fresh.append(event)
+                    await asyncio.to_thread(produce_events, bootstrap, [event])
+                return False
+
+            await wait_for(three_realtime_in_a_row, what="new events back on Create Event")
+            relay.terminate()
+            assert await relay.wait_exit() == 0
+        finally:
+            relay.stop()
+        received = list(sandbox.state.events)
+        throttled = dict(sandbox.sandbox.throttled)
+
+    assert any(
+        line.get("message") == "relay started" and line.get("mode") == "auto"
+        for line in relay.log_lines()
+    )
+    assert not relay.logged("event dead-lettered")
+    assert throttled[REALTIME] == 0  # realtime sends kept to the quota: never a 429
+    ids = [str(e["unique_id"]) for e in received]
+    assert len(ids) == len(set(ids)) == BACKLOG + len(fresh)
+
+    # The backlog used both endpoints: Create Event while it had room, bulk jobs for the rest.
+    endpoint = {str(e["unique_id"]): str(e["endpoint"]) for e in received}
+    used = [endpoint[event.event_id] for event in backlog]
+    assert 0 < used.count(REALTIME) < used.count(BULK)
+    assert used.count(REALTIME) + used.count(BULK) == BACKLOG
+
+    # Each customer's events arrived in production order, across the two endpoints.
+    position = {uid: n for n, uid in enumerate(ids)}
+    by_key: dict[str, list[int]] = defaultdict(list)
+    paths: dict[str, set[str]] = defaultdict(set)
+    for event in [*backlog, *fresh]:
+        by_key[event.key].append(position[event.event_id])
+        paths[event.key].add(endpoint[event.event_id])
+    out_of_order = {key: seen for key, seen in by_key.items() if seen != sorted(seen)}
+    assert out_of_order == {}
+    # The order held where it could break: customers whose events took both paths.
+    assert sum(taken == {REALTIME, BULK} for taken in paths.values()) > 0

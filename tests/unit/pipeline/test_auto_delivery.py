@@ -1,0 +1,160 @@
+"""Auto mode: the routing rule on its own (pure), then the relay's core with Klaviyo faked
+(tests/fixtures/fakes.py): realtime while Create Event has room, bulk when it has none or the
+event is stale, back to realtime when room returns, and a key's order across the two paths."""
+
+from __future__ import annotations
+
+import time
+
+from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
+from consumer.observability.metrics import REGISTRY
+from consumer.pipeline.delivery.auto import Route, Why, route
+from consumer.settings import SendMode, Settings
+from tests.fixtures.fakes import Gate, emails, until
+from tests.unit.pipeline.test_relay_core import P0, offsets_in, record, running
+
+# --- the rule --------------------------------------------------------------------------------
+
+
+class Room:
+    """A ``take_room`` that counts how often it was asked."""
+
+    def __init__(self, grant: bool) -> None:
+        self.grant = grant
+        self.asked = 0
+
+    def __call__(self) -> str | None:
+        self.asked += 1
+        return "permit" if self.grant else None
+
+
+def test_a_fresh_event_with_room_goes_realtime_with_the_permit_taken() -> None:
+    room = Room(grant=True)
+    chosen = route(waited=0.1, max_wait=2.0, joins_open_job=False, take_room=room)
+    assert chosen == Route(Why.ROOM, "permit")
+    assert chosen.path == "realtime"
+
+
+def test_an_event_waited_exactly_the_bound_is_still_fresh() -> None:
+    chosen = route(waited=2.0, max_wait=2.0, joins_open_job=False, take_room=Room(grant=True))
+    assert chosen.path == "realtime"
+
+
+def test_no_room_sends_a_fresh_event_to_bulk() -> None:
+    chosen = route(waited=0.0, max_wait=2.0, joins_open_job=False, take_room=Room(grant=False))
+    assert (chosen.path, chosen.reason) == ("bulk", Why.QUOTA)
+
+
+def test_a_stale_event_goes_to_bulk_without_taking_a_place() -> None:
+    room = Room(grant=True)
+    chosen = route(waited=2.5, max_wait=2.0, joins_open_job=False, take_room=room)
+    assert (chosen.path, chosen.reason) == ("bulk", Why.STALE)
+    assert room.asked == 0
+
+
+def test_an_event_behind_its_keys_open_job_joins_it_without_taking_a_place() -> None:
+    room = Room(grant=True)
+    chosen = route(waited=0.0, max_wait=2.0, joins_open_job=True, take_room=room)
+    assert (chosen.path, chosen.reason) == ("bulk", Why.ORDER)
+    assert room.asked == 0
+
+
+# --- the relay's core ------------------------------------------------------------------------
+
+
+def routed(path: str, reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "klaviyo_relay_auto_route_total", {"path": path, "reason": reason}
+    )
+    return value or 0.0
+
+
+def customers(requests: list[KlaviyoRequest], endpoint: Endpoint) -> list[str]:
+    return [e.split("@")[0] for r in requests if r.endpoint is endpoint for e in emails(r.body)]
+
+
+def test_auto_is_the_default_send_mode() -> None:
+    assert Settings().send_mode is SendMode.AUTO
+
+
+async def test_auto_is_realtime_with_room_bulk_without_and_realtime_again_when_room_returns() -> (
+    None
+):
+    realtime_before, quota_before = routed("realtime", "room"), routed("bulk", "quota")
+    async with running(batch_linger_seconds=0.01) as core:
+        core.source.assign(P0)
+        core.source.feed([record(0, "a"), record(1, "b")])
+        await until(lambda: core.source.committed(P0) == 2)
+        core.klaviyo.room = False
+        core.source.feed([record(2, "c"), record(3, "d")])
+        await until(lambda: core.source.committed(P0) == 4)
+        core.klaviyo.room = True
+        core.source.feed([record(4, "e")])
+        await until(lambda: core.source.committed(P0) == 5)
+        sent = core.klaviyo.sent
+    assert customers(sent, Endpoint.CREATE_EVENT) == ["a", "b", "e"]
+    assert sorted(customers(sent, Endpoint.BULK_CREATE_EVENTS)) == ["c", "d"]
+    # Each realtime send used the permit its routing took: none waited for another.
+    assert len(core.klaviyo.permits) == 3
+    assert routed("realtime", "room") - realtime_before == 3
+    assert routed("bulk", "quota") - quota_before == 2
+
+
+async def test_auto_a_later_event_joins_its_keys_open_job_even_with_room() -> None:
+    # A long linger keeps the first job open while the key's next event comes.
+    quota_before = routed("bulk", "quota")
+    async with running(batch_linger_seconds=3600.0) as core:
+        core.source.assign(P0)
+        core.klaviyo.room = False
+        core.source.feed([record(0, "a")])
+        await until(lambda: routed("bulk", "quota") > quota_before, "a's event is in the open job")
+        core.klaviyo.room = True
+        core.source.feed([record(1, "a"), record(2, "b")])
+        await until(lambda: customers(core.klaviyo.sent, Endpoint.CREATE_EVENT) == ["b"])
+        assert core.source.committed(P0) is None  # a's events wait in the open job
+        await core.source.revoke(P0)  # the revoke's drain sends the open job
+        assert core.source.committed(P0) == 3
+        bulk = [r for r in core.klaviyo.sent if r.endpoint is Endpoint.BULK_CREATE_EVENTS]
+    assert [offsets_in(r.body) for r in bulk] == [[0, 1]]  # a's two events, in one job
+
+
+async def test_auto_a_later_event_is_not_sent_before_its_keys_bulk_job_was_accepted() -> None:
+    gate = Gate()
+    gate.hold("a")
+    async with running(gate, batch_linger_seconds=0.01) as core:
+        core.source.assign(P0)
+        core.klaviyo.room = False
+        core.source.feed([record(0, "a")])
+        await until(lambda: "a" in gate.waiting, "a's bulk job was sent")
+        core.klaviyo.room = True
+        core.source.feed([record(1, "a"), record(2, "b")])
+        await until(lambda: customers(core.klaviyo.sent, Endpoint.CREATE_EVENT) == ["b"])
+        # b had room and went; a's next event waits for the job that holds a's first.
+        assert customers(core.klaviyo.sent, Endpoint.CREATE_EVENT) == ["b"]
+        gate.release("a")
+        await until(lambda: core.source.committed(P0) == 3)
+        sent = core.klaviyo.sent
+    assert customers(sent, Endpoint.BULK_CREATE_EVENTS) == ["a"]
+    assert customers(sent, Endpoint.CREATE_EVENT) == ["b", "a"]
+
+
+async def test_auto_an_event_stale_after_waiting_behind_its_key_goes_to_bulk() -> None:
+    gate = Gate()
+    gate.hold("a")
+    bound = 1.0
+    stale_before = routed("bulk", "stale")
+    async with running(
+        gate, batch_linger_seconds=0.01, auto_realtime_max_wait_seconds=bound
+    ) as core:
+        core.source.assign(P0)
+        core.source.feed([record(0, "a"), record(1, "a")])
+        taken = time.monotonic()  # both were taken during ``feed``
+        await until(lambda: "a" in gate.waiting, "a's first event is being sent")
+        # The second waits behind the first until it is past the bound.
+        await until(lambda: time.monotonic() - taken > bound, "the bound passed")
+        gate.release("a")
+        await until(lambda: core.source.committed(P0) == 2)
+        sent = core.klaviyo.sent
+    assert customers(sent, Endpoint.CREATE_EVENT) == ["a"]
+    assert customers(sent, Endpoint.BULK_CREATE_EVENTS) == ["a"]
+    assert routed("bulk", "stale") - stale_before == 1
