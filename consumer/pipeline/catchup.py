@@ -1,0 +1,245 @@
+"""``run --until-caught-up``: relay what the topics hold at start, then exit (Klaviyo's hourly
+script, as a job).
+
+At start the targets are taken: the end offset of every partition of the subscribed topics
+(all of them, not only those this member will be assigned). The run is caught up when the
+*group's* committed offset of every partition reached its target, whoever committed it: a
+partition revoked to another member, or assigned later, still counts, so a rebalance with
+another running instance can never end the run with 0 while that instance is behind. Records
+produced after the start are not waited for. Dead-lettered events count as done: the relay
+commits past them once the broker acknowledged their dead letter.
+
+The run ends early, with a reason, when the relay halted (Klaviyo refused the API key) or
+``max_seconds`` passed (Klaviyo unreachable, dead letters unwritable, another member stuck);
+after the relay's normal shutdown (drain, final commit) the offsets are read once more, so a
+stop that finished the work still counts as caught up.
+
+The offsets are read through Kafka's admin API (ListOffsets, OffsetFetch), not through the
+relay's consumer, which stays on its own thread untouched. Those calls block (each has a
+timeout), so they run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    IsolationLevel,
+    KafkaException,
+    TopicPartition,
+)
+
+# Documented as confluent_kafka.admin's API, imported there without an explicit re-export.
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+
+from consumer.observability.health import RelayState
+from consumer.observability.logging import get_logger
+from consumer.pipeline.offsets import TopicPartitionKey
+from consumer.pipeline.source import consumer_config
+from consumer.settings import Settings
+
+log = get_logger(__name__)
+
+Offsets = dict[TopicPartitionKey, int]
+
+# Long enough for a broker that is still electing a group coordinator (it answers
+# NOT_COORDINATOR for a moment after a start).
+_BEGIN_SECONDS = 30.0
+_REQUEST_SECONDS = 10.0
+
+# librdkafka reports every refused connection; the run's own lines say what matters.
+_QUIET = logging.getLogger("consumer.pipeline.catchup.kafka")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
+class GroupOffsets(Protocol):
+    """What the run reads from Kafka (blocking; :class:`AdminOffsets` in production)."""
+
+    def bounds(self, topics: list[str]) -> dict[TopicPartitionKey, tuple[int, int]]:
+        """Every partition's (earliest, end) offset."""
+        ...
+
+    def committed(self, partitions: Iterable[TopicPartitionKey]) -> Offsets:
+        """The group's committed offset per partition (negative: nothing committed)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """Per partition with records to relay: its earliest and end offset at start."""
+
+    bounds: dict[TopicPartitionKey, tuple[int, int]]
+
+    @classmethod
+    def at_start(
+        cls, bounds: dict[TopicPartitionKey, tuple[int, int]], committed: Offsets
+    ) -> Targets:
+        """Only the partitions behind: an empty one, or one committed up to its end, is done."""
+        return cls({key: b for key, b in bounds.items() if _left(b, committed.get(key, -1)) > 0})
+
+    def behind(self, committed: Offsets) -> Offsets:
+        """The records still to relay per partition that has any (empty: caught up)."""
+        left = {key: _left(b, committed.get(key, -1)) for key, b in self.bounds.items()}
+        return {key: n for key, n in left.items() if n > 0}
+
+
+def _left(bounds: tuple[int, int], committed: int) -> int:
+    earliest, end = bounds
+    # Nothing committed (or committed below what retention kept): the group starts at earliest.
+    return max(0, end - max(committed, earliest))
+
+
+class AdminOffsets:
+    """:class:`GroupOffsets` through one admin client (blocking calls, each with a timeout)."""
+
+    def __init__(self, settings: Settings) -> None:
+        config = consumer_config(settings)
+        self._group = settings.kafka_group_id
+        # The end a consumer of this isolation level reaches: read_committed (librdkafka's
+        # default) stops at the last stable offset, before transactions still open.
+        uncommitted = config.get("isolation.level") == "read_uncommitted"
+        self._isolation = (
+            IsolationLevel.READ_UNCOMMITTED if uncommitted else IsolationLevel.READ_COMMITTED
+        )
+        self._admin = AdminClient({**settings.kafka_client_config()}, logger=_QUIET)
+
+    def bounds(self, topics: list[str]) -> dict[TopicPartitionKey, tuple[int, int]]:
+        metadata = self._admin.list_topics(timeout=_REQUEST_SECONDS)
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            if (found := metadata.topics.get(topic)) is not None and found.error is None
+            for partition in sorted(found.partitions)
+        ]
+        # (OffsetSpec's constructors lack annotations in confluent-kafka.)
+        earliest = self._offsets(partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+        end = self._offsets(partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+        return {key: (earliest[key], end[key]) for key in end}
+
+    def committed(self, partitions: Iterable[TopicPartitionKey]) -> Offsets:
+        request = ConsumerGroupTopicPartitions(
+            self._group, [TopicPartition(t, p) for t, p in partitions]
+        )
+        futures = self._admin.list_consumer_group_offsets(
+            [request], request_timeout=_REQUEST_SECONDS
+        )
+        answer = futures[self._group].result(timeout=_REQUEST_SECONDS + 5)
+        return {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions or ()}
+
+    def _offsets(self, partitions: list[TopicPartition], spec: OffsetSpec) -> Offsets:
+        if not partitions:
+            return {}
+        futures = self._admin.list_offsets(
+            dict.fromkeys(partitions, spec),
+            isolation_level=self._isolation,
+            request_timeout=_REQUEST_SECONDS,
+        )
+        return {
+            (tp.topic, tp.partition): future.result(timeout=_REQUEST_SECONDS + 5).offset
+            for tp, future in futures.items()
+        }
+
+
+class CatchUp:
+    """Takes the targets, watches the group's commits, and says why a run fell short."""
+
+    def __init__(
+        self,
+        max_seconds: float,
+        offsets: GroupOffsets,
+        *,
+        interval: float = 1.0,
+    ) -> None:
+        self._max_seconds = max_seconds
+        self._offsets = offsets
+        self._interval = interval
+        self._targets = Targets({})
+        self._behind: Offsets = {}
+        self._events = 0  # behind at start
+        self._started = 0.0
+        self._why: str | None = None  # why the watch gave up, when it did
+        self.reason: str | None = None  # set by finish() when the run fell short
+
+    async def begin(self, topics: list[str]) -> bool:
+        """Take the targets of ``topics``; False (and :attr:`reason`) when Kafka does not
+        answer in time."""
+        self._started = time.monotonic()
+        deadline = self._started + _BEGIN_SECONDS
+        while True:
+            try:
+                bounds = await asyncio.to_thread(self._offsets.bounds, topics)
+                committed = await asyncio.to_thread(self._offsets.committed, bounds)
+                break
+            except (KafkaException, TimeoutError) as exc:
+                retriable = isinstance(exc, TimeoutError) or exc.args[0].retriable()
+                if retriable and time.monotonic() < deadline:
+                    await asyncio.sleep(0.5)  # the coordinator is still loading: ask again
+                    continue
+                self.reason = f"cannot read the topics' end offsets: {exc}"
+                log.error("run not started", reason=self.reason)
+                return False
+        self._targets = Targets.at_start(bounds, committed)
+        self._behind = self._targets.behind(committed)
+        self._events = sum(self._behind.values())
+        log.info(
+            "catching up",
+            partitions=len(self._behind),
+            events=self._events,
+            max_duration=self._max_seconds,
+        )
+        return True
+
+    async def watch(self, state: RelayState, stop: Callable[[], None]) -> None:
+        """Poll until caught up, halted or out of time; then ask the relay to stop."""
+        deadline = self._started + self._max_seconds
+        while True:
+            if state.halted:
+                self._why = "klaviyo refused the API key (401/403)"
+                break
+            if await self._check() and not self._behind:
+                break
+            if time.monotonic() >= deadline:
+                reachable = "" if state.klaviyo_reachable else " (klaviyo unreachable)"
+                self._why = f"not caught up within {self._max_seconds:g}s{reachable}"
+                break
+            await asyncio.sleep(self._interval)
+        stop()
+
+    async def finish(self) -> bool:
+        """After the relay stopped: whether it caught up. Logs the totals, or the reason (also
+        kept in :attr:`reason`) when something was left undelivered."""
+        await self._check()
+        if not self._behind:
+            log.info(
+                "caught up",
+                partitions=len(self._targets.bounds),
+                events=self._events,
+                seconds=round(time.monotonic() - self._started, 1),
+            )
+            return True
+        why = self._why or "stopped before catching up"
+        left = sum(self._behind.values())
+        self.reason = (
+            f"{why}: {left} events left undelivered ({len(self._behind)} partitions behind)"
+        )
+        log.error("run ended before catching up", reason=self.reason)
+        return False
+
+    async def _check(self) -> bool:
+        """Refresh what is behind; False when Kafka did not answer (the last answer stands)."""
+        if not self._targets.bounds:
+            return True
+        try:
+            committed = await asyncio.to_thread(self._offsets.committed, self._targets.bounds)
+        except (KafkaException, TimeoutError) as exc:
+            log.warning("reading the group's offsets failed", error=str(exc))
+            return False
+        self._behind = self._targets.behind(committed)
+        return True
