@@ -60,7 +60,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* The most replicas this release can run: what each pod's quota share is divided by. */}}
 {{- define "klaviyo-relay.maxReplicas" -}}
-{{- if .Values.autoscaling.hpa.enabled -}}
+{{- if eq .Values.mode "cronjob" -}}
+1
+{{- else if .Values.autoscaling.hpa.enabled -}}
 {{- .Values.autoscaling.hpa.maxReplicas -}}
 {{- else if .Values.autoscaling.keda.enabled -}}
 {{- .Values.autoscaling.keda.maxReplicaCount -}}
