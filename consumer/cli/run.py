@@ -45,7 +45,6 @@ DEFAULT_MAX_DURATION_SECONDS = 3000.0
 @click.option(
     "--max-duration",
     type=click.FloatRange(min=1.0),
-    envvar="RUN_MAX_DURATION_SECONDS",
     help="With --until-caught-up: give up (exit 1) after this many seconds"
     f" [default: {DEFAULT_MAX_DURATION_SECONDS:g}].",
 )

@@ -59,11 +59,15 @@ _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
 
 
+class TopicsMissing(Exception):
+    """Subscribed topics Kafka does not list: a run would report nothing to do for them."""
+
+
 class GroupOffsets(Protocol):
     """What the run reads from Kafka (blocking; :class:`AdminOffsets` in production)."""
 
     def bounds(self, topics: list[str]) -> dict[TopicPartitionKey, tuple[int, int]]:
-        """Every partition's (earliest, end) offset."""
+        """Every partition's (earliest, end) offset; raises :class:`TopicsMissing`."""
         ...
 
     def committed(self, partitions: Iterable[TopicPartitionKey]) -> Offsets:
@@ -111,12 +115,15 @@ class AdminOffsets:
         self._admin = AdminClient({**settings.kafka_client_config()}, logger=_QUIET)
 
     def bounds(self, topics: list[str]) -> dict[TopicPartitionKey, tuple[int, int]]:
-        metadata = self._admin.list_topics(timeout=_REQUEST_SECONDS)
+        listed = self._admin.list_topics(timeout=_REQUEST_SECONDS).topics
+        missing = [t for t in topics if t not in listed or listed[t].error is not None]
+        if missing:
+            # A typo in TOPICS must not pass for an empty topic: the run would exit 0 for ever.
+            raise TopicsMissing(f"topics missing or not readable: {', '.join(sorted(missing))}")
         partitions = [
             TopicPartition(topic, partition)
             for topic in topics
-            if (found := metadata.topics.get(topic)) is not None and found.error is None
-            for partition in sorted(found.partitions)
+            for partition in sorted(listed[topic].partitions)
         ]
         # (OffsetSpec's constructors lack annotations in confluent-kafka.)
         earliest = self._offsets(partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
@@ -168,8 +175,8 @@ class CatchUp:
         self.reason: str | None = None  # set by finish() when the run fell short
 
     async def begin(self, topics: list[str]) -> bool:
-        """Take the targets of ``topics``; False (and :attr:`reason`) when Kafka does not
-        answer in time."""
+        """Take the targets of ``topics``; False (and :attr:`reason`) when a topic is missing
+        or Kafka does not answer in time."""
         self._started = time.monotonic()
         deadline = self._started + _BEGIN_SECONDS
         while True:
@@ -177,8 +184,10 @@ class CatchUp:
                 bounds = await asyncio.to_thread(self._offsets.bounds, topics)
                 committed = await asyncio.to_thread(self._offsets.committed, bounds)
                 break
-            except (KafkaException, TimeoutError) as exc:
-                retriable = isinstance(exc, TimeoutError) or exc.args[0].retriable()
+            except (KafkaException, TimeoutError, TopicsMissing) as exc:
+                retriable = isinstance(exc, TimeoutError) or (
+                    isinstance(exc, KafkaException) and exc.args[0].retriable()
+                )
                 if retriable and time.monotonic() < deadline:
                     await asyncio.sleep(0.5)  # the coordinator is still loading: ask again
                     continue

@@ -209,3 +209,21 @@ async def test_empty_topics_exit_0_at_once(
             relay.stop()
         assert sandbox.state.events == []
     assert log_line(relay, "caught up")["events"] == 0
+
+
+async def test_a_missing_topic_is_not_taken_for_an_empty_one(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    dlq, group = topic_factory("dlq"), f"relay-{uuid.uuid4().hex[:8]}"
+    missing = f"typo-{uuid.uuid4().hex[:8]}"
+    relay = caught_up_run(
+        job_env(bootstrap, "http://127.0.0.1:9", missing, group, dlq), tmp_path / "relay.log"
+    )
+    try:
+        assert await relay.wait_exit() == 1, relay.tail()
+    finally:
+        relay.stop()
+    assert relay.line_with("error: ") == (
+        f"error: cannot read the topics' end offsets: topics missing or not readable: {missing}"
+    ), relay.tail()

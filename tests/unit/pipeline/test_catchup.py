@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from consumer.observability.health import RelayState
-from consumer.pipeline.catchup import CatchUp, Offsets, Targets
+from consumer.pipeline.catchup import CatchUp, Offsets, Targets, TopicsMissing
 from consumer.pipeline.offsets import TopicPartitionKey
 
 A0, A1 = ("a", 0), ("a", 1)
@@ -21,6 +21,8 @@ class FakeOffsets:
 
     def bounds(self, topics: list[str]) -> dict[TopicPartitionKey, tuple[int, int]]:
         self.bounds_asked += 1
+        if any(topic not in {t for t, _ in self.ends} for topic in topics):
+            raise TopicsMissing("topics missing or not readable: typo")
         return {key: b for key, b in self.ends.items() if key[0] in topics}
 
     def committed(self, partitions: Iterable[TopicPartitionKey]) -> Offsets:
@@ -97,4 +99,12 @@ async def test_a_stop_before_the_work_is_done_says_so() -> None:
     assert not await catch_up.finish()
     assert catch_up.reason == (
         "stopped before catching up: 1 events left undelivered (1 partitions behind)"
+    )
+
+
+async def test_a_missing_topic_fails_the_start() -> None:
+    catch_up = CatchUp(60, FakeOffsets({A0: (0, 10)}), interval=0.01)
+    assert not await catch_up.begin(["a", "typo"])
+    assert catch_up.reason == (
+        "cannot read the topics' end offsets: topics missing or not readable: typo"
     )
