@@ -8,6 +8,8 @@ partition revoked to another member, or assigned later, still counts, so a rebal
 another running instance can never end the run with 0 while that instance is behind. Records
 produced after the start are not waited for. Dead-lettered events count as done: the relay
 commits past them once the broker acknowledged their dead letter.
+A partition whose commit stopped short of
+its target only because transaction markers (or aborted records) are left there is done too.
 
 The run ends early, with a reason, when the relay halted (Klaviyo refused the API key) or
 ``max_seconds`` passed (Klaviyo unreachable, dead letters unwritable, another member stuck);
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from confluent_kafka import (
+    Consumer,
     ConsumerGroupTopicPartitions,
     IsolationLevel,
     KafkaException,
@@ -74,6 +77,11 @@ class GroupOffsets(Protocol):
         """The group's committed offset per partition (negative: nothing committed)."""
         ...
 
+    def records_between(self, key: TopicPartitionKey, start: int, end: int) -> bool:
+        """Whether a record a consumer would read lies in ``[start, end)``: False when only
+        transaction markers (or aborted records) are left there."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Targets:
@@ -93,11 +101,22 @@ class Targets:
         left = {key: _left(b, committed.get(key, -1)) for key, b in self.bounds.items()}
         return {key: n for key, n in left.items() if n > 0}
 
+    def position(self, key: TopicPartitionKey, committed: Offsets) -> int:
+        """Where the group reads ``key`` next."""
+        return _position(self.bounds[key], committed.get(key, -1))
+
+    def ending_at(self, key: TopicPartitionKey, end: int) -> Targets:
+        """The same targets with ``key`` ending at ``end`` (nothing to read beyond it)."""
+        return Targets({**self.bounds, key: (self.bounds[key][0], end)})
+
+
+def _position(bounds: tuple[int, int], committed: int) -> int:
+    # Nothing committed (or committed below what retention kept): the group starts at earliest.
+    return max(committed, bounds[0])
+
 
 def _left(bounds: tuple[int, int], committed: int) -> int:
-    earliest, end = bounds
-    # Nothing committed (or committed below what retention kept): the group starts at earliest.
-    return max(0, end - max(committed, earliest))
+    return max(0, bounds[1] - _position(bounds, committed))
 
 
 class AdminOffsets:
@@ -113,6 +132,12 @@ class AdminOffsets:
             IsolationLevel.READ_UNCOMMITTED if uncommitted else IsolationLevel.READ_COMMITTED
         )
         self._admin = AdminClient({**settings.kafka_client_config()}, logger=_QUIET)
+        self._reader = {
+            **settings.kafka_client_config(),
+            "group.id": self._group,  # assigned, never subscribed nor committed
+            "enable.auto.commit": "false",
+            "isolation.level": "read_uncommitted" if uncommitted else "read_committed",
+        }
 
     def bounds(self, topics: list[str]) -> dict[TopicPartitionKey, tuple[int, int]]:
         listed = self._admin.list_topics(timeout=_REQUEST_SECONDS).topics
@@ -139,6 +164,25 @@ class AdminOffsets:
         )
         answer = futures[self._group].result(timeout=_REQUEST_SECONDS + 5)
         return {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions or ()}
+
+    def records_between(self, key: TopicPartitionKey, start: int, end: int) -> bool:
+        # A consumer skips transaction markers and aborted records, and its position moves past
+        # them: reading from start shows whether anything else is left before end.
+        consumer = Consumer(self._reader, logger=_QUIET)
+        try:
+            consumer.assign([TopicPartition(*key, start)])
+            deadline = time.monotonic() + _REQUEST_SECONDS
+            while time.monotonic() < deadline:
+                message = consumer.poll(0.2)
+                if message is not None and message.error() is None:
+                    offset = message.offset()
+                    return offset is not None and offset < end
+                (position,) = consumer.position([TopicPartition(*key)])
+                if position.offset >= end:
+                    return False
+            return True  # no answer in time: assume there is
+        finally:
+            consumer.close()
 
     def _offsets(self, partitions: list[TopicPartition], spec: OffsetSpec) -> Offsets:
         if not partitions:
@@ -172,6 +216,8 @@ class CatchUp:
         self._events = 0  # behind at start
         self._started = 0.0
         self._why: str | None = None  # why the watch gave up, when it did
+        self._seen: Offsets = {}  # each behind partition's position at the last check
+        self._probed: Offsets = {}  # the position each was last probed from (see _settle)
         self.reason: str | None = None  # set by finish() when the run fell short
 
     async def begin(self, topics: list[str]) -> bool:
@@ -250,5 +296,28 @@ class CatchUp:
         except (KafkaException, TimeoutError) as exc:
             log.warning("reading the group's offsets failed", error=str(exc))
             return False
+        await self._settle(committed)
         self._behind = self._targets.behind(committed)
         return True
+
+    async def _settle(self, committed: Offsets) -> None:
+        """A partition that stopped short of its target may have nothing left to read: a
+        transaction's commit marker is the last entry of a transactionally written partition,
+        and the group's commit (last record + 1) stays one short of the end for ever. Probed
+        once per position, only where the position did not move since the last check (so a
+        busy run never probes)."""
+        seen, self._seen = self._seen, {}
+        for key in self._targets.behind(committed):
+            position = self._targets.position(key, committed)
+            self._seen[key] = position
+            if seen.get(key) != position or self._probed.get(key) == position:
+                continue
+            self._probed[key] = position
+            end = self._targets.bounds[key][1]
+            try:
+                left = await asyncio.to_thread(self._offsets.records_between, key, position, end)
+            except KafkaException as exc:
+                log.warning("reading a stalled partition failed", error=str(exc))
+                continue
+            if not left:
+                self._targets = self._targets.ending_at(key, position)

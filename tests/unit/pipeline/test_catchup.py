@@ -18,6 +18,9 @@ class FakeOffsets:
         self.ends = bounds
         self.group: Offsets = {}
         self.bounds_asked = 0
+        # The offsets holding records (not transaction markers): all of them unless a test says.
+        self.records = {key: range(*b) for key, b in bounds.items()}
+        self.probes: list[tuple[TopicPartitionKey, int, int]] = []
 
     def bounds(self, topics: list[str]) -> dict[TopicPartitionKey, tuple[int, int]]:
         self.bounds_asked += 1
@@ -27,6 +30,10 @@ class FakeOffsets:
 
     def committed(self, partitions: Iterable[TopicPartitionKey]) -> Offsets:
         return {key: self.group.get(key, -1001) for key in partitions}
+
+    def records_between(self, key: TopicPartitionKey, start: int, end: int) -> bool:
+        self.probes.append((key, start, end))
+        return any(start <= offset < end for offset in self.records.get(key, ()))
 
 
 def test_targets_leave_out_partitions_with_nothing_to_relay() -> None:
@@ -108,3 +115,19 @@ async def test_a_missing_topic_fails_the_start() -> None:
     assert catch_up.reason == (
         "cannot read the topics' end offsets: topics missing or not readable: typo"
     )
+
+
+async def test_a_partition_short_by_transaction_markers_only_is_done() -> None:
+    # Records 0-2 and a commit marker at 3 on A0; records 0-4 on A1, of which 0-2 are relayed.
+    offsets = FakeOffsets({A0: (0, 4), A1: (0, 5)})
+    offsets.records = {A0: range(3), A1: range(5)}
+    catch_up = CatchUp(0.3, offsets, interval=0.01)
+    assert await catch_up.begin(["a"])
+    offsets.group = {A0: 3, A1: 3}
+    await catch_up.watch(RelayState(klaviyo_reachable=True), lambda: None)
+    assert not await catch_up.finish()
+    assert catch_up.reason == (
+        "not caught up within 0.3s: 2 events left undelivered (1 partitions behind)"
+    )
+    # Each stalled partition is read once from where it stopped, not at every check.
+    assert sorted(offsets.probes) == [(A0, 3, 4), (A1, 3, 5)]
