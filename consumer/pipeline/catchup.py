@@ -218,6 +218,7 @@ class CatchUp:
         self._why: str | None = None  # why the watch gave up, when it did
         self._seen: Offsets = {}  # each behind partition's position at the last check
         self._probed: Offsets = {}  # the position each was last probed from (see _settle)
+        self._unanswered = False  # the last read of the group's offsets failed
         self.reason: str | None = None  # set by finish() when the run fell short
 
     async def begin(self, topics: list[str]) -> bool:
@@ -294,8 +295,11 @@ class CatchUp:
         try:
             committed = await asyncio.to_thread(self._offsets.committed, self._targets.bounds)
         except (KafkaException, TimeoutError) as exc:
-            log.warning("reading the group's offsets failed", error=str(exc))
+            if not self._unanswered:  # once per outage, not at every check
+                log.warning("reading the group's offsets failed", error=str(exc))
+            self._unanswered = True
             return False
+        self._unanswered = False
         await self._settle(committed)
         self._behind = self._targets.behind(committed)
         return True
