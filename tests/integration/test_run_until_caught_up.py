@@ -2,7 +2,8 @@
 sandbox: it delivers (or dead-letters) and commits what the topics held at start and exits 0,
 also on a transactionally written topic; it does not wait for what is produced after its
 start; it exits 1 with one line saying why when Klaviyo refuses the key, stays unreachable past
-``--max-duration`` or a topic is missing; empty topics end it at once with 0."""
+``--max-duration`` or a topic is missing, and while another member of its group holds
+partitions back; empty topics end it at once with 0."""
 
 from __future__ import annotations
 
@@ -266,3 +267,38 @@ async def test_a_transactionally_written_topic_is_caught_up(
     assert exit_code(relay) == 0, relay.tail()
     assert delivered == {e.event_id for e in events}
     assert job.committed() == {(job.topic, 0): len(events)}
+
+
+async def test_partitions_another_member_holds_back_keep_the_run_from_exiting_0(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    job = Job.make(kafka_broker, topic_factory, tmp_path / "relay.log", "shared", partitions=4)
+    events = job.produce(40, keys=20)
+
+    async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
+        # An always-on member of the same group whose key Klaviyo refuses: it keeps the
+        # partitions it is given and commits nothing.
+        env = relay_env(
+            job.bootstrap,
+            sandbox.base_url,
+            {job.topic: HANDLER},
+            job.group,
+            job.dlq,
+            SEND_MODE="realtime",
+            KLAVIYO_API_KEY="pk_refused",
+        )
+        other = RelayProcess(env, tmp_path / "other.log")
+        try:
+            await wait_for(lambda: other.logged("partitions assigned"), what="the other member")
+            relay = await job.run(sandbox.base_url, "--max-duration", "20", within=90)
+        finally:
+            other.stop()
+        delivered = base_ids(sandbox.state.events)
+
+    assert exit_code(relay) == 1, relay.tail()
+    reason = relay.line_with("error: ") or ""
+    assert reason.startswith("error: not caught up within 20s: "), relay.tail()
+    # The run relayed its own share; the other member's partitions stayed behind.
+    assert 0 < len(delivered) < len(events)
+    committed = job.committed()
+    assert sum(1 for offset in committed.values() if offset < 0) >= 1
