@@ -31,6 +31,7 @@ from consumer.observability.health import RelayState, start_http_server
 from consumer.observability.logging import get_logger
 from consumer.observability.metrics import QUOTA_SHARE
 from consumer.observability.revision import track_revision
+from consumer.pipeline.catchup import CatchUp
 from consumer.pipeline.deadletter_topic import DeadLetterTopicUnusable
 from consumer.pipeline.delivery import delivery_for
 from consumer.pipeline.dispatch import Dispatcher
@@ -70,6 +71,7 @@ class Relay:
         source: OpenSource = kafka_source,
         klaviyo: Klaviyo | None = None,
         dead_letters: OpenDeadLetters = dead_letter_producer,
+        catch_up: CatchUp | None = None,
     ) -> None:
         self._settings = settings
         self._registry = registry or HandlerRegistry.from_settings(settings)
@@ -77,6 +79,7 @@ class Relay:
         self._source: Source | None = None  # opened by run(), on the loop
         self._klaviyo = klaviyo or klaviyo_client(settings)
         self._open_dead_letters = dead_letters
+        self._catch_up = catch_up  # run --until-caught-up: stop once the start's backlog is in
         self.state = RelayState()
         self._book = InFlight(settings.pending_bound)
         self._halt = Halt(self._on_halt)
@@ -122,13 +125,17 @@ class Relay:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Relay until SIGTERM/SIGINT (exit 0) or a fatal Kafka error or bug (exit 1)."""
+        """Relay until SIGTERM/SIGINT (exit 0) or a fatal Kafka error or bug (exit 1); with a
+        catch-up, until the backlog seen at start is committed (exit 0) or cannot be (exit 1)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         http = await start_http_server(self._settings.metrics_port, self.state)
         try:
             async with self._klaviyo:
+                catch_up = self._catch_up
+                if catch_up is not None and not await catch_up.begin(self._registry.topics()):
+                    return EXIT_FAILED
                 try:
                     dead_letters = await self._open_dead_letters(self._settings, loop)
                 except DeadLetterTopicUnusable as exc:
@@ -162,8 +169,13 @@ class Relay:
                     asyncio.create_task(self._listener.commit_loop(source), name="commit"),
                     asyncio.create_task(self._reachability.watch(), name="probe"),
                 ]
+                if self._catch_up is not None:
+                    watch = self._catch_up.watch(self.state, self.request_stop)
+                    background.append(asyncio.create_task(watch, name="catch-up"))
                 await self._stop.wait()
                 await self._shutdown(source, dead_letters, background)
+                if self._catch_up is not None and not await self._catch_up.finish():
+                    self._exit_code = EXIT_FAILED
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

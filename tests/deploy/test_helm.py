@@ -112,12 +112,21 @@ def config_of(docs: Any) -> dict[str, str]:
     return data
 
 
+def pod_spec(docs: Any) -> dict[str, Any]:
+    """The relay's pod spec: the Deployment's, or the CronJob's (mode: cronjob)."""
+    (workload,) = by_kind(docs, "Deployment") + by_kind(docs, "CronJob")
+    spec = workload["spec"]
+    template = (
+        spec["jobTemplate"]["spec"]["template"] if "jobTemplate" in spec else spec["template"]
+    )
+    pod: dict[str, Any] = template["spec"]
+    return pod
+
+
 def relay_container(docs: Any) -> dict[str, Any]:
-    containers: list[dict[str, Any]] = one(docs, "Deployment")["spec"]["template"]["spec"][
-        "containers"
-    ]
-    (container,) = containers
-    return container
+    (container,) = pod_spec(docs)["containers"]
+    result: dict[str, Any] = container
+    return result
 
 
 # --------------------------------------------------------------------------- lint and render
@@ -136,7 +145,7 @@ def test_helm_lint_strict(values_file: Path) -> None:
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.stem)
 def test_rendered_objects_are_valid_kubernetes(values_file: Path) -> None:
     docs = render_ci(values_file.name)
-    assert by_kind(docs, "Deployment")
+    assert len(by_kind(docs, "Deployment") + by_kind(docs, "CronJob")) == 1
     for doc in docs:
         if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
             assert doc["metadata"]["namespace"] == NAMESPACE
@@ -155,6 +164,7 @@ def test_ci_matrix_covers_every_shape() -> None:
         "hpa-values",
         "monitoring-values",
         "networkpolicy-values",
+        "cronjob-values",
     }
 
 
@@ -435,6 +445,79 @@ def test_keda_holds_scale_out_back_while_the_quota_is_saturated(tmp_path: Path) 
     assert "advanced" not in plain["spec"]
 
 
+# --------------------------------------------------------------------------- the CronJob
+
+ALWAYS_ON_PARTS = [
+    {"autoscaling": {"hpa": {"enabled": True}}},
+    {"autoscaling": {"keda": {"enabled": True}}},
+    {"metrics": {"serviceMonitor": {"enabled": True}}},
+    {"metrics": {"prometheusRule": {"enabled": True}}},
+]
+
+
+@needs_helm
+def test_cronjob_replaces_the_deployment_and_its_always_on_parts() -> None:
+    docs = render_ci("cronjob-values.yaml")
+    spec = one(docs, "CronJob")["spec"]
+    for kind in ("Deployment", "PodDisruptionBudget", "Service", "HorizontalPodAutoscaler"):
+        assert not by_kind(docs, kind), kind
+    assert spec["schedule"] == "15 * * * *"
+    assert spec["timeZone"] == "Europe/Berlin"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["startingDeadlineSeconds"] > 0
+    job, pod, container = spec["jobTemplate"]["spec"], pod_spec(docs), relay_container(docs)
+    assert pod["restartPolicy"] == "Never"
+    assert container["args"] == ["run", "--until-caught-up", "--max-duration", "2400"]
+    assert "readinessProbe" not in container
+    # The relay gives up, drains and commits before Kubernetes stops the run.
+    assert job["activeDeadlineSeconds"] > 2400 + pod["terminationGracePeriodSeconds"]
+    assert job["backoffLimit"] == 0
+    (rule,) = job["podFailurePolicy"]["rules"]
+    assert rule["action"] == "Ignore"
+    assert rule["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+    # One run at a time: its share follows the group, so it holds every partition and all the quota.
+    assert "RATE_LIMIT_SHARE" not in config_of(docs)
+
+
+@needs_helm
+def test_cronjob_runs_the_deployments_pod(tmp_path: Path) -> None:
+    values = yaml.safe_load((CHART / "ci" / "cronjob-values.yaml").read_text())
+    deployment = render(values={**values, "mode": "deployment"}, tmp=tmp_path)
+    cronjob = render_ci("cronjob-values.yaml")
+    job_pod, deployment_pod = pod_spec(cronjob), pod_spec(deployment)
+    for key in ("serviceAccountName", "securityContext", "volumes", "topologySpreadConstraints"):
+        assert job_pod[key] == deployment_pod[key], key
+    job_container, deployment_container = relay_container(cronjob), relay_container(deployment)
+    for key in ("image", "env", "envFrom", "volumeMounts", "securityContext", "resources"):
+        assert job_container[key] == deployment_container[key], key
+    assert {e["name"] for e in job_container["env"]} >= {"KLAVIYO_API_KEY", "KAFKA_SASL_PASSWORD"}
+
+
+@needs_helm
+@pytest.mark.parametrize("values", ALWAYS_ON_PARTS, ids=json.dumps)
+def test_cronjob_refuses_the_always_on_parts(values: dict[str, Any], tmp_path: Path) -> None:
+    result = _template(*values_args({"mode": "cronjob", **values}, [], tmp_path))
+    assert result.returncode != 0
+    assert "has no use with mode=cronjob" in result.stderr, result.stderr
+
+
+@needs_helm
+def test_cronjob_notes_say_how_to_follow_the_runs(tmp_path: Path) -> None:
+    notes = render_notes(tmp_path, ["--set", "mode=cronjob"])
+    assert f"create job --from=cronjob/{FULLNAME}" in notes
+    assert "port-forward deploy/" not in notes
+
+
+@needs_helm
+def test_cronjob_deadline_outlasts_the_run(tmp_path: Path) -> None:
+    values = {"mode": "cronjob", "cronjob": {"activeDeadlineSeconds": 3000}}
+    result = _template(*values_args(values, [], tmp_path))
+    assert result.returncode != 0
+    assert "must exceed cronjob.maxDurationSeconds + terminationGracePeriodSeconds" in (
+        result.stderr
+    )
+
+
 # --------------------------------------------------------------------------- monitoring
 
 
@@ -572,6 +655,9 @@ INVALID_VALUES: list[tuple[str, dict[str, Any]]] = [
         {"autoscaling": {"keda": {"quota": {"saturationThreshold": 1.5}}}},
     ),
     ("bad scrape interval", {"metrics": {"serviceMonitor": {"interval": "often"}}}),
+    ("unknown mode", {"mode": "daemonset"}),
+    ("run deadline under a minute", {"cronjob": {"maxDurationSeconds": 5}}),
+    ("unknown cronjob key", {"cronjob": {"concurrencyPolicy": "Allow"}}),
 ]
 
 
