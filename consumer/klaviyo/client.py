@@ -184,7 +184,7 @@ class KlaviyoClient:
         if self._session is None:
             raise RuntimeError("KlaviyoClient used outside 'async with'")
         endpoint = request.endpoint.value
-        permit = await self._limiter.acquire(endpoint)
+        permit = await self._limiter.acquire(endpoint, request.priority)
         status: int | None = None
         headers: Any = None
         started = time.perf_counter()

@@ -18,6 +18,16 @@ throws the partition's prefetch queue away and librdkafka's fetcher notices a re
 its next fetch decision, about a second later, so a relay that paused on every full window
 idled most of its time (measured: batch mode drained ~2,300 events/s that way).
 
+Priority admission: when the window is full and slow to turn over (the quota, not Klaviyo's
+latency, holds it: it would take more than ``_SLOW_WINDOW_SECONDS`` to drain at the current
+finish rate), the partitions of every class less urgent than the most urgent one assigned are
+*deferred* (paused) until the window falls below the resume mark, and each ``consume`` takes at
+most the room left in the window. Every place that frees then goes to the most urgent class: a
+password reset produced behind a window full of lead tracking waits for one place, not for the
+whole window (the rate limiter then puts it first in the quota's queue). A window that turns
+over fast (batch mode with quota to spare) is never deferred: pausing throws prefetched records
+away (see above) and there every class gets in within a second anyway.
+
 Offsets: ``enable.auto.offset.store=false`` and no auto-commit. The loop decides what is
 committable (the contiguous watermark, see :mod:`consumer.pipeline.offsets`) and asks this
 thread to store and commit exactly that. On revoke the thread asks the loop to drain the
@@ -43,12 +53,14 @@ from consumer.observability.logging import LibrdkafkaLogFilter, RepeatSummary, g
 from consumer.observability.metrics import (
     COMMIT_DURATION,
     EVENTS_IN_FLIGHT,
+    PARTITIONS_DEFERRED,
     PARTITIONS_PAUSED,
     PARTITIONS_PENDING_PAUSED,
 )
 from consumer.observability.stats import record_kafka_stats
 from consumer.pipeline.offsets import TopicPartitionKey
 from consumer.pipeline.records import SourceRecord
+from consumer.priorities import Priorities
 from consumer.settings import Settings
 
 log = get_logger(__name__)
@@ -64,6 +76,10 @@ _CONSUME_BATCH = 1000
 _SOFT_HOLD_SECONDS = 2.0
 _CONSUME_TIMEOUT = 0.05
 _STATS_INTERVAL_MS = 5000
+# Priority admission (see module doc): a full window that would take longer than this to drain
+# at the finish rate measured over the last sample is held by the quota.
+_SLOW_WINDOW_SECONDS = 2.0
+_TURNOVER_SAMPLE_SECONDS = 1.0
 # Shutdown budget after the drain (the chart's terminationGracePeriodSeconds adds these up, see
 # docs/operations.md): the final commit, leaving the group and closing the consumer.
 FINAL_COMMIT_SECONDS = 5.0
@@ -129,6 +145,11 @@ class KafkaSource:
         self._outstanding = 0
         self._assigned: set[TopicPartitionKey] = set()
         self._crowded: set[TopicPartitionKey] = set()  # paused on their own (see crowd)
+        self._priorities = Priorities(settings.topic_priorities)
+        self._deferred: set[TopicPartitionKey] = set()  # less urgent, paused (see _prefer_urgent)
+        self._finished = 0  # events released so far, for the window's turnover
+        self._sample = (time.monotonic(), 0)  # (when, _finished then)
+        self._slow = False
         self._paused = False
         self._hold = False  # stopping or halted: keep everything paused, hand nothing over
         self._discard = False  # stopping: records still fetched are dropped
@@ -157,6 +178,7 @@ class KafkaSource:
         if count:
             with self._lock:
                 self._outstanding -= count
+                self._finished += count
             if self._outstanding < self._max:
                 self._wakeup.set()
 
@@ -221,9 +243,11 @@ class KafkaSource:
             )
             while not self._closing.is_set():
                 self._run_commands()
+                # Before the soft hold: the window is seen full here, right after it filled.
+                self._prefer_urgent()
                 self._soft_hold()
                 self._adjust_flow()
-                messages = self._consumer.consume(_CONSUME_BATCH, _CONSUME_TIMEOUT)
+                messages = self._consumer.consume(self._room(), _CONSUME_TIMEOUT)
                 if messages:
                     self._hand_over(messages)
             self._run_commands()
@@ -289,8 +313,8 @@ class KafkaSource:
             want = outstanding >= self._max
         if want == self._paused:
             return
-        # Crowded partitions stay paused through a resume.
-        keys = self._assigned if want else self._assigned - self._crowded
+        # Crowded and deferred partitions stay paused through a resume.
+        keys = self._assigned if want else self._assigned - self._crowded - self._deferred
         partitions = [TopicPartition(t, p) for t, p in keys]
         if partitions:
             if want:
@@ -304,7 +328,7 @@ class KafkaSource:
     def _set_crowded(self, partitions: frozenset[TopicPartitionKey]) -> None:
         wanted = partitions & self._assigned
         newly = [TopicPartition(t, p) for t, p in wanted - self._crowded]
-        freed = [TopicPartition(t, p) for t, p in self._crowded - wanted]
+        freed = [TopicPartition(t, p) for t, p in self._crowded - wanted - self._deferred]
         self._crowded = set(wanted)
         PARTITIONS_PENDING_PAUSED.set(len(wanted))
         if self._paused:
@@ -314,6 +338,49 @@ class KafkaSource:
             log.info("partition paused: too many events wait behind an unfinished one")
         if freed:
             self._consumer.resume(freed)
+
+    def _room(self) -> int:
+        """Records the next ``consume`` may take: what fits in the window, so that a deferral
+        is never undone by a batch that already overfilled it (at least one: ``consume`` keeps
+        serving rebalances, and a paused or held source gets nothing anyway)."""
+        return max(1, min(_CONSUME_BATCH, self._max - self._outstanding))
+
+    def _prefer_urgent(self) -> None:
+        """Defer the less urgent partitions while the window is full and slow, until it falls
+        below the resume mark (see module doc)."""
+        slow = self._turning_slowly()  # sampled every time, so the rate is always recent
+        mark = self._resume_mark if self._deferred else self._max
+        crowded = slow and self._outstanding >= mark
+        wanted = self._less_urgent() if crowded else set()
+        if wanted == self._deferred:
+            return
+        newly = [TopicPartition(t, p) for t, p in wanted - self._deferred - self._crowded]
+        freed = [TopicPartition(t, p) for t, p in self._deferred - wanted - self._crowded]
+        self._deferred = wanted
+        PARTITIONS_DEFERRED.set(len(wanted))
+        if self._paused:
+            return  # everything is paused already; _adjust_flow resumes only the undeferred
+        if newly:
+            self._consumer.pause(newly)
+            log.debug("less urgent partitions deferred: the in-flight window is held by the quota")
+        if freed:
+            self._consumer.resume(freed)
+
+    def _less_urgent(self) -> set[TopicPartitionKey]:
+        ranks = {key: self._priorities.rank(key[0]) for key in self._assigned}
+        best = min(ranks.values(), default=0)
+        return {key for key, rank in ranks.items() if rank > best}
+
+    def _turning_slowly(self) -> bool:
+        """Whether the window would take longer than ``_SLOW_WINDOW_SECONDS`` to drain at the
+        finish rate of the last sample (re-measured every ``_TURNOVER_SAMPLE_SECONDS``)."""
+        now = time.monotonic()
+        since, finished = self._sample
+        if now - since >= _TURNOVER_SAMPLE_SECONDS:
+            rate = (self._finished - finished) / (now - since)
+            self._slow = self._outstanding > rate * _SLOW_WINDOW_SECONDS
+            self._sample = (now, self._finished)
+        return self._slow
 
     def _commit(self, positions: Positions) -> Positions:
         owned = {key: pos for key, pos in positions.items() if key in self._assigned}
@@ -372,7 +439,9 @@ class KafkaSource:
     def _forget(self, keys: list[TopicPartitionKey]) -> None:
         self._assigned.difference_update(keys)
         self._crowded.difference_update(keys)
+        self._deferred.difference_update(keys)
         PARTITIONS_PENDING_PAUSED.set(len(self._crowded))
+        PARTITIONS_DEFERRED.set(len(self._deferred))
         if self._paused:
             PARTITIONS_PAUSED.set(len(self._assigned))
 
