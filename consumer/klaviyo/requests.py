@@ -110,6 +110,6 @@ class Plan:
 
     def at_priority(self, priority: int) -> Plan:
         """This plan with every request at ``priority`` (its event's topic's rank)."""
-        if all(r.priority == priority for r in self.requests):  # normal class: nothing to do
+        if all(r.priority == priority for r in self.requests):  # e.g. the normal class: no copy
             return self
         return Plan(tuple(r.at_priority(priority) for r in self.requests), self.warnings)

@@ -18,9 +18,9 @@ throws the partition's prefetch queue away and librdkafka's fetcher notices a re
 its next fetch decision, about a second later, so a relay that paused on every full window
 idled most of its time (measured: batch mode drained ~2,300 events/s that way).
 
-Priority admission: when the window is full and slow to turn over (the quota, not Klaviyo's
-latency, holds it: it would take more than ``_SLOW_WINDOW_SECONDS`` to drain at the current
-finish rate), the partitions of every class less urgent than the most urgent one assigned are
+Priority admission: when the window is full and slow to turn over (it would take more than
+``_SLOW_WINDOW_SECONDS`` to drain at the current finish rate: a short quota, or an outage, holds
+it), the partitions of every class less urgent than the most urgent one assigned are
 *deferred* (paused) until the window falls below the resume mark, and each ``consume`` takes at
 most the room left in the window. Every place that frees then goes to the most urgent class: a
 password reset produced behind a window full of lead tracking waits for one place, not for the
@@ -331,13 +331,20 @@ class KafkaSource:
         freed = [TopicPartition(t, p) for t, p in self._crowded - wanted - self._deferred]
         self._crowded = set(wanted)
         PARTITIONS_PENDING_PAUSED.set(len(wanted))
+        if self._pause_apart(newly, freed):
+            log.info("partition paused: too many events wait behind an unfinished one")
+
+    def _pause_apart(self, newly: list[TopicPartition], freed: list[TopicPartition]) -> bool:
+        """Pause ``newly`` and resume ``freed`` (partitions paused on their own: crowded or
+        deferred); whether any was paused. Nothing while everything is paused already:
+        _adjust_flow's resume leaves the crowded and deferred ones paused."""
         if self._paused:
-            return  # everything is paused already; _adjust_flow resumes only the uncrowded
+            return False
         if newly:
             self._consumer.pause(newly)
-            log.info("partition paused: too many events wait behind an unfinished one")
         if freed:
             self._consumer.resume(freed)
+        return bool(newly)
 
     def _room(self) -> int:
         """Records the next ``consume`` may take: what fits in the window, so that a deferral
@@ -358,13 +365,8 @@ class KafkaSource:
         freed = [TopicPartition(t, p) for t, p in self._deferred - wanted - self._crowded]
         self._deferred = wanted
         PARTITIONS_DEFERRED.set(len(wanted))
-        if self._paused:
-            return  # everything is paused already; _adjust_flow resumes only the undeferred
-        if newly:
-            self._consumer.pause(newly)
-            log.debug("less urgent partitions deferred: the in-flight window is held by the quota")
-        if freed:
-            self._consumer.resume(freed)
+        if self._pause_apart(newly, freed):
+            log.debug("less urgent partitions deferred: the in-flight window is held")
 
     def _less_urgent(self) -> set[TopicPartitionKey]:
         ranks = {key: self._priorities.rank(key[0]) for key in self._assigned}

@@ -42,20 +42,21 @@ def event(email: str, priority: int = DEFAULT_RANK) -> KlaviyoRequest:
     return KlaviyoRequest(Endpoint.CREATE_EVENT, "POST", "/api/events", body, priority=priority)
 
 
+async def caller(limiter: RateLimiter, order: list[str], name: str, priority: int) -> None:
+    """Take a place at ``priority``, note ``name`` in ``order`` and hand the place back."""
+    permit = await limiter.acquire("create_event", priority)
+    order.append(name)
+    limiter.release(permit, status=202)
+
+
 async def served_order(limiter: RateLimiter, arrivals: list[tuple[str, int]]) -> list[str]:
     """Queue ``arrivals`` (name, priority) in that order behind a held permit, then let them
     through one by one; the order they were granted in."""
     held = await limiter.acquire("create_event")
     order: list[str] = []
-
-    async def caller(name: str, priority: int) -> None:
-        permit = await limiter.acquire("create_event", priority)
-        order.append(name)
-        limiter.release(permit, status=202)
-
     tasks = []
     for name, priority in arrivals:
-        tasks.append(asyncio.create_task(caller(name, priority)))
+        tasks.append(asyncio.create_task(caller(limiter, order, name, priority)))
         await asyncio.sleep(0)  # each one queues in turn (ordering, not timing)
     limiter.release(held, status=202)
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
@@ -96,17 +97,10 @@ async def test_a_cancelled_waiter_is_skipped_wherever_it_sits_in_the_heap() -> N
     limiter = RateLimiter(ONE_AT_A_TIME)
     held = await limiter.acquire("create_event")
     order: list[str] = []
-
-    async def caller(name: str, priority: int) -> Permit:
-        permit = await limiter.acquire("create_event", priority)
-        order.append(name)
-        limiter.release(permit, status=202)
-        return permit
-
-    urgent = asyncio.create_task(caller("reset", URGENT))
-    middle = asyncio.create_task(caller("order", NORMAL))
-    deep = asyncio.create_task(caller("lead-gone", LOWEST))
-    last = asyncio.create_task(caller("lead", LOWEST))
+    urgent = asyncio.create_task(caller(limiter, order, "reset", URGENT))
+    middle = asyncio.create_task(caller(limiter, order, "order", NORMAL))
+    deep = asyncio.create_task(caller(limiter, order, "lead-gone", LOWEST))
+    last = asyncio.create_task(caller(limiter, order, "lead", LOWEST))
     await asyncio.sleep(0)
     urgent.cancel()  # the head of the heap
     deep.cancel()  # somewhere below it
