@@ -18,15 +18,10 @@ throws the partition's prefetch queue away and librdkafka's fetcher notices a re
 its next fetch decision, about a second later, so a relay that paused on every full window
 idled most of its time (measured: batch mode drained ~2,300 events/s that way).
 
-Priority admission: when the window is full and slow to turn over (it would take more than
-``_SLOW_WINDOW_SECONDS`` to drain at the current finish rate: a short quota, or an outage, holds
-it), the partitions of every class less urgent than the most urgent one assigned are
-*deferred* (paused) until the window falls below the resume mark, and each ``consume`` takes at
-most the room left in the window. Every place that frees then goes to the most urgent class: a
-password reset produced behind a window full of lead tracking waits for one place, not for the
-whole window (the rate limiter then puts it first in the quota's queue). A window that turns
-over fast (batch mode with quota to spare) is never deferred: pausing throws prefetched records
-away (see above) and there every class gets in within a second anyway.
+Priority admission (:mod:`consumer.pipeline.admission`): while the window is full and held by
+the quota, the partitions of less urgent classes are *deferred* (paused) so that the places that
+free go to the most urgent topics; each ``consume`` takes at most the room left in the window,
+so a batch never overfills it past what a deferral can hold back.
 
 Offsets: ``enable.auto.offset.store=false`` and no auto-commit. The loop decides what is
 committable (the contiguous watermark, see :mod:`consumer.pipeline.offsets`) and asks this
@@ -58,6 +53,7 @@ from consumer.observability.metrics import (
     PARTITIONS_PENDING_PAUSED,
 )
 from consumer.observability.stats import record_kafka_stats
+from consumer.pipeline.admission import Admission
 from consumer.pipeline.offsets import TopicPartitionKey
 from consumer.pipeline.records import SourceRecord
 from consumer.priorities import Priorities
@@ -76,10 +72,6 @@ _CONSUME_BATCH = 1000
 _SOFT_HOLD_SECONDS = 2.0
 _CONSUME_TIMEOUT = 0.05
 _STATS_INTERVAL_MS = 5000
-# Priority admission (see module doc): a full window that would take longer than this to drain
-# at the finish rate measured over the last sample is held by the quota.
-_SLOW_WINDOW_SECONDS = 2.0
-_TURNOVER_SAMPLE_SECONDS = 1.0
 # Shutdown budget after the drain (the chart's terminationGracePeriodSeconds adds these up, see
 # docs/operations.md): the final commit, leaving the group and closing the consumer.
 FINAL_COMMIT_SECONDS = 5.0
@@ -145,11 +137,13 @@ class KafkaSource:
         self._outstanding = 0
         self._assigned: set[TopicPartitionKey] = set()
         self._crowded: set[TopicPartitionKey] = set()  # paused on their own (see crowd)
-        self._priorities = Priorities(settings.topic_priorities)
-        self._deferred: set[TopicPartitionKey] = set()  # less urgent, paused (see _prefer_urgent)
-        self._finished = 0  # events released so far, for the window's turnover
-        self._sample = (time.monotonic(), 0)  # (when, _finished then)
-        self._slow = False
+        self._admission = Admission(
+            Priorities(settings.topic_priorities),
+            window=self._max,
+            resume_mark=self._resume_mark,
+        )
+        self._deferred: set[TopicPartitionKey] = set()  # less urgent, paused (see admission)
+        self._finished = 0  # events released so far: the window's turnover
         self._paused = False
         self._hold = False  # stopping or halted: keep everything paused, hand nothing over
         self._discard = False  # stopping: records still fetched are dropped
@@ -353,12 +347,10 @@ class KafkaSource:
         return max(1, min(_CONSUME_BATCH, self._max - self._outstanding))
 
     def _prefer_urgent(self) -> None:
-        """Defer the less urgent partitions while the window is full and slow, until it falls
-        below the resume mark (see module doc)."""
-        slow = self._turning_slowly()  # sampled every time, so the rate is always recent
-        mark = self._resume_mark if self._deferred else self._max
-        crowded = slow and self._outstanding >= mark
-        wanted = self._less_urgent() if crowded else set()
+        """Pause the partitions admission defers now, and resume those it no longer does."""
+        wanted = self._admission.deferred(
+            self._assigned, self._outstanding, self._finished, time.monotonic()
+        )
         if wanted == self._deferred:
             return
         newly = [TopicPartition(t, p) for t, p in wanted - self._deferred - self._crowded]
@@ -367,22 +359,6 @@ class KafkaSource:
         PARTITIONS_DEFERRED.set(len(wanted))
         if self._pause_apart(newly, freed):
             log.debug("less urgent partitions deferred: the in-flight window is held")
-
-    def _less_urgent(self) -> set[TopicPartitionKey]:
-        ranks = {key: self._priorities.rank(key[0]) for key in self._assigned}
-        best = min(ranks.values(), default=0)
-        return {key for key, rank in ranks.items() if rank > best}
-
-    def _turning_slowly(self) -> bool:
-        """Whether the window would take longer than ``_SLOW_WINDOW_SECONDS`` to drain at the
-        finish rate of the last sample (re-measured every ``_TURNOVER_SAMPLE_SECONDS``)."""
-        now = time.monotonic()
-        since, finished = self._sample
-        if now - since >= _TURNOVER_SAMPLE_SECONDS:
-            rate = (self._finished - finished) / (now - since)
-            self._slow = self._outstanding > rate * _SLOW_WINDOW_SECONDS
-            self._sample = (now, self._finished)
-        return self._slow
 
     def _commit(self, positions: Positions) -> Positions:
         owned = {key: pos for key, pos in positions.items() if key in self._assigned}
