@@ -265,7 +265,10 @@ class Settings(BaseSettings):
         }
         unknown = set(value) - known
         if unknown:
-            raise ValueError(f"unknown topic(s) {sorted(unknown)} (neither a contract topic nor in TOPICS or TOPIC_HANDLERS)")
+            raise ValueError(
+                f"unknown topic(s) {sorted(unknown)} "
+                "(neither a contract topic nor in TOPICS or TOPIC_HANDLERS)"
+            )
         return {**DEFAULT_TOPIC_PRIORITIES, **value}
 
     @field_validator("klaviyo_base_url")
