@@ -33,6 +33,9 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as SourceError
 
+from consumer.priorities import DEFAULT_TOPIC_PRIORITIES, PriorityClass
+from consumer.topics import CONTRACT_TOPICS
+
 DEFAULT_REVISION = "2026-07-15"
 _URL = re.compile(r"(https?|mock)://[^/\s]+(/\S*)?")
 
@@ -210,6 +213,11 @@ class Settings(BaseSettings):
         description="Offsets a partition may hold behind an unfinished event before it pauses "
         "(empty: 5 × max_in_flight).",
     )
+    topic_priorities: dict[str, PriorityClass] = Field(
+        default_factory=lambda: dict(DEFAULT_TOPIC_PRIORITIES),
+        description="Topic → priority class (urgent, high, normal, low, lowest) for a short "
+        "quota; merged over the default, unlisted topics are normal.",
+    )
 
     # --- Operations ---
     metrics_port: int = Field(default=9400, ge=0, le=65535)
@@ -249,6 +257,25 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown endpoint(s) {sorted(unknown)}")
         return {**DEFAULT_RATE_LIMITS, **value}
+
+    @field_validator("topic_priorities")
+    @classmethod
+    def _merge_priorities(
+        cls, value: dict[str, PriorityClass], info: ValidationInfo
+    ) -> dict[str, PriorityClass]:
+        # A misspelt topic would silently keep its default class.
+        known = {
+            *CONTRACT_TOPICS,
+            *info.data.get("topics", ()),
+            *info.data.get("topic_handlers", ()),
+        }
+        unknown = set(value) - known
+        if unknown:
+            raise ValueError(
+                f"unknown topic(s) {sorted(unknown)} "
+                "(neither a contract topic nor in TOPICS or TOPIC_HANDLERS)"
+            )
+        return {**DEFAULT_TOPIC_PRIORITIES, **value}
 
     @field_validator("klaviyo_base_url")
     @classmethod

@@ -29,6 +29,7 @@ from typing import Any
 from consumer.klaviyo.client import encode_body
 from consumer.klaviyo.outcomes import KlaviyoError, Permanent
 from consumer.klaviyo.requests import Endpoint, JSONObject, KlaviyoRequest
+from consumer.priorities import DEFAULT_RANK
 
 BULK_PATH = "/api/event-bulk-create-jobs"
 MAX_EVENTS = 1000
@@ -95,6 +96,9 @@ class _JobBuilder:
         self._latest: dict[Hashable, int] = {}  # order key → the entry of its latest event
         self.count = 0
         self.size = _JOB_OVERHEAD
+        # A job waits for the quota as its most urgent event would: an urgent event batched
+        # with lead tracking must not wait behind other jobs of lead tracking.
+        self.priority: int | None = None
 
     def entry_for(self, key: bytes, order: Hashable) -> int | None:
         """The entry an event of profile ``key`` may join without passing an earlier event of
@@ -125,6 +129,7 @@ class _JobBuilder:
         profile: Any,
         event: JSONObject,
         cost: int,
+        priority: int,
     ) -> None:
         if entry is None:
             entry = len(self._entries)
@@ -135,13 +140,18 @@ class _JobBuilder:
         self._latest[order] = entry
         self.count += 1
         self.size += cost
+        self.priority = priority if self.priority is None else min(self.priority, priority)
 
     def build(self) -> BulkJob:
         entries = self._entries
         body = _job_body([_profile_entry(e.profile, e.events) for e in entries])
         groups = [e.indexes for e in entries]
+        priority = DEFAULT_RANK if self.priority is None else self.priority
+        request = KlaviyoRequest(
+            Endpoint.BULK_CREATE_EVENTS, "POST", BULK_PATH, body=body, priority=priority
+        )
         return BulkJob(
-            request=KlaviyoRequest(Endpoint.BULK_CREATE_EVENTS, "POST", BULK_PATH, body=body),
+            request=request,
             items=[index for group in groups for index in group],
             groups=groups,
         )
@@ -180,7 +190,16 @@ def build_bulk_jobs(
             builder = _JobBuilder(max_events, max_bytes)
             entry = None
             cost = builder.cost(key, event_size, entry)
-        builder.add(index, entry, key=key, order=order, profile=profile, event=event, cost=cost)
+        builder.add(
+            index,
+            entry,
+            key=key,
+            order=order,
+            profile=profile,
+            event=event,
+            cost=cost,
+            priority=request.priority,
+        )
     if builder.count:
         jobs.append(builder.build())
     return jobs

@@ -204,7 +204,7 @@ class KlaviyoClient:
             raise RuntimeError("KlaviyoClient used outside 'async with'")
         endpoint = request.endpoint.value
         if permit is None:
-            permit = await self._limiter.acquire(endpoint)
+            permit = await self._limiter.acquire(endpoint, request.priority)
         status: int | None = None
         headers: Any = None
         started = time.perf_counter()

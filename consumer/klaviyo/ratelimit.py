@@ -32,27 +32,37 @@ replicas' requests in flight, so two replicas could spend the same spare request
 not coordinate, so with more replicas than a window's limit a few of them can still land in the
 same server second: Klaviyo then answers 429 and every replica pauses for its Retry-After.
 
-Waiting is FIFO per endpoint and never busy-waits: waiters park on futures, and one timer per
+Waiting is ordered per endpoint by priority, then arrival (a heap): when the quota is short, a
+waiting request is never passed by a less urgent one, nor by a later one of its own class (see
+:mod:`consumer.priorities`). It never busy-waits: waiters park on futures, and one timer per
 endpoint (or the next answer, when every place is held by a request in flight) wakes the head
-of the queue. :class:`EndpointBudget` is the pure, clock-free state (times are passed in) so it
+of the queue. A waiter cancelled while queued stays in the heap until it reaches the head, and
+is skipped there. :class:`EndpointBudget` is the pure, clock-free state (times are passed in) so it
 can be tested without waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import heapq
+import itertools
 import math
 import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from prometheus_client import Histogram
+
 from consumer.klaviyo.classify import parse_retry_after
 from consumer.observability.metrics import (
     QUOTA_SATURATION,
     RATE_LIMIT_REMAINING,
     RATE_LIMIT_WAIT,
+    RATE_LIMIT_WAIT_BY_PRIORITY,
 )
+from consumer.priorities import DEFAULT_RANK, class_of
 from consumer.settings import EndpointLimit, Settings, WindowLimit
 
 # A timer may fire a hair before its deadline (the loop's clock resolution); treat that as on time
@@ -266,10 +276,16 @@ class Permit:
     released: bool = field(default=False)
 
 
+# A queued request: (priority, arrival number, its future). Tuples compare by priority, then
+# arrival; arrival numbers are unique, so the futures themselves are never compared.
+_Waiter = tuple[int, int, asyncio.Future[None]]
+
+
 @dataclass
 class _Queue:
     budget: EndpointBudget
-    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    waiters: list[_Waiter] = field(default_factory=list)  # a heap
+    arrivals: itertools.count[int] = field(default_factory=itertools.count)
     timer: asyncio.TimerHandle | None = None
 
 
@@ -307,8 +323,13 @@ class RateLimiter:
             queue = self._queues[endpoint] = _Queue(budget)
         return queue
 
-    async def acquire(self, endpoint: str) -> Permit:
-        """Wait (FIFO) until ``endpoint`` may take one more request, and take it."""
+    async def acquire(self, endpoint: str, priority: int = DEFAULT_RANK) -> Permit:
+        """Wait until ``endpoint`` may take one more request, and take it.
+
+        Waiters go by ``priority`` (a rank, smaller first), then in arrival order. Nobody
+        jumps a queue that exists: with any waiter queued, even an urgent newcomer queues (and
+        goes ahead of every less urgent waiter at the next grant).
+        """
         loop = asyncio.get_running_loop()
         queue = self._queue(endpoint)
         started = loop.time()
@@ -316,7 +337,7 @@ class RateLimiter:
             queue.budget.grant(started)
         else:
             waiter: asyncio.Future[None] = loop.create_future()
-            queue.waiters.append(waiter)
+            heapq.heappush(queue.waiters, (priority, next(queue.arrivals), waiter))
             if queue.timer is None:
                 self._wake(queue)
             try:
@@ -330,6 +351,7 @@ class RateLimiter:
                 raise
         waited = loop.time() - started
         RATE_LIMIT_WAIT.labels(endpoint).observe(waited)
+        _wait_by_priority(endpoint, priority).observe(waited)
         self._report(endpoint, queue, loop.time())
         return Permit(endpoint=endpoint, waited=waited)
 
@@ -373,23 +395,23 @@ class RateLimiter:
             self._wake(queue)
 
     def _wake(self, queue: _Queue) -> None:
-        """Grant every waiter that may go now, in order; re-arm the timer for the rest."""
+        """Grant every waiter that may go now, most urgent first; re-arm the timer for the rest."""
         loop = asyncio.get_running_loop()
         if queue.timer is not None:
             queue.timer.cancel()
             queue.timer = None
         now = loop.time()
         while queue.waiters:
-            head = queue.waiters[0]
+            head = queue.waiters[0][2]
             if head.done():  # cancelled while waiting
-                queue.waiters.popleft()
+                heapq.heappop(queue.waiters)
                 continue
             at = queue.budget.ready_at(now)
             if at > now + _EPSILON:
                 if at < math.inf:  # else every place is in flight: the next answer wakes us
                     queue.timer = loop.call_at(at, self._wake, queue)
                 return
-            queue.waiters.popleft()
+            heapq.heappop(queue.waiters)
             queue.budget.grant(now)
             head.set_result(None)
 
@@ -421,6 +443,12 @@ class RateLimiter:
             self._report(endpoint, queue, now)
             if queue.waiters:
                 self._wake(queue)
+
+
+# ``.labels()`` takes a lock on every call; the children are kept (endpoints x classes).
+@functools.cache
+def _wait_by_priority(endpoint: str, priority: int) -> Histogram:
+    return RATE_LIMIT_WAIT_BY_PRIORITY.labels(endpoint, class_of(priority).value)
 
 
 def _leading_number(value: str | None) -> float | None:

@@ -14,10 +14,12 @@ event that needs a lookup first (an email change without a known profile id) sta
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlencode
+
+from consumer.priorities import DEFAULT_RANK
 
 JSONObject = dict[str, Any]
 
@@ -43,6 +45,9 @@ class KlaviyoRequest:
     binds: str | None = None
     # Sent instead of this request when a binding its path needs was not found.
     fallback: KlaviyoRequest | None = None
+    # Its event's priority rank (consumer.priorities): the order in which it waits for the
+    # quota. How urgent, not what is sent: left out of equality and of ``preview``.
+    priority: int = field(default=DEFAULT_RANK, compare=False)
 
     @property
     def target(self) -> str:
@@ -67,7 +72,16 @@ class KlaviyoRequest:
             data = body["data"]
             if isinstance(data.get("id"), str) and data["id"].startswith("{"):
                 body = {**body, "data": {**data, "id": bindings[data["id"][1:-1]]}}
-        return KlaviyoRequest(self.endpoint, self.method, path, body, self.query, self.binds)
+        return KlaviyoRequest(
+            self.endpoint, self.method, path, body, self.query, self.binds, priority=self.priority
+        )
+
+    def at_priority(self, priority: int) -> KlaviyoRequest:
+        """This request (and its fallback) waiting for the quota at ``priority``."""
+        if priority == self.priority:
+            return self
+        fallback = None if self.fallback is None else self.fallback.at_priority(priority)
+        return replace(self, fallback=fallback, priority=priority)
 
     def to_preview(self) -> JSONObject:
         """The JSON form ``preview`` prints: method, path (with query) and body."""
@@ -93,3 +107,9 @@ class Plan:
 
     requests: tuple[KlaviyoRequest, ...]
     warnings: tuple[PlanWarning, ...] = field(default=())
+
+    def at_priority(self, priority: int) -> Plan:
+        """This plan with every request at ``priority`` (its event's topic's rank)."""
+        if all(r.priority == priority for r in self.requests):  # e.g. the normal class: no copy
+            return self
+        return Plan(tuple(r.at_priority(priority) for r in self.requests), self.warnings)

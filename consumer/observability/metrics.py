@@ -197,6 +197,18 @@ AUTO_ROUTES = Counter(
     ["path", "reason"],
     registry=REGISTRY,
 )
+RATE_LIMIT_WAIT_BY_PRIORITY = Histogram(
+    "klaviyo_relay_rate_limit_wait_by_priority_seconds",
+    "Time a request waited for a rate-limit place, by its event's priority class.",
+    ["endpoint", "priority"],
+    buckets=(0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    registry=REGISTRY,
+)
+PARTITIONS_DEFERRED = Gauge(
+    "klaviyo_relay_partitions_deferred",
+    "Partitions of less urgent priority classes paused while the in-flight window is crowded.",
+    registry=REGISTRY,
+)
 
 
 def status_class(status: int | None) -> str:

@@ -52,6 +52,7 @@ from consumer.pipeline.reachability import Reachability
 from consumer.pipeline.sending import Halt, Sender
 from consumer.pipeline.source import FINAL_COMMIT_SECONDS
 from consumer.pipeline.stages import DeadLettering, Stages
+from consumer.priorities import Priorities
 from consumer.settings import Settings
 
 log = get_logger(__name__)
@@ -107,6 +108,7 @@ class Relay:
             book=self._book,
             delivery=self._delivery,
             reject=self._dead_letters,
+            priorities=Priorities(settings.topic_priorities),
         )
         self._dispatcher: Dispatcher[Work] = Dispatcher(stages.process, self._on_crash)
         self._listener = Listener(

@@ -18,6 +18,11 @@ throws the partition's prefetch queue away and librdkafka's fetcher notices a re
 its next fetch decision, about a second later, so a relay that paused on every full window
 idled most of its time (measured: batch mode drained ~2,300 events/s that way).
 
+Priority admission (:mod:`consumer.pipeline.admission`): while the window is full and held by
+the quota, the partitions of less urgent classes are *deferred* (paused) so that the places that
+free go to the most urgent topics; each ``consume`` takes at most the room left in the window,
+so a batch never overfills it past what a deferral can hold back.
+
 Offsets: ``enable.auto.offset.store=false`` and no auto-commit. The loop decides what is
 committable (the contiguous watermark, see :mod:`consumer.pipeline.offsets`) and asks this
 thread to store and commit exactly that. On revoke the thread asks the loop to drain the
@@ -43,13 +48,16 @@ from consumer.observability.logging import LibrdkafkaLogFilter, RepeatSummary, g
 from consumer.observability.metrics import (
     COMMIT_DURATION,
     EVENTS_IN_FLIGHT,
+    PARTITIONS_DEFERRED,
     PARTITIONS_PAUSED,
     PARTITIONS_PENDING_PAUSED,
 )
 from consumer.observability.stats import record_kafka_stats
+from consumer.pipeline.admission import Admission
 from consumer.pipeline.offsets import TopicPartitionKey
 from consumer.pipeline.records import SourceRecord
 from consumer.pipeline.share import PartitionCounts, partition_share
+from consumer.priorities import Priorities
 from consumer.settings import Settings
 
 log = get_logger(__name__)
@@ -138,6 +146,13 @@ class KafkaSource:
         self._outstanding = 0
         self._assigned: set[TopicPartitionKey] = set()
         self._crowded: set[TopicPartitionKey] = set()  # paused on their own (see crowd)
+        self._admission = Admission(
+            Priorities(settings.topic_priorities),
+            window=self._max,
+            resume_mark=self._resume_mark,
+        )
+        self._deferred: set[TopicPartitionKey] = set()  # less urgent, paused (see admission)
+        self._finished = 0  # events released so far: the window's turnover
         self._paused = False
         self._hold = False  # stopping or halted: keep everything paused, hand nothing over
         self._discard = False  # stopping: records still fetched are dropped
@@ -169,6 +184,7 @@ class KafkaSource:
         if count:
             with self._lock:
                 self._outstanding -= count
+                self._finished += count
             if self._outstanding < self._max:
                 self._wakeup.set()
 
@@ -233,9 +249,11 @@ class KafkaSource:
             )
             while not self._closing.is_set():
                 self._run_commands()
+                # Before the soft hold: the window is seen full here, right after it filled.
+                self._prefer_urgent()
                 self._soft_hold()
                 self._adjust_flow()
-                messages = self._consumer.consume(_CONSUME_BATCH, _CONSUME_TIMEOUT)
+                messages = self._consumer.consume(self._room(), _CONSUME_TIMEOUT)
                 # Before the records: those of new partitions go out under the new share.
                 self._refresh_share()
                 if messages:
@@ -303,8 +321,8 @@ class KafkaSource:
             want = outstanding >= self._max
         if want == self._paused:
             return
-        # Crowded partitions stay paused through a resume.
-        keys = self._assigned if want else self._assigned - self._crowded
+        # Crowded and deferred partitions stay paused through a resume.
+        keys = self._assigned if want else self._assigned - self._crowded - self._deferred
         partitions = [TopicPartition(t, p) for t, p in keys]
         if partitions:
             if want:
@@ -318,16 +336,43 @@ class KafkaSource:
     def _set_crowded(self, partitions: frozenset[TopicPartitionKey]) -> None:
         wanted = partitions & self._assigned
         newly = [TopicPartition(t, p) for t, p in wanted - self._crowded]
-        freed = [TopicPartition(t, p) for t, p in self._crowded - wanted]
+        freed = [TopicPartition(t, p) for t, p in self._crowded - wanted - self._deferred]
         self._crowded = set(wanted)
         PARTITIONS_PENDING_PAUSED.set(len(wanted))
+        if self._pause_apart(newly, freed):
+            log.info("partition paused: too many events wait behind an unfinished one")
+
+    def _pause_apart(self, newly: list[TopicPartition], freed: list[TopicPartition]) -> bool:
+        """Pause ``newly`` and resume ``freed`` (partitions paused on their own: crowded or
+        deferred); whether any was paused. Nothing while everything is paused already:
+        _adjust_flow's resume leaves the crowded and deferred ones paused."""
         if self._paused:
-            return  # everything is paused already; _adjust_flow resumes only the uncrowded
+            return False
         if newly:
             self._consumer.pause(newly)
-            log.info("partition paused: too many events wait behind an unfinished one")
         if freed:
             self._consumer.resume(freed)
+        return bool(newly)
+
+    def _room(self) -> int:
+        """Records the next ``consume`` may take: what fits in the window, so that a deferral
+        is never undone by a batch that already overfilled it (at least one: ``consume`` keeps
+        serving rebalances, and a paused or held source gets nothing anyway)."""
+        return max(1, min(_CONSUME_BATCH, self._max - self._outstanding))
+
+    def _prefer_urgent(self) -> None:
+        """Pause the partitions admission defers now, and resume those it no longer does."""
+        wanted = self._admission.deferred(
+            self._assigned, self._outstanding, self._finished, time.monotonic()
+        )
+        if wanted == self._deferred:
+            return
+        newly = [TopicPartition(t, p) for t, p in wanted - self._deferred - self._crowded]
+        freed = [TopicPartition(t, p) for t, p in self._deferred - wanted - self._crowded]
+        self._deferred = wanted
+        PARTITIONS_DEFERRED.set(len(wanted))
+        if self._pause_apart(newly, freed):
+            log.debug("less urgent partitions deferred: the in-flight window is held")
 
     def _commit(self, positions: Positions) -> Positions:
         owned = {key: pos for key, pos in positions.items() if key in self._assigned}
@@ -387,7 +432,9 @@ class KafkaSource:
     def _forget(self, keys: list[TopicPartitionKey]) -> None:
         self._assigned.difference_update(keys)
         self._crowded.difference_update(keys)
+        self._deferred.difference_update(keys)
         PARTITIONS_PENDING_PAUSED.set(len(self._crowded))
+        PARTITIONS_DEFERRED.set(len(self._deferred))
         if self._paused:
             PARTITIONS_PAUSED.set(len(self._assigned))
         self._apply_share()

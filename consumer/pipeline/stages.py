@@ -29,6 +29,7 @@ from consumer.pipeline.inflight import InFlight, Work
 from consumer.pipeline.ports import DeadLetterWriter
 from consumer.pipeline.records import SourceRecord
 from consumer.pipeline.sending import Halt, UnboundStep
+from consumer.priorities import Priorities
 
 log = get_logger(__name__)
 
@@ -46,8 +47,10 @@ class Stages:
         book: InFlight,
         delivery: Delivery,
         reject: Reject,
+        priorities: Priorities,
     ) -> None:
         self._registry = registry
+        self._priorities = priorities
         self._decoder = decoder
         self._policy = policy
         self._halt = halt
@@ -107,7 +110,9 @@ class Stages:
         work.occurred_at = occurred if isinstance(occurred, datetime) else None
         for warning in plan.warnings:
             PLAN_WARNINGS.labels(record.topic, warning.code).inc()
-        return plan
+        # Every request of the event (and a bulk job holding it) waits for the quota at its
+        # topic's class; the handlers decide what to send, not how urgently.
+        return plan.at_priority(self._priorities.rank(record.topic))
 
     async def _decode(self, record: SourceRecord) -> DecodedEvent:
         if record.value is None:
