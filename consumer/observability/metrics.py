@@ -177,6 +177,21 @@ KLAVIYO_REVISION_AGE = Gauge(
     registry=REGISTRY,
 )
 
+REPLAY_SKIPPED = Counter(
+    "klaviyo_relay_replay_skipped_total",
+    "Records read again after a crash or rebalance and not sent: the group's last commit maps "
+    "them as finished by an earlier owner (quota saved).",
+    ["topic"],
+    registry=REGISTRY,
+)
+REPLAY_RETAKEN = Counter(
+    "klaviyo_relay_replay_retaken_total",
+    "Records read again that an earlier owner had taken but not finished by its last commit: "
+    "sent again, so Klaviyo may have them twice (the resends the commit map cannot rule out).",
+    ["topic"],
+    registry=REGISTRY,
+)
+
 
 def status_class(status: int | None) -> str:
     """``2xx``/``4xx``/``5xx`` for an HTTP status, ``error`` when there was no answer."""

@@ -53,8 +53,8 @@ class Listener:
             self._dispatcher.submit(work.record.key, work)
             self._delivery.submitted()
 
-    def on_assigned(self, partitions: list[TopicPartitionKey]) -> None:
-        self._book.assign(partitions)
+    def on_assigned(self, partitions: list[TopicPartitionKey], commits: Positions) -> None:
+        self._book.assign(partitions, commits)
         self._state.kafka_problem = None
         self._state.joined = True  # even with nothing assigned: an idle member is a member
         self._state.partitions = self._book.partitions

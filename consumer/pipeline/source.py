@@ -20,9 +20,11 @@ idled most of its time (measured: batch mode drained ~2,300 events/s that way).
 
 Offsets: ``enable.auto.offset.store=false`` and no auto-commit. The loop decides what is
 committable (the contiguous watermark, see :mod:`consumer.pipeline.offsets`) and asks this
-thread to store and commit exactly that. On revoke the thread asks the loop to drain the
-partitions (waiting, bounded by the drain timeout) and commits their final watermark before
-librdkafka hands them to another member; on loss nothing is committed.
+thread to store and commit exactly that, with the map of offsets finished above it as the
+commit's metadata (see :mod:`consumer.pipeline.completed`), read back at assignment. On revoke
+the thread asks the loop to drain the partitions (waiting, bounded by the drain timeout) and
+commits their final watermark before librdkafka hands them to another member; on loss nothing
+is committed.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from consumer.observability.metrics import (
     PARTITIONS_PENDING_PAUSED,
 )
 from consumer.observability.stats import record_kafka_stats
-from consumer.pipeline.offsets import TopicPartitionKey
+from consumer.pipeline.offsets import Commit, TopicPartitionKey
 from consumer.pipeline.records import SourceRecord
 from consumer.settings import Settings
 
@@ -57,7 +59,7 @@ LIBRDKAFKA_LOG = logging.getLogger(f"{__name__}.librdkafka")
 LIBRDKAFKA_LOG.addFilter(LibrdkafkaLogFilter(drop_facilities=frozenset({"FAIL"})))
 
 T = TypeVar("T")
-Positions = dict[TopicPartitionKey, int]
+Positions = dict[TopicPartitionKey, Commit]
 
 _CONSUME_BATCH = 1000
 # Far below max.poll.interval.ms (5 min by default); long enough for a full window to drain.
@@ -67,6 +69,8 @@ _STATS_INTERVAL_MS = 5000
 # Shutdown budget after the drain (the chart's terminationGracePeriodSeconds adds these up, see
 # docs/operations.md): the final commit, leaving the group and closing the consumer.
 FINAL_COMMIT_SECONDS = 5.0
+# Reading the group's commits (with their maps of finished offsets) at an assignment.
+COMMITTED_READ_SECONDS = 10.0
 CLOSE_SECONDS = 10.0
 
 
@@ -75,7 +79,9 @@ class SourceListener(Protocol):
 
     def on_records(self, records: list[SourceRecord]) -> None: ...
 
-    def on_assigned(self, partitions: list[TopicPartitionKey]) -> None: ...
+    def on_assigned(self, partitions: list[TopicPartitionKey], commits: Positions) -> None:
+        """``commits``: the group's commits of these partitions, as far as they could be read."""
+        ...
 
     async def on_revoked(self, partitions: list[TopicPartitionKey]) -> Positions:
         """Drain the partitions; return the positions to commit before they go."""
@@ -319,7 +325,7 @@ class KafkaSource:
         owned = {key: pos for key, pos in positions.items() if key in self._assigned}
         if not owned:
             return {}
-        offsets = [TopicPartition(t, p, pos) for (t, p), pos in owned.items()]
+        offsets = [TopicPartition(t, p, c.position, c.metadata) for (t, p), c in owned.items()]
         started = time.perf_counter()
         try:
             self._consumer.store_offsets(offsets=offsets)
@@ -333,7 +339,7 @@ class KafkaSource:
         committed: Positions = {}
         for tp in result or ():
             if tp.error is None:
-                committed[(tp.topic, tp.partition)] = tp.offset
+                committed[(tp.topic, tp.partition)] = owned[(tp.topic, tp.partition)]
             else:
                 log.warning(
                     "offset commit failed",
@@ -352,7 +358,23 @@ class KafkaSource:
         if self._paused and partitions:
             consumer.pause(partitions)
             PARTITIONS_PAUSED.set(len(self._assigned))
-        self._to_loop(self._listener.on_assigned, keys)
+        self._to_loop(self._listener.on_assigned, keys, self._read_commits(consumer, partitions))
+
+    def _read_commits(self, consumer: Consumer, partitions: list[TopicPartition]) -> Positions:
+        """The group's commits of ``partitions`` with their metadata (librdkafka reads only the
+        offsets itself). Unreadable: none, and the records past the commits are all sent."""
+        if not partitions:
+            return {}
+        try:
+            found = consumer.committed(partitions, timeout=COMMITTED_READ_SECONDS)
+        except KafkaException as exc:
+            log.warning("reading the committed offsets failed", error=str(exc.args[0]))
+            return {}
+        return {
+            (tp.topic, tp.partition): Commit(tp.offset, tp.metadata or "")
+            for tp in found
+            if tp.error is None and tp.offset >= 0
+        }
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
