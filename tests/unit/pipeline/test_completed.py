@@ -48,6 +48,17 @@ def test_gaps_and_long_runs_stay_small() -> None:
     assert not completed.finished(0) and completed.finished(1) and not completed.finished(60_050)
 
 
+def test_a_whole_pending_bound_of_scattered_offsets_fits_uncut() -> None:
+    # The default bound: 5 × MAX_IN_FLIGHT = 10,000 offsets behind one held event, finished at
+    # random: the worst pattern for compression still fits the broker's default limit.
+    bits = random.Random(3).getrandbits(10_000)
+    metadata = encode(10_000, bits)
+    assert len(metadata) <= MAX_METADATA_CHARS
+    completed = decode(0, metadata)
+    assert completed is not None and completed.span == 10_000
+    assert int.from_bytes(completed.bits, "little") == bits
+
+
 def test_a_map_too_scattered_to_fit_is_cut_to_a_prefix_that_fits() -> None:
     rng = random.Random(7)
     span = 200_000  # random bits do not compress: far beyond 4,000 characters

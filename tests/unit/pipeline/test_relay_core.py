@@ -15,7 +15,8 @@ from typing import Any
 
 from consumer.klaviyo.outcomes import Accepted, Fatal, KlaviyoError, Outcome, Permanent
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
-from consumer.pipeline.completed import decode
+from consumer.pipeline.completed import decode, encode
+from consumer.pipeline.offsets import Commit
 from consumer.pipeline.records import SourceRecord
 from consumer.pipeline.relay import EXIT_OK, Relay
 from consumer.settings import Settings
@@ -186,6 +187,26 @@ async def test_revoke_past_the_drain_timeout_commits_only_what_finished() -> Non
         assert set(positions) == {1, 3} and positions[-1] == 3  # never 2 or past the stuck one
         # "b" was finished by the first assignment, past its watermark: not sent again.
         assert core.customers().count("b") == 1
+
+
+async def test_records_an_earlier_owner_mapped_as_finished_are_skipped_not_sent() -> None:
+    async with running() as core:
+        # The group's last commit: position 0, offsets 1 and 3 finished, 0-4 taken.
+        core.source.commits.append({P0: Commit(0, encode(5, 0b01010))})
+        core.source.assign(P0)
+        core.source.feed([record(i, key) for i, key in enumerate("abcdef")])
+        await until(lambda: core.source.committed(P0) == 6)
+        assert sorted(core.customers()) == ["a", "c", "e", "f"]
+        assert core.source.outstanding == 0
+
+
+async def test_malformed_commit_metadata_is_ignored_and_nothing_skipped() -> None:
+    async with running() as core:
+        core.source.commits.append({P0: Commit(0, "fin9:whatever")})
+        core.source.assign(P0)
+        core.source.feed([record(i, key) for i, key in enumerate("abc")])
+        await until(lambda: core.source.committed(P0) == 3)
+        assert sorted(core.customers()) == ["a", "b", "c"]
 
 
 async def test_a_lost_partition_commits_nothing_and_its_late_verdicts_are_ignored() -> None:
