@@ -38,6 +38,7 @@ from typing import Any
 import aiohttp
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from consumer.coordinator import coordinator_moving
 from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, Settings, WindowLimit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -356,7 +357,7 @@ class GroupOffsets:
                 found = self._consumer.committed(partitions, timeout=30)
                 break
             except KafkaException as exc:
-                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                if not coordinator_moving(exc.args[0]) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)  # a retry's backoff, not a synchronisation
         return {(tp.topic, tp.partition): (tp.offset, tp.metadata or "") for tp in found}

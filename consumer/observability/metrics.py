@@ -184,10 +184,11 @@ REPLAY_SKIPPED = Counter(
     ["topic"],
     registry=REGISTRY,
 )
-REPLAY_RETAKEN = Counter(
-    "klaviyo_relay_replay_retaken_total",
-    "Records read again that an earlier owner had taken but not finished by its last commit: "
-    "sent again, so Klaviyo may have them twice (the resends the commit map cannot rule out).",
+REPLAY_RESENT = Counter(
+    "klaviyo_relay_replay_resent_total",
+    "Records read again whose event an earlier owner had started but not finished by its last "
+    "commit: sent again, so some of their requests may reach Klaviyo twice (deduplicated by "
+    "unique_id): the resends the commit's map cannot rule out.",
     ["topic"],
     registry=REGISTRY,
 )

@@ -6,12 +6,14 @@ them, and each resend takes Klaviyo quota. So every commit also says which offse
 its position are finished already (the idea of Confluent's Parallel Consumer), and whoever owns
 the partition next skips them.
 
-Format, version 1: ``fin1:<span>:<bitmap>``. ``span`` is how many offsets from the committed
-position on the writer had taken; ``bitmap`` is base64url (unpadded) of zlib of ``ceil(span/8)``
-bytes, bit ``i`` (least significant first in byte ``i // 8``) set when ``position + i`` is
-finished. Offsets at or past ``position + span`` are unknown. The prefix names the version, so
-the format can change: a reader ignores (with a warning) what it does not understand, and then
-merely resends; it never skips on a guess.
+Format, version 1: ``fin1:<span>:<bitmaps>``. ``span`` is how many offsets from the committed
+position on the writer had taken; ``bitmaps`` is base64url (unpadded) of zlib of two bitmaps of
+``ceil(span/8)`` bytes each: bit ``i`` (least significant first in byte ``i // 8``) of the first
+is set when ``position + i`` is finished, of the second when it was started and is unfinished
+(some of its requests may be at Klaviyo: sent again, it is a possible resend, counted). Offsets
+at or past ``position + span`` are unknown. The prefix names the version, so the format can
+change: a reader ignores (with a warning) what it does not understand, and then merely resends;
+it never skips on a guess.
 
 Kafka refuses a commit whose metadata is longer than ``offset.metadata.max.bytes`` (4096 by
 default). A map that does not fit is cut to its longest prefix that does: offsets beyond the
@@ -30,7 +32,7 @@ VERSION = "fin1"
 # Below the broker's default offset.metadata.max.bytes (4096), with room to spare.
 MAX_METADATA_CHARS = 4000
 # 2^20 offsets: far beyond what the pending bound lets a partition hold, and a bound on what a
-# reader decompresses (128 KiB) whatever the metadata says.
+# reader decompresses (2 × 128 KiB) whatever the metadata says.
 MAX_SPAN = 1 << 20
 
 
@@ -44,7 +46,8 @@ class CompletedMap:
 
     position: int
     span: int  # offsets position .. position + span - 1 were taken by the writer
-    bits: bytes  # bit i: position + i is finished
+    done: bytes  # bit i: position + i is finished
+    begun: bytes  # bit i: position + i was started and is unfinished
 
     @property
     def end(self) -> int:
@@ -52,29 +55,37 @@ class CompletedMap:
         return self.position + self.span
 
     def finished(self, offset: int) -> bool:
-        i = offset - self.position
-        return 0 <= i < self.span and bool(self.bits[i >> 3] >> (i & 7) & 1)
+        return self._bit(self.done, offset)
+
+    def started(self, offset: int) -> bool:
+        """Started and not finished."""
+        return self._bit(self.begun, offset)
 
     def taken(self, offset: int) -> bool:
         return self.position <= offset < self.end
 
-    def above(self, offset: int) -> int:
-        """The finished offsets past ``offset`` as a bitmap integer (bit i: position + i)."""
+    def above(self, offset: int) -> tuple[int, int]:
+        """The finished and the started offsets past ``offset`` as bitmap integers (bit i:
+        position + i)."""
         if offset + 1 >= self.end:
-            return 0
-        bits = int.from_bytes(self.bits, "little")
+            return 0, 0
         keep = max(0, offset + 1 - self.position)
-        return bits >> keep << keep
+        done, begun = (int.from_bytes(b, "little") >> keep << keep for b in (self.done, self.begun))
+        return done, begun
+
+    def _bit(self, bits: bytes, offset: int) -> bool:
+        i = offset - self.position
+        return 0 <= i < self.span and bool(bits[i >> 3] >> (i & 7) & 1)
 
 
-def encode(span: int, bits: int) -> str:
-    """The metadata for ``bits`` (bit i: ``position + i`` finished) over ``span`` taken offsets:
-    the longest prefix that fits in :data:`MAX_METADATA_CHARS`; ``""`` when there is nothing."""
+def encode(span: int, finished: int, started: int = 0) -> str:
+    """The metadata for ``finished`` and ``started`` (bitmaps, bit i: ``position + i``) over
+    ``span`` taken offsets: the longest prefix that fits in :data:`MAX_METADATA_CHARS`; ``""``
+    when there is nothing."""
     span = min(span, MAX_SPAN)
-    bits &= (1 << span) - 1
     if span == 0:
         return ""
-    text = _encode(span, bits)
+    text = _encode(span, finished, started)
     if len(text) <= MAX_METADATA_CHARS:
         return text
     # Too scattered to fit: commit the longest prefix that does (binary search; compressed size
@@ -82,15 +93,17 @@ def encode(span: int, bits: int) -> str:
     low, high = 0, span
     while low < high:
         middle = (low + high + 1) // 2
-        if len(_encode(middle, bits & ((1 << middle) - 1))) <= MAX_METADATA_CHARS:
+        if len(_encode(middle, finished, started)) <= MAX_METADATA_CHARS:
             low = middle
         else:
             high = middle - 1
-    return _encode(low, bits & ((1 << low) - 1)) if low else ""
+    return _encode(low, finished, started) if low else ""
 
 
-def _encode(span: int, bits: int) -> str:
-    raw = bits.to_bytes((span + 7) // 8, "little")
+def _encode(span: int, finished: int, started: int) -> str:
+    size = (span + 7) // 8
+    mask = (1 << span) - 1
+    raw = (finished & mask).to_bytes(size, "little") + (started & mask).to_bytes(size, "little")
     payload = base64.urlsafe_b64encode(zlib.compress(raw, 9)).rstrip(b"=").decode("ascii")
     return f"{VERSION}:{span}:{payload}"
 
@@ -111,9 +124,9 @@ def decode(position: int, metadata: str) -> CompletedMap | None:
     try:
         compressed = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
         inflater = zlib.decompressobj()
-        raw = inflater.decompress(compressed, size)
+        raw = inflater.decompress(compressed, 2 * size)
     except (binascii.Error, ValueError, zlib.error):
         raise MalformedMap("commit metadata: bad bitmap") from None
-    if len(raw) != size or inflater.unconsumed_tail or not inflater.eof:
-        raise MalformedMap("commit metadata: bitmap does not match its span")
-    return CompletedMap(position, span, raw)
+    if len(raw) != 2 * size or inflater.unconsumed_tail or not inflater.eof:
+        raise MalformedMap("commit metadata: bitmaps do not match their span")
+    return CompletedMap(position, span, raw[:size], raw[size:])

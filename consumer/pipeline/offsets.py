@@ -43,9 +43,9 @@ class Commit(NamedTuple):
 class Earlier(Enum):
     """What an earlier owner's commit says of an offset read again."""
 
-    UNSEEN = "unseen"  # not taken by it (as far as its last commit says): a first delivery
+    UNSEEN = "unseen"  # not started by it (as far as its last commit says): nothing sent yet
     FINISHED = "finished"  # finished by it: skip
-    TAKEN = "taken"  # taken by it, unfinished at its last commit: maybe at Klaviyo already
+    STARTED = "started"  # started by it, unfinished at its last commit: maybe at Klaviyo already
 
 
 class PartitionOffsets:
@@ -63,6 +63,7 @@ class PartitionOffsets:
         "_offered",
         "_pending",
         "_start",
+        "_started",
         "_taken_at",
         "_unfinished",
         "_version",
@@ -87,6 +88,7 @@ class PartitionOffsets:
         self._pending: deque[int] = deque()  # taken, not yet below the watermark, in order
         self._taken_at: deque[float] = deque()  # when each of them was taken
         self._unfinished: set[int] = set()
+        self._started: set[int] = set()  # unfinished offsets whose event is being processed
         self.crowded = False  # too many pending: the source holds the partition paused
         # Kafka's position: the offset of the next record to read, i.e. what a commit stores.
         self.next_position: int | None = None
@@ -100,9 +102,16 @@ class PartitionOffsets:
     def earlier(self, offset: int) -> Earlier:
         """What the inherited map says of ``offset`` (about to be taken)."""
         inherited = self._inherited
-        if inherited is None or not inherited.taken(offset):
+        if inherited is None:
             return Earlier.UNSEEN
-        return Earlier.FINISHED if inherited.finished(offset) else Earlier.TAKEN
+        if inherited.finished(offset):
+            return Earlier.FINISHED
+        return Earlier.STARTED if inherited.started(offset) else Earlier.UNSEEN
+
+    def start(self, offset: int) -> None:
+        """The event of ``offset`` is being processed: requests of it may reach Klaviyo."""
+        if offset in self._unfinished:
+            self._started.add(offset)
 
     def track(self, offset: int, now: float = 0.0) -> None:
         """Record that ``offset`` was taken at ``now``; offsets of a partition arrive in
@@ -125,6 +134,7 @@ class PartitionOffsets:
         if offset not in self._unfinished:
             return 0  # finished twice, or never taken in this assignment: nothing to do
         self._unfinished.remove(offset)
+        self._started.discard(offset)
         self._version += 1
         released = 0
         while self._pending and self._pending[0] not in self._unfinished:
@@ -164,19 +174,17 @@ class PartitionOffsets:
         # Holes in a compacted topic can spread few offsets far apart: the map stops at MAX_SPAN.
         limit = position + MAX_SPAN
         end = min(last + 1, limit)
-        raw = bytearray((end - position + 7) // 8)
-        for offset in self._pending:
-            if offset < end and offset not in self._unfinished:
-                i = offset - position
-                raw[i >> 3] |= 1 << (i & 7)
-        bits = int.from_bytes(raw, "little")
+        done = (o for o in self._pending if o not in self._unfinished)
+        finished = _bitmap(done, position, end)
+        started = _bitmap(self._started, position, end)
         inherited = self._inherited
         if inherited is not None and inherited.end > end and inherited.position < limit:
-            tail = inherited.above(last)
             shift = inherited.position - position
-            bits |= tail << shift if shift >= 0 else tail >> -shift
+            tails = [t << shift if shift >= 0 else t >> -shift for t in inherited.above(last)]
+            finished |= tails[0]
+            started |= tails[1]
             end = inherited.end
-        commit = Commit(position, encode(end - position, bits))
+        commit = Commit(position, encode(end - position, finished, started))
         self._offered = (self._version, commit)
         return commit
 
@@ -184,6 +192,16 @@ class PartitionOffsets:
         """``commit`` (as :meth:`committable` gave it) is stored in Kafka."""
         if self._offered is not None and self._offered[1] == commit:
             self._committed_version = max(self._committed_version, self._offered[0])
+
+
+def _bitmap(offsets: Iterable[int], position: int, end: int) -> int:
+    """Bit i set for each of ``offsets`` equal to ``position + i`` and below ``end``."""
+    raw = bytearray((end - position + 7) // 8)
+    for offset in offsets:
+        if position <= offset < end:
+            i = offset - position
+            raw[i >> 3] |= 1 << (i & 7)
+    return int.from_bytes(raw, "little")
 
 
 class OffsetTracker:

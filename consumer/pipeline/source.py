@@ -41,6 +41,7 @@ from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from consumer.coordinator import coordinator_moving
 from consumer.observability.logging import LibrdkafkaLogFilter, RepeatSummary, get_logger
 from consumer.observability.metrics import (
     COMMIT_DURATION,
@@ -69,9 +70,9 @@ _STATS_INTERVAL_MS = 5000
 # Shutdown budget after the drain (the chart's terminationGracePeriodSeconds adds these up, see
 # docs/operations.md): the final commit, leaving the group and closing the consumer.
 FINAL_COMMIT_SECONDS = 5.0
+CLOSE_SECONDS = 10.0
 # Reading the group's commits (with their maps of finished offsets) at an assignment.
 COMMITTED_READ_SECONDS = 10.0
-CLOSE_SECONDS = 10.0
 
 
 class SourceListener(Protocol):
@@ -365,11 +366,17 @@ class KafkaSource:
         offsets itself). Unreadable: none, and the records past the commits are all sent."""
         if not partitions:
             return {}
-        try:
-            found = consumer.committed(partitions, timeout=COMMITTED_READ_SECONDS)
-        except KafkaException as exc:
-            log.warning("reading the committed offsets failed", error=str(exc.args[0]))
-            return {}
+        deadline = time.monotonic() + COMMITTED_READ_SECONDS
+        while True:
+            try:
+                found = consumer.committed(partitions, timeout=COMMITTED_READ_SECONDS)
+                break
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not coordinator_moving(error) or time.monotonic() > deadline:
+                    log.warning("reading the committed offsets failed", error=str(error))
+                    return {}
+                time.sleep(0.2)
         return {
             (tp.topic, tp.partition): Commit(tp.offset, tp.metadata or "")
             for tp in found

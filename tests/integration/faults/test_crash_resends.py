@@ -76,10 +76,13 @@ async def test_kill_9_with_a_held_event_resends_nothing_klaviyo_accepted(
         port = second.metrics_port()
         assert port is not None
         skipped = await metric_samples(port, "klaviyo_relay_replay_skipped_total")
-        retaken = await metric_samples(port, "klaviyo_relay_replay_retaken_total")
+        resent = await metric_samples(port, "klaviyo_relay_replay_resent_total")
         assert sum(skipped.values()) == EVENTS - len(waiting)
-        # The held event and those behind it: taken by the first relay, never finished.
-        assert sum(retaken.values()) == len(waiting)
+        # The held event: started by the first relay, never finished. In realtime mode those
+        # behind it in its key's lane never started; in batch mode the next may have been
+        # placed in a job waiting on it (started, not sent): counted, an upper bound.
+        most = 1 if mode == "realtime" else len(waiting)
+        assert 1 <= sum(resent.values()) <= most
         assert not second.logged("commit metadata ignored")
         # Every event stored once and sent once: no resend, not even one Klaviyo dedups.
         await scenario.verdict()

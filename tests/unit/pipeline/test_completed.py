@@ -29,12 +29,15 @@ def bitmap(offsets: set[int], position: int) -> int:
 def test_round_trip_keeps_exactly_the_finished_offsets(
     position: int, span: int, data: st.DataObject
 ) -> None:
-    finished = data.draw(st.sets(st.integers(min_value=position, max_value=position + span - 1)))
-    metadata = encode(span, bitmap(finished, position))
+    offsets = st.sets(st.integers(min_value=position, max_value=position + span - 1))
+    finished = data.draw(offsets)
+    started = data.draw(offsets) - finished
+    metadata = encode(span, bitmap(finished, position), bitmap(started, position))
     completed = decode(position, metadata)
     assert completed is not None and completed.end == position + span
     window = range(position - 3, position + span + 3)
     assert {o for o in window if completed.finished(o)} == finished
+    assert {o for o in window if completed.started(o)} == started
     assert {o for o in window if completed.taken(o)} == set(range(position, position + span))
 
 
@@ -56,7 +59,7 @@ def test_a_whole_pending_bound_of_scattered_offsets_fits_uncut() -> None:
     assert len(metadata) <= MAX_METADATA_CHARS
     completed = decode(0, metadata)
     assert completed is not None and completed.span == 10_000
-    assert int.from_bytes(completed.bits, "little") == bits
+    assert int.from_bytes(completed.done, "little") == bits
 
 
 def test_a_map_too_scattered_to_fit_is_cut_to_a_prefix_that_fits() -> None:
@@ -96,7 +99,7 @@ def test_nothing_to_say_is_empty_metadata() -> None:
         f"fin1:{MAX_SPAN + 1}:eJxjAAAAAQAB",
         "fin1:8:!!!",
         "fin1:8:bm90IHpsaWI",  # base64 of something that is not zlib
-        "fin1:800:eJxjAAAAAQAB",  # one byte where the span needs a hundred
+        "fin1:800:eJxjAAAAAQAB",  # one byte where the span needs two hundred
         "random text from another tool",
     ],
 )
@@ -115,6 +118,6 @@ def test_a_bitmap_longer_than_its_span_is_refused_not_inflated() -> None:
 def test_above_gives_the_finished_offsets_past_an_offset() -> None:
     completed = decode(10, encode(6, bitmap({11, 13, 15}, 10)))
     assert completed is not None
-    assert completed.above(12) == bitmap({13, 15}, 10)
-    assert completed.above(9) == bitmap({11, 13, 15}, 10)
-    assert completed.above(15) == 0
+    assert completed.above(12) == (bitmap({13, 15}, 10), 0)
+    assert completed.above(9) == (bitmap({11, 13, 15}, 10), 0)
+    assert completed.above(15) == (0, 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -183,19 +185,21 @@ def test_a_commit_is_due_again_when_an_offset_above_the_watermark_finishes() -> 
 
 
 def test_an_inherited_map_is_skipped_and_carried_on_until_passed() -> None:
-    # An earlier owner committed 10 with 12, 13 and 16 finished, having taken up to 17.
-    earlier = Commit(10, _map(10, span=8, finished={12, 13, 16}))
+    # An earlier owner committed 10 with 12, 13 and 16 finished and 10 and 17 started, having
+    # taken up to 17.
+    earlier = Commit(10, _map(10, span=8, finished={12, 13, 16}, started={10, 17}))
     inherited = decode(earlier.position, earlier.metadata)
     assert inherited is not None
     tracker = OffsetTracker()
     tracker.assign([("a", 0)], {("a", 0): inherited})
     part = tracker.get("a", 0)
     assert part is not None
-    assert [part.earlier(o) for o in (9, 10, 12, 17, 18)] == [
+    assert [part.earlier(o) for o in (9, 10, 11, 12, 17, 18)] == [
         Earlier.UNSEEN,
-        Earlier.TAKEN,
+        Earlier.STARTED,
+        Earlier.UNSEEN,
         Earlier.FINISHED,
-        Earlier.TAKEN,
+        Earlier.STARTED,
         Earlier.UNSEEN,
     ]
     part.track(10)
@@ -209,6 +213,7 @@ def test_an_inherited_map_is_skipped_and_carried_on_until_passed() -> None:
     assert commit.position == 12 and finished_above(commit) == {12, 13, 16}
     completed = decode(commit.position, commit.metadata)
     assert completed is not None and completed.end == 18  # what the earlier owner had taken
+    assert completed.started(17)  # carried on too: a second crash still counts its resend
     for offset in (12, 13):  # read again: finished at once, as the book does for a skip
         part.track(offset)
         part.finish(offset)
@@ -225,5 +230,21 @@ def test_an_inherited_map_below_the_start_is_ignored() -> None:
     assert offsets.committable() == Commit(101)
 
 
-def _map(position: int, *, span: int, finished: set[int]) -> str:
-    return encode(span, sum(1 << (o - position) for o in finished))
+def _map(position: int, *, span: int, finished: set[int], started: Iterable[int] = ()) -> str:
+    return encode(span, *(sum(1 << (o - position) for o in s) for s in (finished, started)))
+
+
+def test_started_unfinished_offsets_are_mapped_as_possible_resends() -> None:
+    offsets = PartitionOffsets("t", 0)
+    for offset in range(5):
+        offsets.track(offset)
+    offsets.start(0)
+    offsets.start(1)
+    offsets.start(3)
+    offsets.finish(1)
+    commit = offsets.committable()
+    assert commit is not None
+    completed = decode(commit.position, commit.metadata)
+    assert completed is not None
+    assert [o for o in range(5) if completed.started(o)] == [0, 3]  # 1 finished: not a resend
+    assert [o for o in range(5) if completed.finished(o)] == [1]

@@ -16,6 +16,7 @@ from typing import Any
 from consumer.klaviyo.outcomes import Accepted, Fatal, KlaviyoError, Outcome, Permanent
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.pipeline.completed import decode, encode
+from consumer.pipeline.inflight import COMMIT_AFTER_FINISHED
 from consumer.pipeline.offsets import Commit
 from consumer.pipeline.records import SourceRecord
 from consumer.pipeline.relay import EXIT_OK, Relay
@@ -198,6 +199,15 @@ async def test_records_an_earlier_owner_mapped_as_finished_are_skipped_not_sent(
         await until(lambda: core.source.committed(P0) == 6)
         assert sorted(core.customers()) == ["a", "c", "e", "f"]
         assert core.source.outstanding == 0
+
+
+async def test_a_commit_comes_before_its_interval_once_many_events_finished() -> None:
+    # What a crash resends because it finished after the last commit stays bounded by the count,
+    # not by the interval times the rate.
+    async with running(commit_interval_seconds=3600.0) as core:
+        core.source.assign(P0)
+        core.source.feed([record(i, f"k{i}") for i in range(COMMIT_AFTER_FINISHED)])
+        await until(lambda: core.source.committed(P0) == COMMIT_AFTER_FINISHED)
 
 
 async def test_malformed_commit_metadata_is_ignored_and_nothing_skipped() -> None:
