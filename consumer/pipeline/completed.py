@@ -61,9 +61,6 @@ class CompletedMap:
         """Started and not finished."""
         return self._bit(self.begun, offset)
 
-    def taken(self, offset: int) -> bool:
-        return self.position <= offset < self.end
-
     def above(self, offset: int) -> tuple[int, int]:
         """The finished and the started offsets past ``offset`` as bitmap integers (bit i:
         position + i)."""
