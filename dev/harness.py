@@ -11,7 +11,8 @@ outside: one harness for the tests, the demo (``dev.demo``) and the benchmarks (
   :class:`SandboxProcess` (ready once it prints its listening line);
 - waiting on a condition with a deadline, never a bare sleep: :func:`wait_for` (async) and
   :func:`wait_until` (sync, for the bench's threads);
-- offsets: :class:`GroupOffsets` (end offsets, a group's committed offsets, committing a start).
+- offsets: :class:`GroupOffsets` (end offsets, a group's committed offsets and their metadata,
+  committing a start).
 
 The broker itself is :class:`dev.kafka_broker.KafkaBroker` (``start``, ``external``, ``stop``).
 Nothing here depends on pytest: a timeout raises :class:`TimeoutError`.
@@ -37,6 +38,7 @@ from typing import Any
 import aiohttp
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from consumer.coordinator import coordinator_moving
 from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, Settings, WindowLimit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -340,8 +342,13 @@ class GroupOffsets:
         }
 
     def committed(self, topics: Iterable[str]) -> dict[tuple[str, int], int]:
-        """The group's position per partition of ``topics`` (-1001 when nothing is committed).
-        A group coordinator that is still loading or moving (a fresh or restarted broker answers
+        """The group's position per partition of ``topics`` (-1001 when nothing is committed);
+        the relay's map of finished offsets in the commit's metadata does not change it."""
+        return {key: offset for key, (offset, _metadata) in self.commits(topics).items()}
+
+    def commits(self, topics: Iterable[str]) -> dict[tuple[str, int], tuple[int, str]]:
+        """The group's position and commit metadata per partition of ``topics``. A group
+        coordinator that is still loading or moving (a fresh or restarted broker answers
         NOT_COORDINATOR for a moment) is asked again, for up to 30 s."""
         partitions = self.partitions(topics)
         deadline = time.monotonic() + 30
@@ -350,13 +357,14 @@ class GroupOffsets:
                 found = self._consumer.committed(partitions, timeout=30)
                 break
             except KafkaException as exc:
-                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                if not coordinator_moving(exc.args[0]) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)  # a retry's backoff, not a synchronisation
-        return {(tp.topic, tp.partition): tp.offset for tp in found}
+        return {(tp.topic, tp.partition): (tp.offset, tp.metadata or "") for tp in found}
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        """Set the group's positions (where a fresh group starts reading)."""
+        """Set the group's positions (where a fresh group starts reading); without metadata,
+        so no map of finished offsets survives it."""
         positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         self._consumer.commit(offsets=positions, asynchronous=False)
 

@@ -210,6 +210,22 @@ PARTITIONS_DEFERRED = Gauge(
     registry=REGISTRY,
 )
 
+REPLAY_SKIPPED = Counter(
+    "klaviyo_relay_replay_skipped_total",
+    "Records read again after a crash or rebalance and not sent: the group's last commit maps "
+    "them as finished by an earlier owner (quota saved).",
+    ["topic"],
+    registry=REGISTRY,
+)
+REPLAY_RESENT = Counter(
+    "klaviyo_relay_replay_resent_total",
+    "Records read again whose event an earlier owner had started but not finished by its last "
+    "commit: sent again, so some of their requests may reach Klaviyo twice (deduplicated by "
+    "unique_id): the resends the commit's map cannot rule out.",
+    ["topic"],
+    registry=REGISTRY,
+)
+
 
 def status_class(status: int | None) -> str:
     """``2xx``/``4xx``/``5xx`` for an HTTP status, ``error`` when there was no answer."""

@@ -41,6 +41,7 @@ from confluent_kafka import (
 # Documented as confluent_kafka.admin's API, imported there without an explicit re-export.
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
+from consumer.coordinator import coordinator_moving
 from consumer.observability.health import RelayState
 from consumer.observability.logging import get_logger
 from consumer.pipeline.offsets import TopicPartitionKey
@@ -233,7 +234,7 @@ class CatchUp:
                 break
             except (KafkaException, TimeoutError, TopicsMissing) as exc:
                 retriable = isinstance(exc, TimeoutError) or (
-                    isinstance(exc, KafkaException) and exc.args[0].retriable()
+                    isinstance(exc, KafkaException) and coordinator_moving(exc.args[0])
                 )
                 if retriable and time.monotonic() < deadline:
                     await asyncio.sleep(0.5)  # the coordinator is still loading: ask again

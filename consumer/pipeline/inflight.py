@@ -5,8 +5,10 @@ The invariant: a record's offset counts towards its partition's contiguous water
 happens exactly when the event is *finished*: every Klaviyo request of it was accepted (in batch
 mode: every Create Event item of it was accepted or found to be a duplicate in its bulk job), or
 its record was written to the dead-letter topic and the broker acknowledged the write (in batch
-mode: and none of its items is left in a bulk job, see :meth:`InFlight.settle`). Nothing
-else moves a watermark; the commit loop commits only what :meth:`InFlight.committable` gives.
+mode: and none of its items is left in a bulk job, see :meth:`InFlight.settle`), or, read
+again after a crash or a rebalance, the group's last commit maps it as finished by an earlier
+owner (:mod:`consumer.pipeline.completed`): it is then skipped at once. Nothing else moves a
+watermark; the commit loop commits only what :meth:`InFlight.committable` gives.
 
 The book also answers, for a revoke, whether the partition's *started* events are done
 (``running``), keeps records of a partition being revoked from starting (``revoking``), and
@@ -27,13 +29,29 @@ from datetime import datetime
 from typing import Protocol
 
 from consumer.observability.logging import get_logger
-from consumer.observability.metrics import EVENTS_CONSUMED, OLDEST_UNFINISHED_AGE
-from consumer.pipeline.offsets import OffsetTracker, PartitionOffsets, TopicPartitionKey
+from consumer.observability.metrics import (
+    EVENTS_CONSUMED,
+    OLDEST_UNFINISHED_AGE,
+    REPLAY_RESENT,
+    REPLAY_SKIPPED,
+)
+from consumer.pipeline.completed import CompletedMap, MalformedMap, decode
+from consumer.pipeline.offsets import (
+    Commit,
+    Earlier,
+    OffsetTracker,
+    PartitionOffsets,
+    TopicPartitionKey,
+)
 from consumer.pipeline.records import SourceRecord
 
 log = get_logger(__name__)
 
-Positions = dict[TopicPartitionKey, int]
+Positions = dict[TopicPartitionKey, Commit]
+# A commit is due before its interval once this many events finished since the last one: what a
+# crash resends because it finished after the last commit stays about this many, however fast
+# the relay goes (a burst of 350 events/s would otherwise leave up to 350 per second unmapped).
+COMMIT_AFTER_FINISHED = 100
 
 
 class Flow(Protocol):
@@ -78,6 +96,8 @@ class InFlight:
         self._revoking: set[TopicPartitionKey] = set()
         # Set whenever an event finishes or partitions go: drains re-check their condition.
         self._progress = asyncio.Event()
+        self._finished_since_commit = 0
+        self._commit_due = asyncio.Event()
         # The source exists once the relay runs; before that no record is in flight.
         self._flow: Flow | None = None
 
@@ -86,8 +106,22 @@ class InFlight:
 
     # --- taking records ----------------------------------------------------------------------
 
-    def assign(self, partitions: Iterable[TopicPartitionKey]) -> None:
-        self._offsets.assign(partitions)
+    def assign(self, partitions: Iterable[TopicPartitionKey], commits: Positions) -> None:
+        """Track these partitions; ``commits``: what the group had committed for them (their
+        maps of finished offsets are skipped when read again)."""
+        inherited: dict[TopicPartitionKey, CompletedMap] = {}
+        for (topic, partition), commit in commits.items():
+            try:
+                completed = decode(commit.position, commit.metadata)
+            except MalformedMap as exc:
+                # Written by another version or tool: every record past the position is sent.
+                log.warning(
+                    "commit metadata ignored", topic=topic, partition=partition, error=str(exc)
+                )
+                continue
+            if completed is not None:
+                inherited[(topic, partition)] = completed
+        self._offsets.assign(partitions, inherited)
 
     def take(self, records: list[SourceRecord]) -> list[Work]:
         """Track the records the source handed over; returns the work to dispatch. Records of
@@ -103,15 +137,25 @@ class InFlight:
                 dropped += 1  # no longer ours: the next owner reads it from the watermark
                 continue
             was_crowded = tracker.crowded
+            earlier = tracker.earlier(record.offset)
             try:
                 tracker.track(record.offset, now)
             except ValueError:
                 log.warning("record out of order, skipped", where=record.where)
                 dropped += 1
                 continue
-            crowded = crowded or tracker.crowded != was_crowded
             counts[record.topic] = counts.get(record.topic, 0) + 1
-            taken.append(Work(record, tracker, now))
+            if earlier is Earlier.FINISHED:
+                # Finished by an earlier owner after its watermark: Klaviyo has it (or its
+                # dead letter is parked). Not decoded nor sent; it only moves the watermark.
+                tracker.finish(record.offset)
+                dropped += 1
+                REPLAY_SKIPPED.labels(record.topic).inc()
+            else:
+                if earlier is Earlier.STARTED:
+                    REPLAY_RESENT.labels(record.topic).inc()
+                taken.append(Work(record, tracker, now))
+            crowded = crowded or tracker.crowded != was_crowded
         for topic, count in counts.items():
             EVENTS_CONSUMED.labels(topic).inc(count)
         self._release(dropped)
@@ -132,6 +176,7 @@ class InFlight:
         """``work`` is being processed: a revoke of its partition now waits for it."""
         work.started = True
         self._running[work.offsets] = self._running.get(work.offsets, 0) + 1
+        work.offsets.start(work.record.offset)
 
     def finish(self, work: Work) -> None:
         """``work`` is finished (see the module's invariant); idempotent."""
@@ -148,6 +193,17 @@ class InFlight:
             if was_crowded and not tracker.crowded:
                 self._crowd()
         self._progress.set()
+        self._finished_since_commit += 1
+        if self._finished_since_commit >= COMMIT_AFTER_FINISHED:
+            self._commit_due.set()
+
+    async def wait_commit_due(self, interval: float) -> None:
+        """Return after ``interval`` seconds, or as soon as :data:`COMMIT_AFTER_FINISHED` events
+        finished since the last return."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._commit_due.wait(), interval)
+        self._commit_due.clear()
+        self._finished_since_commit = 0
 
     def settle(self, work: Work) -> None:
         """Finish ``work`` once none of its items is in a bulk job any more and, when it was

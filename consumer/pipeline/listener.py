@@ -27,6 +27,8 @@ from consumer.settings import Settings
 
 log = get_logger(__name__)
 
+_MIN_COMMIT_SPACING = 0.1
+
 
 class Listener:
     def __init__(
@@ -55,8 +57,8 @@ class Listener:
             self._dispatcher.submit(work.record.key, work)
             self._delivery.submitted()
 
-    def on_assigned(self, partitions: list[TopicPartitionKey]) -> None:
-        self._book.assign(partitions)
+    def on_assigned(self, partitions: list[TopicPartitionKey], commits: Positions) -> None:
+        self._book.assign(partitions, commits)
         self._state.kafka_problem = None
         self._state.joined = True  # even with nothing assigned: an idle member is a member
         self._state.partitions = self._book.partitions
@@ -100,9 +102,15 @@ class Listener:
     # --- committing --------------------------------------------------------------------------
 
     async def commit_loop(self, source: Source) -> None:
-        """Commit the watermarks every ``commit_interval_seconds``, and report stuck ones."""
+        """Commit the watermarks every ``commit_interval_seconds`` (sooner when many events
+        finished, see :meth:`InFlight.wait_commit_due`), and report stuck ones."""
+        loop = asyncio.get_running_loop()
+        interval = self._settings.commit_interval_seconds
         while True:
-            await asyncio.sleep(self._settings.commit_interval_seconds)
+            last = loop.time()
+            await self._book.wait_commit_due(interval)
+            # Never more often than ten times a second, however fast events finish.
+            await asyncio.sleep(last + min(interval, _MIN_COMMIT_SPACING) - loop.time())
             await self.commit_now(source)
             self._book.watch()
 

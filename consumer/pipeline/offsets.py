@@ -14,6 +14,10 @@ tracked until it passes. So a partition whose pending count reaches ``bound`` is
 source pauses it (only it) until the watermark moves and the count falls to half the bound.
 Memory stays bounded by ``bound`` per partition (plus one fetched batch) whatever is stuck.
 
+A commit also carries the offsets finished above its position (:mod:`consumer.pipeline.completed`),
+so a later owner skips them instead of sending them again; the map an earlier owner committed is
+*inherited* at assignment, and carried on in this assignment's commits until passed.
+
 Pure bookkeeping, no I/O and no asyncio (times are passed in), so it is tested on its own.
 """
 
@@ -21,8 +25,27 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from enum import Enum
+from typing import NamedTuple
+
+from consumer.pipeline.completed import MAX_SPAN, CompletedMap, encode
 
 TopicPartitionKey = tuple[str, int]
+
+
+class Commit(NamedTuple):
+    """A partition's commit: Kafka's position (the next offset to read) and its metadata."""
+
+    position: int
+    metadata: str = ""
+
+
+class Earlier(Enum):
+    """What an earlier owner's commit says of an offset read again."""
+
+    UNSEEN = "unseen"  # not started by it (as far as its last commit says): nothing sent yet
+    FINISHED = "finished"  # finished by it: skip
+    STARTED = "started"  # started by it, unfinished at its last commit: maybe at Klaviyo already
 
 
 class PartitionOffsets:
@@ -35,10 +58,15 @@ class PartitionOffsets:
 
     __slots__ = (
         "_bound",
+        "_committed_version",
+        "_inherited",
+        "_offered",
         "_pending",
+        "_start",
+        "_started",
         "_taken_at",
         "_unfinished",
-        "committed",
+        "_version",
         "crowded",
         "detached",
         "next_position",
@@ -50,9 +78,9 @@ class PartitionOffsets:
         self,
         topic: str,
         partition: int,
-        committed: int | None = None,
         *,
         bound: int | None = None,
+        inherited: CompletedMap | None = None,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -60,11 +88,30 @@ class PartitionOffsets:
         self._pending: deque[int] = deque()  # taken, not yet below the watermark, in order
         self._taken_at: deque[float] = deque()  # when each of them was taken
         self._unfinished: set[int] = set()
+        self._started: set[int] = set()  # unfinished offsets whose event is being processed
         self.crowded = False  # too many pending: the source holds the partition paused
         # Kafka's position: the offset of the next record to read, i.e. what a commit stores.
         self.next_position: int | None = None
-        self.committed = committed
+        self._start: int | None = None  # the first offset taken in this assignment
+        self._inherited = inherited
+        self._version = 0  # counts finishes: a commit is due when it moved since the last one
+        self._committed_version = 0
+        self._offered: tuple[int, Commit] | None = None  # the last commit built, and its version
         self.detached = False
+
+    def earlier(self, offset: int) -> Earlier:
+        """What the inherited map says of ``offset`` (about to be taken)."""
+        inherited = self._inherited
+        if inherited is None:
+            return Earlier.UNSEEN
+        if inherited.finished(offset):
+            return Earlier.FINISHED
+        return Earlier.STARTED if inherited.started(offset) else Earlier.UNSEEN
+
+    def start(self, offset: int) -> None:
+        """The event of ``offset`` is being processed: requests of it may reach Klaviyo."""
+        if offset in self._unfinished:
+            self._started.add(offset)
 
     def track(self, offset: int, now: float = 0.0) -> None:
         """Record that ``offset`` was taken at ``now``; offsets of a partition arrive in
@@ -73,6 +120,8 @@ class PartitionOffsets:
             raise ValueError(f"offset {offset} taken out of order on {self.topic}/{self.partition}")
         if not self._pending and self.next_position is not None and offset < self.next_position:
             raise ValueError(f"offset {offset} already passed on {self.topic}/{self.partition}")
+        if self._start is None:
+            self._start = offset
         self._pending.append(offset)
         self._taken_at.append(now)
         self._unfinished.add(offset)
@@ -85,6 +134,8 @@ class PartitionOffsets:
         if offset not in self._unfinished:
             return 0  # finished twice, or never taken in this assignment: nothing to do
         self._unfinished.remove(offset)
+        self._started.discard(offset)
+        self._version += 1
         released = 0
         while self._pending and self._pending[0] not in self._unfinished:
             self.next_position = self._pending.popleft() + 1
@@ -108,13 +159,49 @@ class PartitionOffsets:
     def unfinished(self) -> int:
         return len(self._unfinished)
 
-    def committable(self) -> int | None:
-        """The position to commit now, or None when nothing new is committable."""
-        if self.next_position is None:
+    def committable(self) -> Commit | None:
+        """The commit to make now, or None when nothing finished since the last commit.
+
+        Its position is the watermark (the first offset taken, while the first one is still
+        unfinished: nothing below it is ours to send); its metadata maps the finished offsets
+        above, this assignment's and those inherited past what it has taken so far."""
+        if self._version == self._committed_version or self._start is None:
             return None
-        if self.committed is not None and self.next_position <= self.committed:
-            return None
-        return self.next_position
+        if self._offered is not None and self._offered[0] == self._version:
+            return self._offered[1]
+        position = self._start if self.next_position is None else self.next_position
+        last = self._pending[-1] if self._pending else position - 1
+        # Holes in a compacted topic can spread few offsets far apart: the map stops at MAX_SPAN.
+        limit = position + MAX_SPAN
+        end = min(last + 1, limit)
+        done = (o for o in self._pending if o not in self._unfinished)
+        finished = _bitmap(done, position, end)
+        started = _bitmap(self._started, position, end)
+        inherited = self._inherited
+        if inherited is not None and inherited.end > end and inherited.position < limit:
+            shift = inherited.position - position
+            tails = [t << shift if shift >= 0 else t >> -shift for t in inherited.above(last)]
+            finished |= tails[0]
+            started |= tails[1]
+            end = inherited.end
+        commit = Commit(position, encode(end - position, finished, started))
+        self._offered = (self._version, commit)
+        return commit
+
+    def mark_committed(self, commit: Commit) -> None:
+        """``commit`` (as :meth:`committable` gave it) is stored in Kafka."""
+        if self._offered is not None and self._offered[1] == commit:
+            self._committed_version = max(self._committed_version, self._offered[0])
+
+
+def _bitmap(offsets: Iterable[int], position: int, end: int) -> int:
+    """Bit i set for each of ``offsets`` equal to ``position + i`` and below ``end``."""
+    raw = bytearray((end - position + 7) // 8)
+    for offset in offsets:
+        if position <= offset < end:
+            i = offset - position
+            raw[i >> 3] |= 1 << (i & 7)
+    return int.from_bytes(raw, "little")
 
 
 class OffsetTracker:
@@ -124,12 +211,20 @@ class OffsetTracker:
         self._bound = bound
         self._partitions: dict[TopicPartitionKey, PartitionOffsets] = {}
 
-    def assign(self, partitions: Iterable[TopicPartitionKey]) -> None:
+    def assign(
+        self,
+        partitions: Iterable[TopicPartitionKey],
+        inherited: dict[TopicPartitionKey, CompletedMap] | None = None,
+    ) -> None:
+        """Start tracking these partitions; ``inherited``: the maps their last commits hold."""
+        inherited = inherited or {}
         for topic, partition in partitions:
             old = self._partitions.get((topic, partition))
             if old is not None:
                 old.detached = True
-            tracker = PartitionOffsets(topic, partition, bound=self._bound)
+            tracker = PartitionOffsets(
+                topic, partition, bound=self._bound, inherited=inherited.get((topic, partition))
+            )
             self._partitions[(topic, partition)] = tracker
 
     def crowded(self) -> frozenset[TopicPartitionKey]:
@@ -154,20 +249,20 @@ class OffsetTracker:
 
     def committable(
         self, only: Iterable[TopicPartitionKey] | None = None
-    ) -> dict[TopicPartitionKey, int]:
-        """Positions to commit for all (or ``only`` these) partitions that moved since the last
-        successful commit."""
+    ) -> dict[TopicPartitionKey, Commit]:
+        """Commits to make for all (or ``only`` these) partitions where events finished since
+        the last successful commit."""
         keys = self._partitions.keys() if only is None else only
-        out: dict[TopicPartitionKey, int] = {}
+        out: dict[TopicPartitionKey, Commit] = {}
         for key in keys:
             tracker = self._partitions.get(key)
-            position = tracker.committable() if tracker is not None else None
-            if position is not None:
-                out[key] = position
+            commit = tracker.committable() if tracker is not None else None
+            if commit is not None:
+                out[key] = commit
         return out
 
-    def mark_committed(self, positions: dict[TopicPartitionKey, int]) -> None:
-        for key, position in positions.items():
+    def mark_committed(self, commits: dict[TopicPartitionKey, Commit]) -> None:
+        for key, commit in commits.items():
             tracker = self._partitions.get(key)
-            if tracker is not None and (tracker.committed is None or position > tracker.committed):
-                tracker.committed = position
+            if tracker is not None:
+                tracker.mark_committed(commit)

@@ -25,9 +25,11 @@ so a batch never overfills it past what a deferral can hold back.
 
 Offsets: ``enable.auto.offset.store=false`` and no auto-commit. The loop decides what is
 committable (the contiguous watermark, see :mod:`consumer.pipeline.offsets`) and asks this
-thread to store and commit exactly that. On revoke the thread asks the loop to drain the
-partitions (waiting, bounded by the drain timeout) and commits their final watermark before
-librdkafka hands them to another member; on loss nothing is committed.
+thread to store and commit exactly that, with the map of offsets finished above it as the
+commit's metadata (see :mod:`consumer.pipeline.completed`), read back at assignment. On revoke
+the thread asks the loop to drain the partitions (waiting, bounded by the drain timeout) and
+commits their final watermark before librdkafka hands them to another member; on loss nothing
+is committed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from consumer.coordinator import coordinator_moving
 from consumer.observability.logging import LibrdkafkaLogFilter, RepeatSummary, get_logger
 from consumer.observability.metrics import (
     COMMIT_DURATION,
@@ -54,7 +57,7 @@ from consumer.observability.metrics import (
 )
 from consumer.observability.stats import record_kafka_stats
 from consumer.pipeline.admission import Admission
-from consumer.pipeline.offsets import TopicPartitionKey
+from consumer.pipeline.offsets import Commit, TopicPartitionKey
 from consumer.pipeline.records import SourceRecord
 from consumer.pipeline.share import PartitionCounts, partition_share
 from consumer.priorities import Priorities
@@ -66,7 +69,7 @@ LIBRDKAFKA_LOG = logging.getLogger(f"{__name__}.librdkafka")
 LIBRDKAFKA_LOG.addFilter(LibrdkafkaLogFilter(drop_facilities=frozenset({"FAIL"})))
 
 T = TypeVar("T")
-Positions = dict[TopicPartitionKey, int]
+Positions = dict[TopicPartitionKey, Commit]
 
 _CONSUME_BATCH = 1000
 # Far below max.poll.interval.ms (5 min by default); long enough for a full window to drain.
@@ -81,6 +84,8 @@ _SHARE_RETRY_SECONDS = 5.0
 # docs/operations.md): the final commit, leaving the group and closing the consumer.
 FINAL_COMMIT_SECONDS = 5.0
 CLOSE_SECONDS = 10.0
+# Reading the group's commits (with their maps of finished offsets) at an assignment.
+COMMITTED_READ_SECONDS = 10.0
 
 
 class SourceListener(Protocol):
@@ -88,7 +93,9 @@ class SourceListener(Protocol):
 
     def on_records(self, records: list[SourceRecord]) -> None: ...
 
-    def on_assigned(self, partitions: list[TopicPartitionKey]) -> None: ...
+    def on_assigned(self, partitions: list[TopicPartitionKey], commits: Positions) -> None:
+        """``commits``: the group's commits of these partitions, as far as they could be read."""
+        ...
 
     async def on_revoked(self, partitions: list[TopicPartitionKey]) -> Positions:
         """Drain the partitions; return the positions to commit before they go."""
@@ -378,7 +385,7 @@ class KafkaSource:
         owned = {key: pos for key, pos in positions.items() if key in self._assigned}
         if not owned:
             return {}
-        offsets = [TopicPartition(t, p, pos) for (t, p), pos in owned.items()]
+        offsets = [TopicPartition(t, p, c.position, c.metadata) for (t, p), c in owned.items()]
         started = time.perf_counter()
         try:
             self._consumer.store_offsets(offsets=offsets)
@@ -392,7 +399,7 @@ class KafkaSource:
         committed: Positions = {}
         for tp in result or ():
             if tp.error is None:
-                committed[(tp.topic, tp.partition)] = tp.offset
+                committed[(tp.topic, tp.partition)] = owned[(tp.topic, tp.partition)]
             else:
                 log.warning(
                     "offset commit failed",
@@ -411,8 +418,30 @@ class KafkaSource:
         if self._paused and partitions:
             consumer.pause(partitions)
             PARTITIONS_PAUSED.set(len(self._assigned))
-        self._to_loop(self._listener.on_assigned, keys)
+        self._to_loop(self._listener.on_assigned, keys, self._read_commits(consumer, partitions))
         self._share_due = True
+
+    def _read_commits(self, consumer: Consumer, partitions: list[TopicPartition]) -> Positions:
+        """The group's commits of ``partitions`` with their metadata (librdkafka reads only the
+        offsets itself). Unreadable: none, and the records past the commits are all sent."""
+        if not partitions:
+            return {}
+        deadline = time.monotonic() + COMMITTED_READ_SECONDS
+        while True:
+            try:
+                found = consumer.committed(partitions, timeout=COMMITTED_READ_SECONDS)
+                break
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not coordinator_moving(error) or time.monotonic() > deadline:
+                    log.warning("reading the committed offsets failed", error=str(error))
+                    return {}
+                time.sleep(0.2)
+        return {
+            (tp.topic, tp.partition): Commit(tp.offset, tp.metadata or "")
+            for tp in found
+            if tp.error is None and tp.offset >= 0
+        }
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]

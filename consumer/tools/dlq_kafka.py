@@ -25,6 +25,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from consumer.coordinator import coordinator_moving
 from consumer.settings import Settings
 from consumer.tools.deadletters import ParkedRecord, Replay
 from consumer.tools.progress import PartitionProgress
@@ -119,9 +120,8 @@ class DeadLetterTopic:
                 committed = self._consumer.committed(partitions, timeout=self._timeout)
                 break
             except KafkaException as exc:
-                # A new group's coordinator is still loading or moving (NOT_COORDINATOR,
-                # COORDINATOR_LOAD_IN_PROGRESS): librdkafka says retriable; ask again.
-                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                # A new group's coordinator is still loading or moving: ask again.
+                if not coordinator_moving(exc.args[0]) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
         return {

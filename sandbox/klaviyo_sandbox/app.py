@@ -159,7 +159,7 @@ class Sandbox:
     ) -> web.Response:
         response = None
         if self.faults.active:
-            response = await self._inject()
+            response = await self._inject(request)
         if response is None:
             response = await self._process(request, endpoint, handle, write, max_bytes)
         counts = self.counts[endpoint]
@@ -171,7 +171,7 @@ class Sandbox:
             )
         return response
 
-    async def _inject(self) -> web.Response | None:
+    async def _inject(self, request: web.Request) -> web.Response | None:
         faults, rng = self.faults, self.rng
         if faults.timeout_rate and rng.random() < faults.timeout_rate:
             await self._hold()
@@ -194,6 +194,8 @@ class Sandbox:
                 ],
             )
         status = faults.draw_error(rng)
+        if status is None and faults.fail_matching:
+            status = faults.matching(await request.read())
         if status is None:
             return None
         self.injected[status] = self.injected.get(status, 0) + 1

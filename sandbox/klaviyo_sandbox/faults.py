@@ -9,7 +9,9 @@ Klaviyo.
 ``challenge_rate`` is Cloudflare in front of Klaviyo answering a bot challenge (403, HTML,
 ``cf-mitigated: challenge``). ``partial_failure_rate`` is Klaviyo accepting a Create Event while
 dropping a field, said only in the ``X-Klaviyo-Partial-Failure`` header: unlike the others it
-applies to a request that otherwise succeeds (and is recorded).
+applies to a request that otherwise succeeds (and is recorded). ``fail_matching`` answers a
+chosen status to every request whose body contains a given text (an event's ``unique_id``, a
+profile's email): one event held back while the others pass. API only (``{"text": status}``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ _KEYS = frozenset(
         "fail_auth",
         "challenge_rate",
         "partial_failure_rate",
+        "fail_matching",
     }
 )
 _RATES = ("timeout_rate", "challenge_rate", "partial_failure_rate")
@@ -63,6 +66,20 @@ def parse_error_rates(raw: Any) -> dict[int, float]:
     return rates
 
 
+def parse_fail_matching(raw: Any) -> dict[bytes, int]:
+    """``{"<text>": 503}`` → ``{b"<text>": 503}``."""
+    if not isinstance(raw, dict):
+        raise FaultError("fail_matching must be an object of text → HTTP status")
+    out: dict[bytes, int] = {}
+    for text, status in raw.items():
+        if not isinstance(text, str) or not text:
+            raise FaultError("fail_matching: texts must be non-empty strings")
+        if isinstance(status, bool) or status not in INJECTABLE:
+            raise FaultError(f"fail_matching: status {status!r} is not one of {sorted(INJECTABLE)}")
+        out[text.encode()] = status
+    return out
+
+
 def parse_latency(raw: Any) -> tuple[float, float]:
     """``[min, max]`` milliseconds (a single number means a fixed latency)."""
     if isinstance(raw, int | float) and not isinstance(raw, bool):
@@ -85,6 +102,7 @@ class Faults:
     fail_auth: bool = False
     challenge_rate: float = 0.0
     partial_failure_rate: float = 0.0
+    fail_matching: dict[bytes, int] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -96,6 +114,7 @@ class Faults:
             or self.timeout_rate
             or self.fail_auth
             or self.challenge_rate
+            or self.fail_matching
         )
 
     def update(self, patch: Any) -> None:
@@ -107,6 +126,7 @@ class Faults:
             raise FaultError(f"unknown fault(s): {sorted(unknown)}")
         rates = parse_error_rates(patch["error_rates"]) if "error_rates" in patch else None
         latency = parse_latency(patch["latency_ms"]) if "latency_ms" in patch else None
+        matching = parse_fail_matching(patch["fail_matching"]) if "fail_matching" in patch else None
         probabilities = {name: _probability(name, patch[name]) for name in _RATES if name in patch}
         fail_auth = patch.get("fail_auth", self.fail_auth)
         if not isinstance(fail_auth, bool):
@@ -115,6 +135,8 @@ class Faults:
             self.error_rates = rates
         if latency is not None:
             self.latency_ms = latency
+        if matching is not None:
+            self.fail_matching = matching
         for name, value in probabilities.items():
             setattr(self, name, value)
         self.fail_auth = fail_auth
@@ -130,6 +152,13 @@ class Faults:
             draw -= rate
         return None
 
+    def matching(self, body: bytes) -> int | None:
+        """The status ``fail_matching`` answers to this request body, if any."""
+        for text, status in self.fail_matching.items():
+            if text in body:
+                return status
+        return None
+
     def draw_latency(self, rng: random.Random) -> float:
         """Seconds to wait before answering."""
         low, high = self.latency_ms
@@ -143,4 +172,5 @@ class Faults:
             "fail_auth": self.fail_auth,
             "challenge_rate": self.challenge_rate,
             "partial_failure_rate": self.partial_failure_rate,
+            "fail_matching": {k.decode(): v for k, v in self.fail_matching.items()},
         }

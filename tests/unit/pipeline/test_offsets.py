@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.pipeline.offsets import OffsetTracker, PartitionOffsets
+from consumer.pipeline.completed import decode, encode
+from consumer.pipeline.offsets import Commit, Earlier, OffsetTracker, PartitionOffsets
 
 
-def test_nothing_committable_until_the_first_offset_finishes() -> None:
+def position(offsets: PartitionOffsets) -> int | None:
+    commit = offsets.committable()
+    return commit.position if commit is not None else None
+
+
+def finished_above(commit: Commit) -> set[int]:
+    """The offsets the commit's map says are finished (above its position)."""
+    completed = decode(commit.position, commit.metadata)
+    if completed is None:
+        return set()
+    return {o for o in range(commit.position, completed.end) if completed.finished(o)}
+
+
+def test_nothing_passes_the_first_unfinished_offset_but_later_ones_are_mapped() -> None:
     offsets = PartitionOffsets("t", 0)
     for offset in (5, 6, 7):
         offsets.track(offset)
+    assert offsets.committable() is None  # nothing finished: nothing to commit
     assert offsets.finish(7) == 0
     assert offsets.finish(6) == 0
-    assert offsets.committable() is None
+    held = offsets.committable()
+    assert held is not None and held.position == 5 and finished_above(held) == {6, 7}
     assert offsets.finish(5) == 3
-    assert offsets.committable() == 8  # Kafka's position: the next offset to read
+    assert offsets.committable() == Commit(8)  # Kafka's position: the next offset to read
 
 
 def test_holes_left_by_compaction_do_not_block_the_watermark() -> None:
@@ -26,9 +44,9 @@ def test_holes_left_by_compaction_do_not_block_the_watermark() -> None:
         offsets.track(offset)
     offsets.finish(10)
     offsets.finish(14)
-    assert offsets.committable() == 15
+    assert position(offsets) == 15
     offsets.finish(20)
-    assert offsets.committable() == 21
+    assert position(offsets) == 21
 
 
 def test_finishing_twice_or_an_untracked_offset_changes_nothing() -> None:
@@ -39,7 +57,7 @@ def test_finishing_twice_or_an_untracked_offset_changes_nothing() -> None:
     assert offsets.finish(1) == 0
     assert offsets.finish(99) == 0
     assert offsets.unfinished == 1
-    assert offsets.committable() == 2
+    assert position(offsets) == 2
 
 
 def test_offsets_must_arrive_in_order() -> None:
@@ -59,13 +77,13 @@ def test_committed_position_is_not_offered_again() -> None:
     assert part is not None
     part.track(0)
     part.finish(0)
-    assert tracker.committable() == {("a", 0): 1}
-    tracker.mark_committed({("a", 0): 1})
+    assert tracker.committable() == {("a", 0): Commit(1)}
+    tracker.mark_committed({("a", 0): Commit(1)})
     assert tracker.committable() == {}
     part.track(1)
     part.finish(1)
     assert tracker.committable(only=[("a", 1)]) == {}
-    assert tracker.committable(only=[("a", 0)]) == {("a", 0): 2}
+    assert tracker.committable(only=[("a", 0)]) == {("a", 0): Commit(2)}
 
 
 def test_detached_partition_is_forgotten_and_a_new_assignment_starts_fresh() -> None:
@@ -107,8 +125,10 @@ def test_watermark_is_the_first_unfinished_offset(gaps: list[int], data: st.Data
         prefix = 0
         while prefix < len(taken) and taken[prefix] in finished:
             prefix += 1
-        expected = taken[prefix - 1] + 1 if prefix else None
-        assert offsets.committable() == expected
+        commit = offsets.committable()
+        assert commit is not None
+        assert commit.position == (taken[prefix - 1] + 1 if prefix else taken[0])
+        assert finished_above(commit) == finished - set(taken[:prefix])
         assert offsets.pending == len(taken) - prefix
         assert offsets.unfinished == len(taken) - len(finished)
 
@@ -133,7 +153,7 @@ def test_one_stuck_offset_crowds_its_partition_until_it_finishes() -> None:
 
     stuck.finish(0)
     assert not stuck.crowded and tracker.crowded() == frozenset()
-    assert stuck.committable() == 100
+    assert stuck.committable() == Commit(100)
 
 
 def test_crowding_ends_at_half_the_bound_not_before() -> None:
@@ -146,3 +166,85 @@ def test_crowding_ends_at_half_the_bound_not_before() -> None:
     assert offsets.pending == 6 and offsets.crowded
     offsets.finish(4)
     assert offsets.pending == 5 and not offsets.crowded
+
+
+def test_a_commit_is_due_again_when_an_offset_above_the_watermark_finishes() -> None:
+    tracker = OffsetTracker()
+    tracker.assign([("a", 0)])
+    part = tracker.get("a", 0)
+    assert part is not None
+    for offset in range(4):
+        part.track(offset)
+    part.finish(0)
+    first = tracker.committable()
+    tracker.mark_committed(first)
+    assert tracker.committable() == {}
+    part.finish(2)  # the watermark stays at 1 (1 is unfinished): the map alone changed
+    [second] = tracker.committable().values()
+    assert second.position == 1 and finished_above(second) == {2}
+
+
+def test_an_inherited_map_is_skipped_and_carried_on_until_passed() -> None:
+    # An earlier owner committed 10 with 12, 13 and 16 finished and 10 and 17 started, having
+    # taken up to 17.
+    earlier = Commit(10, _map(10, span=8, finished={12, 13, 16}, started={10, 17}))
+    inherited = decode(earlier.position, earlier.metadata)
+    assert inherited is not None
+    tracker = OffsetTracker()
+    tracker.assign([("a", 0)], {("a", 0): inherited})
+    part = tracker.get("a", 0)
+    assert part is not None
+    assert [part.earlier(o) for o in (9, 10, 11, 12, 17, 18)] == [
+        Earlier.UNSEEN,
+        Earlier.STARTED,
+        Earlier.UNSEEN,
+        Earlier.FINISHED,
+        Earlier.STARTED,
+        Earlier.UNSEEN,
+    ]
+    part.track(10)
+    part.track(11)
+    part.finish(11)
+    # Only 10 and 11 taken so far: the inherited 12, 13 and 16 are still in the map.
+    [commit] = tracker.committable().values()
+    assert commit.position == 10 and finished_above(commit) == {11, 12, 13, 16}
+    part.finish(10)
+    [commit] = tracker.committable().values()
+    assert commit.position == 12 and finished_above(commit) == {12, 13, 16}
+    completed = decode(commit.position, commit.metadata)
+    assert completed is not None and completed.end == 18  # what the earlier owner had taken
+    assert completed.started(17)  # carried on too: a second crash still counts its resend
+    for offset in (12, 13):  # read again: finished at once, as the book does for a skip
+        part.track(offset)
+        part.finish(offset)
+    [commit] = tracker.committable().values()
+    assert commit.position == 14 and finished_above(commit) == {16}
+
+
+def test_an_inherited_map_below_the_start_is_ignored() -> None:
+    inherited = decode(0, _map(0, span=4, finished={1, 2}))
+    assert inherited is not None
+    offsets = PartitionOffsets("a", 0, inherited=inherited)
+    offsets.track(100)  # the log starts past the map (retention deleted those offsets)
+    offsets.finish(100)
+    assert offsets.committable() == Commit(101)
+
+
+def _map(position: int, *, span: int, finished: set[int], started: Iterable[int] = ()) -> str:
+    return encode(span, *(sum(1 << (o - position) for o in s) for s in (finished, started)))
+
+
+def test_started_unfinished_offsets_are_mapped_as_possible_resends() -> None:
+    offsets = PartitionOffsets("t", 0)
+    for offset in range(5):
+        offsets.track(offset)
+    offsets.start(0)
+    offsets.start(1)
+    offsets.start(3)
+    offsets.finish(1)
+    commit = offsets.committable()
+    assert commit is not None
+    completed = decode(commit.position, commit.metadata)
+    assert completed is not None
+    assert [o for o in range(5) if completed.started(o)] == [0, 3]  # 1 finished: not a resend
+    assert [o for o in range(5) if completed.finished(o)] == [1]

@@ -36,6 +36,9 @@ class FakeConsumer:
     def incremental_assign(self, partitions: list[TopicPartition]) -> None:
         self.assigned.extend(partitions)
 
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return partitions  # offset -1001: the group never committed them
+
     def pause(self, _partitions: list[TopicPartition]) -> None: ...
 
     def resume(self, _partitions: list[TopicPartition]) -> None: ...

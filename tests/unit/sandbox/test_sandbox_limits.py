@@ -214,6 +214,18 @@ async def test_a_partial_failure_is_accepted_recorded_and_named_in_a_header() ->
         assert plain.status == 202 and "X-Klaviyo-Partial-Failure" not in plain.headers
 
 
+async def test_fail_matching_refuses_only_the_requests_naming_the_text() -> None:
+    async with sandbox_api() as api:
+        status, faults = await api.faults({"fail_matching": {"held-1": 503}})
+        assert status == 200 and faults["fail_matching"] == {"held-1": 503}
+        assert (await api.event(event_body(unique_id="held-1"))).status == 503
+        assert (await api.event(event_body(unique_id="free-1"))).status == 202
+        await api.faults({"fail_matching": {}})
+        assert (await api.event(event_body(unique_id="held-1"))).status == 202
+        stored = [e["unique_id"] for e in (await api.inspect("events"))["data"]]
+        assert stored == ["free-1", "held-1"]
+
+
 async def test_latency_delays_answers() -> None:
     async with sandbox_api(SandboxOptions(latency_ms=(150.0, 200.0))) as api:
         started = time.monotonic()
@@ -260,6 +272,9 @@ async def test_held_requests_do_not_delay_shutdown() -> None:
         {"fail_auth": "yes"},
         {"challenge_rate": 2},
         {"partial_failure_rate": True},
+        {"fail_matching": {"x": 200}},
+        {"fail_matching": {"": 503}},
+        {"fail_matching": ["x"]},
         {"error_rates": {"503": 0.5}, "challenge_rate": -0.1},
         {"nonsense": 1},
     ],
