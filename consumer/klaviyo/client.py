@@ -21,11 +21,13 @@ import orjson
 import structlog
 from yarl import URL
 
+from consumer.klaviyo.auth import Credentials, credentials_from_settings
 from consumer.klaviyo.classify import (
     classify_response,
     connection_error_outcome,
     timeout_outcome,
 )
+from consumer.klaviyo.oauth import GrantRevoked, TokenUnavailable
 from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Retryable
 from consumer.klaviyo.ratelimit import RateLimiter
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
@@ -39,7 +41,7 @@ from consumer.observability.metrics import (
     KLAVIYO_THROTTLED,
     status_class,
 )
-from consumer.settings import AuthScheme, Settings
+from consumer.settings import Settings
 
 JSON_API = "application/vnd.api+json"
 PING_REQUEST = KlaviyoRequest(
@@ -86,9 +88,9 @@ class KlaviyoClient:
         rng: random.Random | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        credentials: Credentials | None = None,
     ) -> None:
-        if settings.klaviyo_api_key is None:
-            raise ValueError("KLAVIYO_API_KEY is not set")
+        self._credentials = credentials or credentials_from_settings(settings)
         self._settings = settings
         self._limiter = limiter or RateLimiter.from_settings(settings)
         self._policy = policy or RetryPolicy.from_settings(settings)
@@ -96,11 +98,7 @@ class KlaviyoClient:
         self._clock = clock
         self._sleep = sleep
         self._base_url = settings.klaviyo_base_url.rstrip("/")
-        scheme = (
-            "Klaviyo-API-Key" if settings.klaviyo_auth_scheme is AuthScheme.API_KEY else "Bearer"
-        )
         self._headers = {
-            "Authorization": f"{scheme} {settings.klaviyo_api_key.get_secret_value()}",
             "revision": settings.klaviyo_revision,
             "Accept": JSON_API,
         }
@@ -131,6 +129,7 @@ class KlaviyoClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self._credentials.close()
 
     async def send(self, request: KlaviyoRequest) -> Outcome:
         """Send ``request``, retrying retryable answers inside the retry budget.
@@ -180,7 +179,35 @@ class KlaviyoClient:
     async def _attempt(
         self, request: KlaviyoRequest, payload: bytes | None, extra_headers: dict[str, str]
     ) -> Outcome:
-        """One rate-limited HTTP attempt, classified."""
+        """One rate-limited HTTP attempt, classified; with OAuth, a 401 renews the token and
+        the request goes once more (Klaviyo may drop a token before its ``expires_in``)."""
+        try:
+            authorization = await self._credentials.header()
+        except GrantRevoked as exc:
+            return exc.outcome()
+        except TokenUnavailable as exc:
+            return exc.retryable()
+        outcome = await self._http(request, payload, extra_headers, authorization)
+        if not (isinstance(outcome, Fatal) and outcome.status == 401):
+            return outcome
+        try:
+            renewed = await self._credentials.renew(authorization)
+        except GrantRevoked as exc:
+            return exc.outcome()
+        except TokenUnavailable as exc:
+            return exc.retryable()
+        if renewed is None:
+            return outcome
+        _log.info("klaviyo_token_renewed_after_401", endpoint=request.endpoint.value)
+        return await self._http(request, payload, extra_headers, renewed)
+
+    async def _http(
+        self,
+        request: KlaviyoRequest,
+        payload: bytes | None,
+        extra_headers: dict[str, str],
+        authorization: str,
+    ) -> Outcome:
         if self._session is None:
             raise RuntimeError("KlaviyoClient used outside 'async with'")
         endpoint = request.endpoint.value
@@ -193,7 +220,7 @@ class KlaviyoClient:
                 request.method,
                 URL(self._base_url + request.target, encoded=True),
                 data=payload,
-                headers=extra_headers,
+                headers={**extra_headers, "Authorization": authorization},
             ) as response:
                 status, headers = response.status, response.headers
                 body = await response.read()
