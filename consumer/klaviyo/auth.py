@@ -30,6 +30,11 @@ class Credentials(Protocol):
         """Another value after Klaviyo answered 401 to ``refused``; None when there is none."""
         ...
 
+    def refused_for_good(self, refused: str) -> bool:
+        """Whether a 401 to ``refused`` (already renewed once) means the credentials are bad,
+        rather than a token that expired on its way."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -46,6 +51,9 @@ class StaticKey:
     async def renew(self, refused: str) -> str | None:
         return None
 
+    def refused_for_good(self, refused: str) -> bool:
+        return True
+
     async def close(self) -> None:
         return None
 
@@ -61,6 +69,9 @@ class OAuthCredentials:
 
     async def renew(self, refused: str) -> str | None:
         return f"Bearer {(await self.provider.renew(refused.removeprefix('Bearer '))).value}"
+
+    def refused_for_good(self, refused: str) -> bool:
+        return self.provider.refused_while_fresh(refused.removeprefix("Bearer "))
 
     async def close(self) -> None:
         await self.provider.close()

@@ -198,8 +198,18 @@ class KlaviyoClient:
             return exc.retryable()
         if renewed is None:
             return outcome
-        _log.info("klaviyo_token_renewed_after_401", endpoint=request.endpoint.value)
-        return await self._http(request, payload, extra_headers, renewed)
+        # Debug: requests in flight across a token change do this together (counted as 401s).
+        _log.debug("klaviyo_token_renewed_after_401", endpoint=request.endpoint.value)
+        outcome = await self._http(request, payload, extra_headers, renewed)
+        if (
+            isinstance(outcome, Fatal)
+            and outcome.status == 401
+            and not self._credentials.refused_for_good(renewed)
+        ):
+            # The renewed token aged out on the way (a slow path, a short-lived token): the
+            # next attempt takes a newer one. Only a fresh token refused means a bad grant.
+            return Retryable(status=401, reason="oauth_token_expired")
+        return outcome
 
     async def _http(
         self,

@@ -56,10 +56,13 @@ INVALID_GRANT = "invalid_grant"
 CLIENT_REFUSED = "oauth_client_refused"
 # The codes of the Fatal outcomes a refused refresh becomes (the relay's halt reason says which).
 OAUTH_REFUSALS = frozenset({INVALID_GRANT, CLIENT_REFUSED})
-# A token is refreshed in the background once this share of its life is left (at most
-# REFRESH_AHEAD_MAX_SECONDS before it expires: five minutes of Klaviyo's hour).
-REFRESH_AHEAD_SHARE = 0.2
+# A token is refreshed in the background once this share of its life is left, but never more
+# than REFRESH_AHEAD_MAX_SECONDS before it expires (five minutes of Klaviyo's hour).
+REFRESH_AHEAD_SHARE = 0.5
 REFRESH_AHEAD_MAX_SECONDS = 300.0
+# A token Klaviyo refuses while younger than this share of its life was refused for what it is,
+# not for its age: the relay halts (older ones are retried with a newer token).
+FRESH_SHARE = 0.25
 # After an invalid_grant with no newer token in the store, wait this long and read it once more:
 # another replica may be between Klaviyo's answer and its write to the store.
 STORE_SETTLE_SECONDS = 1.0
@@ -132,6 +135,9 @@ class AccessToken:
     def expired(self, now: float) -> bool:
         return now >= self.expires_at
 
+    def fresh(self, now: float) -> bool:
+        return now < self.expires_at - self.lifetime * (1 - FRESH_SHARE)
+
 
 class TokenProvider:
     """Access tokens for one installation; one per account (never shared, never global)."""
@@ -195,6 +201,11 @@ class TokenProvider:
         if self._revoked is not None:
             raise self._revoked
         return await asyncio.shield(self._refresh_task())
+
+    def refused_while_fresh(self, value: str) -> bool:
+        """Whether ``value`` is the newest token and still young (a 401 to it is no expiry)."""
+        token = self._token
+        return token is not None and token.value == value and token.fresh(self._clock())
 
     def _refresh_task(self) -> asyncio.Task[AccessToken]:
         # A done task whose callback has not run yet holds an older token: start another.

@@ -27,7 +27,7 @@ from consumer.klaviyo.oauth import (
     TokenProvider,
     TokenUnavailable,
 )
-from consumer.klaviyo.outcomes import Accepted, Fatal
+from consumer.klaviyo.outcomes import Accepted, Fatal, Retryable
 from consumer.klaviyo.retry import RetryPolicy
 from consumer.klaviyo.token_store import FileTokenStore, MemoryStore, TokenStore
 from consumer.observability.metrics import REGISTRY
@@ -178,10 +178,10 @@ async def test_refreshes_ahead_of_expiry_without_making_callers_wait(
     token_server.lifetime = 100
     provider = provider_for(token_server, clock=clock)
     first = await provider.token()
-    clock.now += 70  # 30 s left: more than a fifth of its life, no refresh yet
+    clock.now += 45  # 55 s left: more than half its life, no refresh yet
     assert await provider.token() is first
     assert len(token_server.forms) == 1
-    clock.now += 15  # 15 s left: refresh in the background, the current token still served
+    clock.now += 40  # 15 s left: refresh in the background, the current token still served
     granted = asyncio.Event()
 
     async def grant_and_tell(form: dict[str, str]) -> web.Response:
@@ -287,6 +287,7 @@ class Api:
     url: str = ""
     seen: list[str] = field(default_factory=list)
     refuse: set[str] = field(default_factory=set)
+    on_request: Callable[[], None] = lambda: None
 
 
 API = web.AppKey("api", Api)
@@ -299,6 +300,7 @@ async def api() -> AsyncIterator[Api]:
     async def handle(request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
         state.seen.append(auth)
+        state.on_request()
         if auth.removeprefix("Bearer ") in state.refuse:
             error = {"status": 401, "code": "authentication_failed", "detail": "expired"}
             return web.Response(
@@ -318,9 +320,14 @@ async def api() -> AsyncIterator[Api]:
     await server.close()
 
 
-def oauth_client(api: Api, token_server: TokenServer) -> KlaviyoClient:
-    settings = load_settings(klaviyo_base_url=api.url, retry_base_seconds=0.01)
-    return KlaviyoClient(settings, credentials=OAuthCredentials(provider_for(token_server)))
+def oauth_client(
+    api: Api, token_server: TokenServer, clock: Callable[[], float] | None = None
+) -> KlaviyoClient:
+    settings = load_settings(
+        klaviyo_base_url=api.url, retry_base_seconds=0.01, retry_max_attempts=1
+    )
+    provider = provider_for(token_server, clock=clock)
+    return KlaviyoClient(settings, credentials=OAuthCredentials(provider))
 
 
 async def test_a_401_renews_the_token_once_and_retries(api: Api, token_server: TokenServer) -> None:
@@ -358,4 +365,22 @@ async def test_a_401_to_a_fresh_token_still_halts(api: Api, token_server: TokenS
     async with oauth_client(api, token_server) as client:
         outcome = await client.send(EVENT)
     assert isinstance(outcome, Fatal) and outcome.status == 401
+    assert api.seen == ["Bearer at_1", "Bearer at_2"]
+
+
+async def test_a_401_to_a_renewed_token_that_aged_on_the_way_is_retried(
+    api: Api, token_server: TokenServer
+) -> None:
+    """A slow path delivered the renewed token after most of its life: not a bad grant."""
+    clock = FakeClock()
+    token_server.lifetime = 100
+    api.refuse.update({"at_1", "at_2"})
+
+    def slow_path() -> None:
+        clock.now += 60
+
+    api.on_request = slow_path
+    async with oauth_client(api, token_server, clock) as client:
+        outcome = await client.send(EVENT)
+    assert outcome == Retryable(status=401, reason="oauth_token_expired")
     assert api.seen == ["Bearer at_1", "Bearer at_2"]
