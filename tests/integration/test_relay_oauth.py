@@ -48,16 +48,32 @@ def oauth_sandbox(lifetime: int, *, rotate: bool) -> SandboxOptions:
     )
 
 
-def oauth_env(base_url: str, store: Path) -> dict[str, str]:
-    return {
-        "SEND_MODE": "realtime",
-        "KLAVIYO_API_KEY": "",
-        "KLAVIYO_OAUTH_CLIENT_ID": CLIENT_ID,
-        "KLAVIYO_OAUTH_CLIENT_SECRET": CLIENT_SECRET,
-        "KLAVIYO_OAUTH_REFRESH_TOKEN": FIRST_REFRESH_TOKEN,
-        "KLAVIYO_OAUTH_TOKEN_URL": f"{base_url}/oauth/token",
-        "KLAVIYO_OAUTH_TOKEN_STORE": str(store),
-    }
+def oauth_relay_env(
+    bootstrap: str,
+    base_url: str,
+    topics: dict[str, str],
+    group: str,
+    dlq: str,
+    *,
+    store: Path,
+    **more: str,
+) -> dict[str, str]:
+    """The relay's environment with the sandbox's OAuth app instead of a private key."""
+    return relay_env(
+        bootstrap,
+        base_url,
+        topics,
+        group,
+        dlq,
+        SEND_MODE="realtime",
+        KLAVIYO_API_KEY="",
+        KLAVIYO_OAUTH_CLIENT_ID=CLIENT_ID,
+        KLAVIYO_OAUTH_CLIENT_SECRET=CLIENT_SECRET,
+        KLAVIYO_OAUTH_REFRESH_TOKEN=FIRST_REFRESH_TOKEN,
+        KLAVIYO_OAUTH_TOKEN_URL=f"{base_url}/oauth/token",
+        KLAVIYO_OAUTH_TOKEN_STORE=str(store),
+        **more,
+    )
 
 
 async def refreshes(port: int) -> dict[str, float]:
@@ -96,14 +112,8 @@ async def test_short_lived_rotating_tokens_and_a_crash_lose_nothing(
     async with running_sandbox(oauth_sandbox(2, rotate=True)) as sandbox:
         oauth = sandbox.sandbox.oauth
         assert oauth is not None
-        env = relay_env(
-            bootstrap,
-            sandbox.base_url,
-            topics,
-            group,
-            dlq,
-            MAX_IN_FLIGHT="100",
-            **oauth_env(sandbox.base_url, store),
+        env = oauth_relay_env(
+            bootstrap, sandbox.base_url, topics, group, dlq, store=store, MAX_IN_FLIGHT="100"
         )
         first = RelayProcess(env, tmp_path / "relay-first.log")
         try:
@@ -167,13 +177,8 @@ async def test_a_revoked_grant_halts_with_the_reason(
     async with running_sandbox(oauth_sandbox(3600, rotate=False)) as sandbox:
         oauth = sandbox.sandbox.oauth
         assert oauth is not None
-        env = relay_env(
-            bootstrap,
-            sandbox.base_url,
-            topics,
-            group,
-            dlq,
-            **oauth_env(sandbox.base_url, tmp_path / "rt"),
+        env = oauth_relay_env(
+            bootstrap, sandbox.base_url, topics, group, dlq, store=tmp_path / "rt"
         )
         relay = RelayProcess(env, tmp_path / "relay.log")
         try:
