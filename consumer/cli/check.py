@@ -34,6 +34,7 @@ from consumer.klaviyo.oauth import GrantRevoked, TokenProvider, TokenUnavailable
 from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Permanent, Retryable
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.klaviyo.revision import InvalidRevision, Phase, revision_status
+from consumer.klaviyo.token_store import TokenStoreError
 from consumer.observability.revision import utc_today
 from consumer.pipeline.deadletter_topic import (
     DeadLetterTopicUnchecked,
@@ -168,7 +169,14 @@ async def check_klaviyo(settings: Settings) -> list[Result]:
             Result("klaviyo", False, f"{where}; KLAVIYO_API_KEY is not set"),
             Result("scopes", False, "not checked without a key"),
         ]
-    credentials = credentials_from_settings(settings)
+    try:
+        credentials = credentials_from_settings(settings)
+    except TokenStoreError as exc:
+        return [
+            Result("oauth", False, str(exc)),
+            Result("klaviyo", False, f"{where}; not checked without an OAuth token"),
+            Result("scopes", False, "not checked without an OAuth token"),
+        ]
     results = []
     if isinstance(credentials, OAuthCredentials):
         oauth = await check_oauth(credentials.provider, settings)

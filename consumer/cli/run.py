@@ -10,6 +10,7 @@ import click
 
 from consumer.cli import settings_from
 from consumer.cli.preflight import preflight
+from consumer.klaviyo.token_store import TokenStoreError
 from consumer.observability.health import OperationsPortError
 from consumer.observability.logging import configure_logging
 from consumer.pipeline.relay import Relay
@@ -43,7 +44,7 @@ def run(ctx: click.Context) -> None:
     configure_logging(settings)
     try:
         relay = Relay(settings)
-    except (SettingsError, ValueError) as exc:
+    except (SettingsError, ValueError, TokenStoreError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     tune_garbage_collector()

@@ -163,6 +163,7 @@ class TokenProvider:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._latest = app.refresh_token  # newest refresh token this process knows
+        self._stored: str | None = None  # what the store held when last read or written
         self._token: AccessToken | None = None
         self._refreshing: asyncio.Task[AccessToken] | None = None
         self._revoked: GrantRevoked | None = None
@@ -257,7 +258,7 @@ class TokenProvider:
     async def _next_candidate(self, tried: list[str]) -> str | None:
         """The newest refresh token not tried yet: the store's, this process's, the setting's."""
         try:
-            stored = await self._store.load()
+            stored = self._stored = await self._store.load()
         except TokenStoreError as exc:
             _log.warning("oauth_token_store_unreadable", error=str(exc))
             stored = None
@@ -279,17 +280,23 @@ class TokenProvider:
         OAUTH_REFRESHES.labels("ok").inc()
         OAUTH_TOKEN_EXPIRY.set(self._wall_clock() + lifetime)
         rotated = body.get("refresh_token")
-        if isinstance(rotated, str) and rotated and rotated != used:
-            self._latest = rotated
+        newest = rotated if isinstance(rotated, str) and rotated else used
+        self._latest = newest
+        if newest != self._stored:
+            # A rotation, or a token that worked while the store held another (a first start,
+            # a refused one left over from an earlier installation): keep the store current.
             try:
-                await self._store.save(rotated)
+                await self._store.save(newest)
             except TokenStoreError as exc:
                 # This process goes on with it; a restart would need it: say so loudly.
-                _log.error("oauth_rotated_token_not_stored", error=str(exc))
+                _log.error("oauth_refresh_token_not_stored", error=str(exc))
             else:
-                _log.info("oauth_refresh_token_rotated", store=self._store.describe())
-        elif used != self._latest:
-            self._latest = used  # the store's token worked: it is the newest
+                self._stored = newest
+                _log.info(
+                    "oauth_refresh_token_stored",
+                    rotated=newest != used,
+                    store=self._store.describe(),
+                )
         _log.info("oauth_token_refreshed", expires_in=lifetime)
         # Set last, with no await after it: once callers see the new token the task is done.
         self._token = token

@@ -384,3 +384,20 @@ async def test_a_401_to_a_renewed_token_that_aged_on_the_way_is_retried(
         outcome = await client.send(EVENT)
     assert outcome == Retryable(status=401, reason="oauth_token_expired")
     assert api.seen == ["Bearer at_1", "Bearer at_2"]
+
+
+async def test_a_refused_token_left_in_the_store_is_replaced_by_the_one_that_works(
+    token_server: TokenServer,
+) -> None:
+    """The app was reinstalled: the Secret has the new refresh token, the store the old one."""
+    store = MemoryStore()
+    await store.save("rt_old")
+    token_server.script.append(refuse(INVALID_GRANT))
+    clock = FakeClock()
+    provider = provider_for(token_server, store, refresh_token="rt_new", clock=clock)
+    await provider.token()
+    assert await store.load() == "rt_new"
+    clock.now += 3600  # the next refresh goes straight to the working token
+    await provider.token()
+    await provider.close()
+    assert [f["refresh_token"] for f in token_server.forms] == ["rt_old", "rt_new", "rt_new"]
