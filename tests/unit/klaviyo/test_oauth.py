@@ -32,6 +32,8 @@ from consumer.klaviyo.retry import RetryPolicy
 from consumer.klaviyo.token_store import FileTokenStore, MemoryStore, TokenStore
 from consumer.observability.metrics import REGISTRY
 from consumer.settings import load_settings
+from klaviyo_sandbox import SandboxOptions, running_sandbox
+from klaviyo_sandbox.oauth import OAuthOptions
 from tests.unit.klaviyo.test_klaviyo_client import EVENT
 
 POLICY = RetryPolicy(max_attempts=4, max_elapsed_seconds=30.0, base_seconds=0.01, cap_seconds=0.02)
@@ -401,3 +403,32 @@ async def test_a_refused_token_left_in_the_store_is_replaced_by_the_one_that_wor
     await provider.token()
     await provider.close()
     assert [f["refresh_token"] for f in token_server.forms] == ["rt_old", "rt_new", "rt_new"]
+
+
+async def test_two_replicas_refreshing_at_once_with_a_rotating_token(tmp_path: Path) -> None:
+    """Both read rt_0 from the shared store; the sandbox rotates on the first refresh and refuses
+    the second (invalid_grant); the loser re-reads the store and retries with the new token."""
+    options = SandboxOptions(
+        oauth=OAuthOptions(clients={"client-1": SECRET}, refresh_tokens=("rt_0",), rotate=True)
+    )
+    async with running_sandbox(options) as sandbox:
+        server = TokenServer(url=f"{sandbox.base_url}/oauth/token")
+        store = FileTokenStore(tmp_path / "refresh-token")
+        replicas = [
+            TokenProvider(
+                OAuthApp("client-1", SECRET, "rt_0", server.url),
+                store,
+                policy=POLICY,
+                timeout_seconds=5.0,
+            )
+            for _ in range(2)
+        ]
+        tokens = await asyncio.gather(*(replica.token() for replica in replicas))
+        for replica in replicas:
+            await replica.close()
+        oauth = sandbox.sandbox.oauth
+        assert oauth is not None
+        assert len({t.value for t in tokens}) == 2
+        assert oauth.counts.invalid_grant == 1 and oauth.counts.rotated == 2
+        # The store holds the one refresh token the sandbox still accepts.
+        assert oauth.refresh_tokens == {await store.load()}
