@@ -156,6 +156,7 @@ def test_ci_matrix_covers_every_shape() -> None:
         "hpa-values",
         "monitoring-values",
         "networkpolicy-values",
+        "oauth-values",
     }
 
 

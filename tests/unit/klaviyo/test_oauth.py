@@ -31,7 +31,7 @@ from consumer.klaviyo.outcomes import Accepted, Fatal, Retryable
 from consumer.klaviyo.retry import RetryPolicy
 from consumer.klaviyo.token_store import FileTokenStore, MemoryStore, TokenStore
 from consumer.observability.metrics import REGISTRY
-from consumer.settings import load_settings
+from consumer.settings import SettingsError, load_settings
 from klaviyo_sandbox import SandboxOptions, running_sandbox
 from klaviyo_sandbox.oauth import OAuthOptions
 from tests.unit.klaviyo.test_klaviyo_client import EVENT
@@ -432,3 +432,17 @@ async def test_two_replicas_refreshing_at_once_with_a_rotating_token(tmp_path: P
         assert oauth.counts.invalid_grant == 1 and oauth.counts.rotated == 2
         # The store holds the one refresh token the sandbox still accepts.
         assert oauth.refresh_tokens == {await store.load()}
+
+
+def test_half_an_oauth_set_up_is_refused_without_showing_secrets() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(klaviyo_oauth_client_id="app", klaviyo_oauth_client_secret=SECRET)
+    message = str(caught.value)
+    assert "KLAVIYO_OAUTH_REFRESH_TOKEN" in message and SECRET not in message
+    settings = load_settings(
+        klaviyo_oauth_client_id="app",
+        klaviyo_oauth_client_secret=SECRET,
+        klaviyo_oauth_refresh_token="rt_1",
+    )
+    assert settings.oauth and SECRET not in repr(settings)
+    assert not load_settings().oauth
