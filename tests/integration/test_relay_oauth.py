@@ -12,6 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, WindowLimit
+from dev.harness import rate_limits_json
 from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
 from klaviyo_sandbox.oauth import OAuthOptions
@@ -32,6 +34,12 @@ from tests.integration.test_relay_lifecycle import delivered_ids, make_events
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 CLIENT_ID, CLIENT_SECRET, FIRST_REFRESH_TOKEN = "relay-app", "cs_sandbox_secret", "rt_first"
+PACED = {
+    name: EndpointLimit(
+        burst=WindowLimit(requests=150, seconds=1), steady=WindowLimit(requests=9000, seconds=60)
+    )
+    for name in DEFAULT_RATE_LIMITS
+}
 
 
 def oauth_sandbox(lifetime: int, *, rotate: bool) -> SandboxOptions:
@@ -113,7 +121,16 @@ async def test_short_lived_rotating_tokens_and_a_crash_lose_nothing(
         oauth = sandbox.sandbox.oauth
         assert oauth is not None
         env = oauth_relay_env(
-            bootstrap, sandbox.base_url, topics, group, dlq, store=store, MAX_IN_FLIGHT="100"
+            bootstrap,
+            sandbox.base_url,
+            topics,
+            group,
+            dlq,
+            store=store,
+            MAX_IN_FLIGHT="100",
+            # Paced, so the run outlasts many token lifetimes on any machine (an idle relay
+            # has no reason to refresh).
+            RATE_LIMITS=rate_limits_json(PACED),
         )
         first = RelayProcess(env, tmp_path / "relay-first.log")
         try:
