@@ -176,6 +176,27 @@ class Settings(BaseSettings):
     klaviyo_timeout_seconds: PositiveFloat = 30.0
     klaviyo_gzip: bool = False
     klaviyo_max_connections: PositiveInt = 100
+    klaviyo_oauth_client_id: str | None = Field(
+        default=None, description="OAuth app client id; set to send with refreshed OAuth tokens."
+    )
+    klaviyo_oauth_client_secret: SecretStr | None = None
+    klaviyo_oauth_refresh_token: SecretStr | None = Field(
+        default=None,
+        validate_default=True,
+        description="The installation's refresh token (the first; rotated ones are"
+        " kept in the token store).",
+    )
+    klaviyo_oauth_token_url: str = "https://a.klaviyo.com/oauth/token"
+    klaviyo_oauth_token_store: Path | None = Field(
+        default=None,
+        description="File keeping the newest rotated refresh token (mode 0600, written"
+        " atomically); for one process or a volume only it mounts.",
+    )
+    klaviyo_oauth_token_secret: str | None = Field(
+        default=None,
+        description="Kubernetes Secret (same namespace) keeping the newest rotated refresh token"
+        " for every replica; patched through the in-cluster API.",
+    )
     rate_limits: dict[str, EndpointLimit] = Field(
         default_factory=lambda: dict(DEFAULT_RATE_LIMITS),
         description="Per-endpoint burst/steady windows; unspecified endpoints keep the defaults.",
@@ -284,6 +305,35 @@ class Settings(BaseSettings):
         if not _URL.fullmatch(value) or value.startswith("mock://"):
             raise ValueError("must be an http:// or https:// URL, e.g. https://a.klaviyo.com")
         return value
+
+    @field_validator("klaviyo_oauth_token_url")
+    @classmethod
+    def _token_url(cls, value: str) -> str:
+        if not _URL.fullmatch(value) or value.startswith("mock://"):
+            raise ValueError(
+                "must be an http:// or https:// URL, e.g. https://a.klaviyo.com/oauth/token"
+            )
+        return value
+
+    @field_validator("klaviyo_oauth_refresh_token")
+    @classmethod
+    def _oauth_complete(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # Half an OAuth set-up would otherwise fail only at the first token request. (A field
+        # validator, not a model one: its error names a secret field, so no value is shown.)
+        parts = {
+            "KLAVIYO_OAUTH_CLIENT_ID": info.data.get("klaviyo_oauth_client_id"),
+            "KLAVIYO_OAUTH_CLIENT_SECRET": info.data.get("klaviyo_oauth_client_secret"),
+            "KLAVIYO_OAUTH_REFRESH_TOKEN": value,
+        }
+        missing = [name for name, given in parts.items() if not given]
+        if 0 < len(missing) < len(parts):
+            raise ValueError(f"OAuth needs {', '.join(missing)} as well")
+        return value
+
+    @property
+    def oauth(self) -> bool:
+        """Whether Klaviyo is called with refreshed OAuth tokens instead of KLAVIYO_API_KEY."""
+        return bool(self.klaviyo_oauth_client_id)
 
     @field_validator("schema_registry_url")
     @classmethod

@@ -6,6 +6,8 @@
 - ``kafka``: the brokers answer, and the source topics and the dead-letter topic exist.
 - ``dlq``: the dead-letter topic (``DLQ_TOPIC``) exists, this client may write to it, and how
   large a dead letter it takes (larger ones are parked as ``too_large`` markers).
+- ``oauth`` (with ``KLAVIYO_OAUTH_CLIENT_ID``): the token endpoint gives an access token for the
+  refresh token; its lifetime and scopes, and where a rotated refresh token is kept.
 - ``klaviyo``: the API (or the sandbox) answers a harmless authenticated GET with this key.
 - ``scopes``: the key holds the scopes the relay needs. ``profiles:read`` is shown by the GET;
   ``events:write`` and ``profiles:write`` by POSTs whose body has a type no endpoint accepts:
@@ -25,11 +27,14 @@ from confluent_kafka import KafkaException
 
 from consumer.cli import settings_from
 from consumer.cli.kafka import KafkaUnreachable, admin_client, cluster_metadata, missing_topics
-from consumer.cli.preflight import preflight, source_topics
+from consumer.cli.preflight import has_credentials, preflight, source_topics
+from consumer.klaviyo.auth import Credentials, OAuthCredentials, credentials_from_settings
 from consumer.klaviyo.client import KlaviyoClient
+from consumer.klaviyo.oauth import GrantRevoked, TokenProvider, TokenUnavailable
 from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Permanent, Retryable
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.klaviyo.revision import InvalidRevision, Phase, revision_status
+from consumer.klaviyo.token_store import TokenStoreError
 from consumer.observability.revision import utc_today
 from consumer.pipeline.deadletter_topic import (
     DeadLetterTopicUnchecked,
@@ -157,14 +162,59 @@ def check_dlq(settings: Settings, timeout: float) -> Result:
 
 
 async def check_klaviyo(settings: Settings) -> list[Result]:
-    """The ``klaviyo`` and ``scopes`` lines."""
+    """The ``oauth`` (with an OAuth app), ``klaviyo`` and ``scopes`` lines."""
     where = f"{settings.klaviyo_base_url}, revision {settings.klaviyo_revision}"
-    if settings.klaviyo_api_key is None or not settings.klaviyo_api_key.get_secret_value():
+    if not has_credentials(settings):
         return [
             Result("klaviyo", False, f"{where}; KLAVIYO_API_KEY is not set"),
             Result("scopes", False, "not checked without a key"),
         ]
-    async with KlaviyoClient(settings) as client:
+    try:
+        credentials = credentials_from_settings(settings)
+    except TokenStoreError as exc:
+        return [
+            Result("oauth", False, str(exc)),
+            Result("klaviyo", False, f"{where}; not checked without an OAuth token"),
+            Result("scopes", False, "not checked without an OAuth token"),
+        ]
+    results = []
+    if isinstance(credentials, OAuthCredentials):
+        oauth = await check_oauth(credentials.provider, settings)
+        if not oauth.ok:
+            await credentials.close()
+            return [
+                oauth,
+                Result("klaviyo", False, f"{where}; not checked without an OAuth token"),
+                Result("scopes", False, "not checked without an OAuth token"),
+            ]
+        results.append(oauth)
+    return results + await _check_api(settings, credentials, where)
+
+
+async def check_oauth(provider: TokenProvider, settings: Settings) -> Result:
+    """One refresh at the token endpoint: the token's life and scopes, and where a rotated
+    refresh token is kept (a rotation during ``check`` is saved there like the relay's)."""
+    url = settings.klaviyo_oauth_token_url
+    try:
+        token = await provider.token()
+    except GrantRevoked as exc:
+        return Result("oauth", False, f"{url}: {exc.describe()}")
+    except TokenUnavailable as exc:
+        status = f"{exc.last.status} " if exc.last.status is not None else ""
+        return Result("oauth", False, f"{url}: unreachable or unwell: {status}{exc.last.reason}")
+    scopes = token.scope or "none named"
+    return Result(
+        "oauth",
+        True,
+        f"{url}: client {settings.klaviyo_oauth_client_id}, token for {token.lifetime:.0f} s,"
+        f" scopes {scopes}; refresh token kept in {provider.store.describe()}",
+    )
+
+
+async def _check_api(settings: Settings, credentials: Credentials, where: str) -> list[Result]:
+    """The ``klaviyo`` and ``scopes`` lines."""
+    accepted = "token accepted" if settings.oauth else "key accepted"
+    async with KlaviyoClient(settings, credentials=credentials) as client:
         ping = await client.ping()
         if not isinstance(ping, Accepted | Permanent) and not (
             isinstance(ping, Fatal) and ping.status == 403
@@ -176,7 +226,7 @@ async def check_klaviyo(settings: Settings) -> list[Result]:
         scopes: list[tuple[str, Outcome]] = [("profiles:read", ping)]
         for scope, probe in _WRITE_PROBES:
             scopes.append((scope, await client.send(probe)))
-    reached = Result("klaviyo", True, f"{where}; key accepted")
+    reached = Result("klaviyo", True, f"{where}; {accepted}")
     missing = [scope for scope, outcome in scopes if _forbidden(outcome)]
     broken = [
         f"{scope}: {_describe(outcome)}"

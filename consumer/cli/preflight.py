@@ -20,9 +20,7 @@ def preflight(settings: Settings, *, key: bool = True) -> list[str]:
     from consumer.schemas import SchemaError, SchemaStore  # noqa: PLC0415 (parses schemas)
 
     problems = []
-    if key and (
-        settings.klaviyo_api_key is None or not settings.klaviyo_api_key.get_secret_value()
-    ):
+    if key and not has_credentials(settings):
         problems.append("KLAVIYO_API_KEY is not set")
     try:
         source_topics(settings)
@@ -40,6 +38,12 @@ def preflight(settings: Settings, *, key: bool = True) -> list[str]:
     if problem is not None:
         problems.append(problem)
     return problems
+
+
+def has_credentials(settings: Settings) -> bool:
+    """A private key, or an OAuth app (whose settings are validated complete)."""
+    key = settings.klaviyo_api_key
+    return settings.oauth or (key is not None and bool(key.get_secret_value()))
 
 
 def source_topics(settings: Settings) -> list[str]:

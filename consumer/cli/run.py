@@ -11,6 +11,7 @@ import click
 
 from consumer.cli import settings_from
 from consumer.cli.preflight import preflight
+from consumer.klaviyo.token_store import TokenStoreError
 from consumer.observability.health import OperationsPortError
 from consumer.observability.logging import configure_logging
 from consumer.pipeline.catchup import AdminOffsets, CatchUp
@@ -70,7 +71,7 @@ def run(ctx: click.Context, until_caught_up: bool, max_duration: float | None) -
         )
     try:
         relay = Relay(settings, catch_up=catch_up)
-    except (SettingsError, ValueError) as exc:
+    except (SettingsError, ValueError, TokenStoreError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     tune_garbage_collector()

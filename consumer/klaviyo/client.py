@@ -22,11 +22,13 @@ import orjson
 import structlog
 from yarl import URL
 
+from consumer.klaviyo.auth import Credentials, credentials_from_settings
 from consumer.klaviyo.classify import (
     classify_response,
     connection_error_outcome,
     timeout_outcome,
 )
+from consumer.klaviyo.oauth import GrantRevoked, TokenUnavailable
 from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Retryable
 from consumer.klaviyo.ratelimit import Permit, RateLimiter
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
@@ -40,7 +42,7 @@ from consumer.observability.metrics import (
     KLAVIYO_THROTTLED,
     status_class,
 )
-from consumer.settings import AuthScheme, Settings
+from consumer.settings import Settings
 
 JSON_API = "application/vnd.api+json"
 PING_REQUEST = KlaviyoRequest(
@@ -87,9 +89,9 @@ class KlaviyoClient:
         rng: random.Random | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        credentials: Credentials | None = None,
     ) -> None:
-        if settings.klaviyo_api_key is None:
-            raise ValueError("KLAVIYO_API_KEY is not set")
+        self._credentials = credentials or credentials_from_settings(settings)
         self._settings = settings
         self._limiter = limiter or RateLimiter.from_settings(settings)
         self._policy = policy or RetryPolicy.from_settings(settings)
@@ -97,11 +99,7 @@ class KlaviyoClient:
         self._clock = clock
         self._sleep = sleep
         self._base_url = settings.klaviyo_base_url.rstrip("/")
-        scheme = (
-            "Klaviyo-API-Key" if settings.klaviyo_auth_scheme is AuthScheme.API_KEY else "Bearer"
-        )
         self._headers = {
-            "Authorization": f"{scheme} {settings.klaviyo_api_key.get_secret_value()}",
             "revision": settings.klaviyo_revision,
             "Accept": JSON_API,
         }
@@ -132,6 +130,7 @@ class KlaviyoClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self._credentials.close()
 
     def try_acquire(self, endpoint: Endpoint) -> Permit | None:
         """A rate-limit permit for ``endpoint`` if it has room right now (see ``send``)."""
@@ -199,7 +198,47 @@ class KlaviyoClient:
         extra_headers: dict[str, str],
         permit: Permit | None = None,
     ) -> Outcome:
-        """One rate-limited HTTP attempt (with ``permit`` if one was taken already), classified."""
+        """One rate-limited HTTP attempt (with ``permit`` if one was taken already), classified;
+        with OAuth, a 401 renews the token and the request goes once more (Klaviyo may drop a
+        token before its ``expires_in``)."""
+        try:
+            authorization = await self._credentials.header()
+        except (GrantRevoked, TokenUnavailable) as exc:
+            if permit is not None:  # taken for a request that never went out
+                self._limiter.release(permit)
+            return exc.outcome() if isinstance(exc, GrantRevoked) else exc.retryable()
+        outcome = await self._http(request, payload, extra_headers, authorization, permit)
+        if not (isinstance(outcome, Fatal) and outcome.status == 401):
+            return outcome
+        try:
+            renewed = await self._credentials.renew(authorization)
+        except GrantRevoked as exc:
+            return exc.outcome()
+        except TokenUnavailable as exc:
+            return exc.retryable()
+        if renewed is None:
+            return outcome
+        # Debug: requests in flight across a token change do this together (counted as 401s).
+        _log.debug("klaviyo_token_renewed_after_401", endpoint=request.endpoint.value)
+        outcome = await self._http(request, payload, extra_headers, renewed)
+        if (
+            isinstance(outcome, Fatal)
+            and outcome.status == 401
+            and not self._credentials.refused_for_good(renewed)
+        ):
+            # The renewed token aged out on the way (a slow path, a short-lived token): the
+            # next attempt takes a newer one. Only a fresh token refused means a bad grant.
+            return Retryable(status=401, reason="oauth_token_expired")
+        return outcome
+
+    async def _http(
+        self,
+        request: KlaviyoRequest,
+        payload: bytes | None,
+        extra_headers: dict[str, str],
+        authorization: str,
+        permit: Permit | None = None,
+    ) -> Outcome:
         if self._session is None:
             raise RuntimeError("KlaviyoClient used outside 'async with'")
         endpoint = request.endpoint.value
@@ -213,7 +252,7 @@ class KlaviyoClient:
                 request.method,
                 URL(self._base_url + request.target, encoded=True),
                 data=payload,
-                headers=extra_headers,
+                headers={**extra_headers, "Authorization": authorization},
             ) as response:
                 status, headers = response.status, response.headers
                 body = await response.read()

@@ -36,6 +36,8 @@ class RelayState:
     joined: bool = False
     partitions: int = 0
     halted: bool = False
+    # Why, in words an operator can act on (set with ``halted``).
+    halt_reason: str = "klaviyo refused the API key (401/403): restart with a valid key"
     stopping: bool = False
     klaviyo_reachable: bool = False
     # The last Kafka client error while no partition is assigned (e.g. every broker down).
@@ -50,7 +52,7 @@ class RelayState:
         503). Klaviyo's reachability is not among them (see above): it has its own field."""
         reasons = []
         if self.halted:
-            reasons.append("klaviyo refused the API key (401/403): restart with a valid key")
+            reasons.append(self.halt_reason)
         if self.stopping:
             reasons.append("shutting down")
         if not self.joined:

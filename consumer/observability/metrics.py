@@ -226,6 +226,20 @@ REPLAY_RESENT = Counter(
     registry=REGISTRY,
 )
 
+OAUTH_REFRESHES = Counter(
+    "klaviyo_relay_oauth_refreshes_total",
+    "OAuth access-token refreshes by result: ok, retried (a transient token-endpoint failure,"
+    " tried again), unavailable (the retry budget spent), invalid_grant (grant revoked: halted),"
+    " refused (client refused: halted).",
+    ["result"],
+    registry=REGISTRY,
+)
+OAUTH_TOKEN_EXPIRY = Gauge(
+    "klaviyo_relay_oauth_token_expiry_timestamp_seconds",
+    "Unix time at which the current OAuth access token expires (0 without OAuth).",
+    registry=REGISTRY,
+)
+
 
 def status_class(status: int | None) -> str:
     """``2xx``/``4xx``/``5xx`` for an HTTP status, ``error`` when there was no answer."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from consumer.codec import Decoder
 from consumer.handlers.registry import HandlerRegistry
+from consumer.klaviyo.oauth import OAUTH_REFUSALS
 from consumer.klaviyo.outcomes import Fatal
 from consumer.klaviyo.requests import KlaviyoRequest
 from consumer.klaviyo.retry import RetryPolicy
@@ -236,13 +237,21 @@ class Relay:
             self._on_crash(task.exception())  # type: ignore[arg-type]
 
     def _on_halt(self, outcome: Fatal, request: KlaviyoRequest) -> None:
+        error = outcome.errors[0] if outcome.errors else None
+        if error is not None and error.code in OAUTH_REFUSALS and error.detail:
+            # The token endpoint refused the grant or the client: its own words say which.
+            self.state.halt_reason = error.detail
+            message = f"{error.detail}: relay halted, nothing more is sent or committed"
+        else:
+            message = (
+                "klaviyo refused the API key: relay halted, nothing more is sent or committed "
+                "until it is restarted with a valid key"
+            )
         self.state.halted = True
         if self._source is not None:  # a halt at the first probe: run() holds it when made
             self._source.hold(discard=False)
-        error = outcome.errors[0] if outcome.errors else None
         log.error(
-            "klaviyo refused the API key: relay halted, nothing more is sent or committed "
-            "until it is restarted with a valid key",
+            message,
             status=outcome.status,
             code=error.code if error is not None else None,
             endpoint=request.endpoint.value,

@@ -15,7 +15,9 @@ injection skipped entirely while no fault is set.
 
 Inspection (no auth, no faults, no quota): ``GET /_sandbox/events[?include=dropped&metric=M]``,
 ``GET /_sandbox/profiles``, ``GET /_sandbox/stats``, ``GET|POST /_sandbox/faults``,
-``POST /_sandbox/reset`` (forget everything, faults back to the options); the inbox page at
+``POST /_sandbox/reset`` (forget everything, faults back to the options),
+``GET|POST /_sandbox/oauth`` (the OAuth token endpoint ``/oauth/token``, see
+:mod:`klaviyo_sandbox.oauth`); the inbox page at
 ``/`` and ``/_sandbox/`` (:mod:`klaviyo_sandbox.inbox`) with ``GET /_sandbox/rejected``.
 
 Klaviyo's facts (paths, methods, limits, revision) come from :mod:`klaviyo_sandbox.facts`,
@@ -48,6 +50,7 @@ from klaviyo_sandbox.facts import (
 )
 from klaviyo_sandbox.faults import FaultError, Faults
 from klaviyo_sandbox.fixed_windows import FixedWindowQuota, RateObserver
+from klaviyo_sandbox.oauth import OAuthError, OAuthOptions, OAuthServer
 from klaviyo_sandbox.store import DuplicateProfile, ProfileNotFound, SandboxState
 from klaviyo_sandbox.validation import (
     BULK_ENTRIES,
@@ -89,6 +92,8 @@ class SandboxOptions:
     partial_failure_rate: float = 0.0
     # False: count accepted events without keeping them (memory stays flat in long benchmarks).
     keep_events: bool = True
+    # The OAuth token endpoint and the bearer tokens it issues (off when None).
+    oauth: OAuthOptions | None = None
 
     def initial_faults(self) -> Faults:
         faults = Faults()
@@ -120,6 +125,7 @@ class Sandbox:
             for scheme in ("Klaviyo-API-Key", "Bearer")
         )
         self._good_revisions = {options.revision}
+        self.oauth = self._oauth_server()
         self._held: set[asyncio.Task[Any]] = set()
         self._reset_counters()
 
@@ -141,8 +147,13 @@ class Sandbox:
             else (BURST_SECONDS, STEADY_SECONDS)
         )
 
+    def _oauth_server(self) -> OAuthServer | None:
+        oauth = self.options.oauth
+        return OAuthServer(oauth, self.clock) if oauth is not None else None
+
     def reset(self) -> None:
         self.state.reset()
+        self.oauth = self._oauth_server()
         self.faults = self.options.initial_faults()
         self._reset_counters()
 
@@ -223,7 +234,11 @@ class Sandbox:
     ) -> web.Response:
         auth = request.headers.get("Authorization")
         if auth not in self._credentials:
-            return self._unauthenticated(auth)
+            admitted = self.oauth.admits(auth) if self.oauth is not None else False
+            if isinstance(admitted, web.Response):
+                return admitted
+            if not admitted:
+                return self._unauthenticated(auth)
         revision = request.headers.get("revision")
         if revision not in self._good_revisions:
             problem = self._revision_problem(revision)
@@ -523,6 +538,23 @@ class Sandbox:
             return _json({"error": str(exc)}, status=400)
         return _json(self.faults.to_json())
 
+    async def oauth_token(self, request: web.Request) -> web.Response:
+        if self.oauth is None:
+            return await self.unknown_route(request)
+        return await self.oauth.token(request)
+
+    async def inspect_oauth(self, request: web.Request) -> web.Response:
+        return _json(self.oauth.to_json() if self.oauth is not None else {"enabled": False})
+
+    async def change_oauth(self, request: web.Request) -> web.Response:
+        if self.oauth is None:
+            return _json({"error": "OAuth is off (start with --oauth-client)"}, status=400)
+        try:
+            self.oauth.update(orjson.loads(await request.read()))
+        except (orjson.JSONDecodeError, OAuthError) as exc:
+            return _json({"error": str(exc)}, status=400)
+        return _json(self.oauth.to_json())
+
     async def reset_all(self, request: web.Request) -> web.Response:
         self.release_held()
         self.reset()
@@ -576,6 +608,9 @@ def create_app(
     app.router.add_get("/_sandbox/faults", sandbox.inspect_faults)
     app.router.add_post("/_sandbox/faults", sandbox.change_faults)
     app.router.add_post("/_sandbox/reset", sandbox.reset_all)
+    app.router.add_post("/oauth/token", sandbox.oauth_token)
+    app.router.add_get("/_sandbox/oauth", sandbox.inspect_oauth)
+    app.router.add_post("/_sandbox/oauth", sandbox.change_oauth)
     inbox.add_routes(app.router, sandbox)  # the page at / (before the catch-all below)
     app.router.add_route("*", "/{tail:.*}", sandbox.unknown_route)
 

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from klaviyo_sandbox.app import SandboxOptions
 from klaviyo_sandbox.facts import LATEST_REVISION, PUBLISHED_LIMITS, Limit, Window
 from klaviyo_sandbox.faults import FaultError, parse_error_rates
+from klaviyo_sandbox.oauth import OAuthOptions
 from klaviyo_sandbox.server import running_sandbox
 
 
@@ -83,6 +84,22 @@ def _error_rates(raw: tuple[str, ...]) -> dict[int, float]:
         raise click.BadParameter(str(exc), param_hint="--error-rate") from None
 
 
+def _oauth(
+    clients: tuple[str, ...], refresh_tokens: tuple[str, ...], lifetime: int, rotate: bool
+) -> OAuthOptions | None:
+    if not clients:
+        return None
+    pairs = {}
+    for item in clients:
+        client_id, sep, secret = item.partition(":")
+        if not sep or not client_id or not secret:
+            raise click.BadParameter(f"{item!r}: expected ID:SECRET", param_hint="--oauth-client")
+        pairs[client_id] = secret
+    return OAuthOptions(
+        clients=pairs, refresh_tokens=refresh_tokens, token_lifetime=lifetime, rotate=rotate
+    )
+
+
 @click.command(name="sandbox")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8089, show_default=True)
@@ -129,6 +146,34 @@ def _error_rates(raw: tuple[str, ...]) -> dict[int, float]:
     default=0.0,
     help="Share of accepted Create Events answered with X-Klaviyo-Partial-Failure.",
 )
+@click.option(
+    "--oauth-client",
+    "oauth_clients",
+    multiple=True,
+    help="ID:SECRET of an OAuth app: serves POST /oauth/token and accepts the tokens it issues;"
+    " repeatable.",
+)
+@click.option(
+    "--oauth-refresh-token",
+    "oauth_refresh_tokens",
+    multiple=True,
+    default=("rt_sandbox",),
+    show_default=True,
+    help="Refresh token the token endpoint accepts at start; repeatable.",
+)
+@click.option(
+    "--oauth-token-lifetime",
+    type=click.IntRange(min=1),
+    default=3600,
+    show_default=True,
+    help="Seconds an access token works (expires_in).",
+)
+@click.option(
+    "--oauth-rotate/--no-oauth-rotate",
+    default=False,
+    show_default=True,
+    help="Every refresh returns a new refresh token and invalidates the old one.",
+)
 @click.option("--seed", type=int, default=None, help="Seed for faults and profile ids.")
 @click.option(
     "--keep-events/--count-only",
@@ -151,6 +196,10 @@ def sandbox(
     fail_auth: bool,
     challenge_rate: float,
     partial_failure_rate: float,
+    oauth_clients: tuple[str, ...],
+    oauth_refresh_tokens: tuple[str, ...],
+    oauth_token_lifetime: int,
+    oauth_rotate: bool,
     seed: int | None,
     keep_events: bool,
     access_log: bool,
@@ -168,6 +217,7 @@ def sandbox(
         challenge_rate=challenge_rate,
         partial_failure_rate=partial_failure_rate,
         keep_events=keep_events,
+        oauth=_oauth(oauth_clients, oauth_refresh_tokens, oauth_token_lifetime, oauth_rotate),
     )
     if access_log:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -185,5 +235,7 @@ async def _serve(options: SandboxOptions, host: str, port: int, access_log: bool
         click.echo("point the relay at it with:")
         click.echo(f"  export KLAVIYO_BASE_URL={sb.base_url}")
         click.echo(f"  export KLAVIYO_API_KEY={options.api_keys[0]}")
+        if options.oauth is not None:
+            click.echo(f"OAuth token endpoint: {sb.base_url}/oauth/token")
         click.echo(f"what it received: {sb.base_url}/ (inbox page; JSON at /_sandbox/events)")
         await stop.wait()

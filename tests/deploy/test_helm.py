@@ -51,6 +51,7 @@ CRD_KINDS = {
 }
 REQUIRED_ALERTS = {
     "KlaviyoRelayHalted",
+    "KlaviyoRelayOAuthRefreshFailing",
     "KlaviyoRelayLagGrowing",
     "KlaviyoRelayDeadLetters",
     "KlaviyoRelayThrottled",
@@ -165,6 +166,7 @@ def test_ci_matrix_covers_every_shape() -> None:
         "monitoring-values",
         "networkpolicy-values",
         "cronjob-values",
+        "oauth-values",
     }
 
 
@@ -1088,6 +1090,147 @@ def test_dead_letter_write_failures_alert(tmp_path: Path) -> None:
                 _series("klaviyo_relay_dead_letter_write_failures_total", failing, "0 0 1x30"),
             ],
             "alert_rule_test": [{"eval_time": "20m", "alertname": name, "exp_alerts": []}],
+        },
+    ]
+    _promtool_test(rules, tests)
+
+
+# --------------------------------------------------------------------------- OAuth
+
+
+@needs_helm
+def test_oauth_secrets_come_from_an_existing_secret_and_the_store_is_one_secret() -> None:
+    docs = render_ci("oauth-values.yaml")
+    config, env = _env_of(docs)
+    assert "KLAVIYO_API_KEY" not in env
+    for name, key in (
+        ("KLAVIYO_OAUTH_CLIENT_SECRET", "client-secret"),
+        ("KLAVIYO_OAUTH_REFRESH_TOKEN", "refresh-token"),
+    ):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "klaviyo-oauth", "key": key}
+        assert name not in config
+    store = f"{FULLNAME}-oauth-token"
+    assert config["KLAVIYO_OAUTH_CLIENT_ID"] == "relay-app-client-id"
+    assert config["KLAVIYO_OAUTH_TOKEN_URL"] == "https://a.klaviyo.com/oauth/token"
+    assert config["KLAVIYO_OAUTH_TOKEN_SECRET"] == store
+    # The store: a Secret kept across uninstall, which the pods may get and patch, nothing more.
+    (secret,) = by_kind(docs, "Secret")
+    assert secret["metadata"]["name"] == store
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert not secret.get("data")
+    (rule,) = one(docs, "Role")["rules"]
+    assert rule == {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "resourceNames": [store],
+        "verbs": ["get", "patch"],
+    }
+    binding = one(docs, "RoleBinding")
+    assert binding["roleRef"]["name"] == one(docs, "Role")["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True
+
+
+@needs_helm
+def test_without_the_oauth_store_nothing_talks_to_the_api_server(tmp_path: Path) -> None:
+    values = {
+        "klaviyo": {
+            "oauth": {
+                "enabled": True,
+                "clientId": "app",
+                "existingSecret": "klaviyo-oauth",
+                "tokenStore": {"enabled": False},
+            }
+        }
+    }
+    docs = render(values=values, tmp=tmp_path)
+    assert not by_kind(docs, "Role") and not by_kind(docs, "Secret")
+    assert "KLAVIYO_OAUTH_TOKEN_SECRET" not in config_of(docs)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize(
+    "oauth",
+    [{"enabled": True, "clientId": "app"}, {"enabled": True, "existingSecret": "klaviyo-oauth"}],
+    ids=["without a secret", "without a client id"],
+)
+def test_schema_refuses_half_an_oauth_set_up(oauth: dict[str, Any]) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        _schema_validator().validate(_merged({"klaviyo": {"oauth": oauth}}))
+
+
+@needs_helm
+@needs_promtool
+def test_oauth_refresh_failing_alert(tmp_path: Path) -> None:
+    """Refreshes that keep failing with none succeeding page after 5 minutes; a failure that a
+    retry heals (an ok refresh in the same window) does not."""
+    assert PROMTOOL is not None
+    rules = _rules_file(tmp_path)
+    name = "KlaviyoRelayOAuthRefreshFailing"
+    described = {r["alert"]: r["annotations"] for r in _rules(render_ci("monitoring-values.yaml"))}
+    up = _series("up", {"pod": "p1"}, "1x60")
+    fired = {
+        "exp_labels": {
+            "severity": "critical",
+            "team": "checkout",
+            "namespace": NAMESPACE,
+            "job": f"{FULLNAME}-metrics",
+            "result": "invalid_grant",
+        },
+        "exp_annotations": {
+            **described[name],
+            "summary": "OAuth token refreshes fail (invalid_grant) and none succeeds",
+        },
+    }
+    refreshes = "klaviyo_relay_oauth_refreshes_total"
+    tests: list[dict[str, Any]] = [
+        {  # last refreshed at minute 5 (an hour's token), the app uninstalled at minute 20
+            "interval": "1m",
+            "input_series": [
+                up,
+                _series(refreshes, {"pod": "p1", "result": "ok"}, "0+1x5 5x55"),
+                _series(refreshes, {"pod": "p1", "result": "invalid_grant"}, "0x20 1x40"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "22m", "alertname": name, "exp_alerts": []},
+                {"eval_time": "27m", "alertname": name, "exp_alerts": [fired]},
+            ],
+        },
+        {  # the token endpoint down from minute 20: every attempt fails, none succeeds
+            "interval": "1m",
+            "input_series": [
+                up,
+                _series(refreshes, {"pod": "p1", "result": "ok"}, "0+1x20 20x40"),
+                _series(refreshes, {"pod": "p1", "result": "unavailable"}, "0x20 1+1x40"),
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "40m",
+                    "alertname": name,
+                    "exp_alerts": [
+                        {
+                            **fired,
+                            "exp_labels": {**fired["exp_labels"], "result": "unavailable"},
+                            "exp_annotations": {
+                                **fired["exp_annotations"],
+                                "summary": "OAuth token refreshes fail (unavailable) and none"
+                                " succeeds",
+                            },
+                        }
+                    ],
+                }
+            ],
+        },
+        {  # the token endpoint failed once, the retry worked: quiet
+            "interval": "1m",
+            "input_series": [
+                up,
+                _series(refreshes, {"pod": "p1", "result": "ok"}, "0+1x60"),
+                _series(refreshes, {"pod": "p1", "result": "unavailable"}, "0x20 1x40"),
+            ],
+            "alert_rule_test": [{"eval_time": "30m", "alertname": name, "exp_alerts": []}],
         },
     ]
     _promtool_test(rules, tests)

@@ -51,6 +51,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-klaviyo" (include "klaviyo-relay.fullname" .)) .Values.klaviyo.existingSecret -}}
 {{- end -}}
 
+{{/* The Secret the relay keeps rotated OAuth refresh tokens in (klaviyo.oauth.tokenStore). */}}
+{{- define "klaviyo-relay.oauthTokenSecretName" -}}
+{{- printf "%s-oauth-token" (include "klaviyo-relay.fullname" .) -}}
+{{- end -}}
+
+{{/* "true" when the pods need the API server: OAuth with the token store Secret. */}}
+{{- define "klaviyo-relay.oauthTokenStore" -}}
+{{- if and .Values.klaviyo.oauth.enabled .Values.klaviyo.oauth.tokenStore.enabled }}true{{ end -}}
+{{- end -}}
+
 {{- define "klaviyo-relay.autoscaling" -}}
 {{- if and .Values.autoscaling.hpa.enabled .Values.autoscaling.keda.enabled -}}
 {{- fail "autoscaling.hpa.enabled and autoscaling.keda.enabled are exclusive: enable one" -}}

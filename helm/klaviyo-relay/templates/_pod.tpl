@@ -25,7 +25,8 @@ metadata:
     {{- end }}
 spec:
   serviceAccountName: {{ include "klaviyo-relay.serviceAccountName" $root }}
-  automountServiceAccountToken: false
+  # Only the OAuth token store talks to the API server (one Secret, see its Role).
+  automountServiceAccountToken: {{ include "klaviyo-relay.oauthTokenStore" $root | eq "true" }}
   {{- with $root.Values.imagePullSecrets }}
   imagePullSecrets:
     {{- toYaml . | nindent 4 }}
@@ -54,11 +55,29 @@ spec:
         - configMapRef:
             name: {{ include "klaviyo-relay.fullname" $root }}
       env:
+        {{- with $root.Values.klaviyo.oauth }}
+        {{- if .enabled }}
+        {{- if not (and .clientId .existingSecret) }}
+        {{- fail "klaviyo.oauth.enabled needs klaviyo.oauth.clientId and klaviyo.oauth.existingSecret" }}
+        {{- end }}
+        - name: KLAVIYO_OAUTH_CLIENT_SECRET
+          valueFrom:
+            secretKeyRef:
+              name: {{ .existingSecret }}
+              key: {{ .clientSecretKey }}
+        - name: KLAVIYO_OAUTH_REFRESH_TOKEN
+          valueFrom:
+            secretKeyRef:
+              name: {{ .existingSecret }}
+              key: {{ .refreshTokenKey }}
+        {{- else }}
         - name: KLAVIYO_API_KEY
           valueFrom:
             secretKeyRef:
               name: {{ include "klaviyo-relay.klaviyoSecretName" $root }}
               key: {{ $root.Values.klaviyo.existingSecretKey }}
+        {{- end }}
+        {{- end }}
         {{- if $sasl.existingSecret }}
         - name: KAFKA_SASL_USERNAME
           valueFrom:

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from consumer.klaviyo.oauth import INVALID_GRANT, GrantRevoked
 from consumer.klaviyo.outcomes import Accepted, Fatal, KlaviyoError, Outcome, Permanent
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.pipeline.completed import decode, encode
@@ -262,6 +263,14 @@ async def test_a_key_refused_at_the_first_probe_holds_the_source_before_it_start
     async with running(ping=Fatal(403)) as core:
         assert core.relay.state.halted and core.source.held
         assert core.klaviyo.sent == []
+
+
+async def test_a_revoked_oauth_grant_halts_with_a_reason_that_says_so() -> None:
+    revoked = GrantRevoked(INVALID_GRANT, 400).outcome()
+    async with running(ping=revoked) as core:
+        assert core.relay.state.halted and core.source.held
+        (reason,) = core.relay.state.not_ready_because()[:1]
+        assert "uninstalled" in reason and "invalid_grant" in reason
 
 
 # --- stopping ------------------------------------------------------------------------------
