@@ -31,7 +31,7 @@ from typing import Any
 
 from bench.measure import Usage
 from bench.scenarios import OVERSUBSCRIBE, Bench, Child, InstrumentedSandbox
-from bench.steady import SteadyProducer, combined, unavailable
+from bench.steady import SteadyProducer, combined, table, unavailable
 from dev.harness import rate_limits_json, wait_until
 
 GRACE_S = 60.0  # SIGTERM to SIGKILL: the relay's own drain timeout is 25 s
@@ -264,40 +264,38 @@ COLUMNS = (
 
 
 def markdown(results: list[GroupResult]) -> list[str]:
-    lines = [
+    lines = table(
         "## 5. Group (one account, published limits, 1 → 3 → 1 relays)",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-    ]
-    for r in results:
-        if not r.available:
-            cells = [f"relay {r.mode}", "1 → 3 → 1", "not available"]
-            cells += [""] * (len(COLUMNS) - len(cells))
-        else:
-            shares = [w.share for w in r.windows]
-            cells = [
-                f"relay {r.mode}",
-                "1 → 3 → 1",
-                r.endpoint,
-                f"{r.rate:.0f}",
-                str(len(r.windows)),
-                _pct(min(shares, default=None)),
-                _pct(sum(shares) / len(shares) if shares else None),
-                f"{r.throttled:,}",
-                _pct(r.throttled_share),
-                "–" if r.accepted is None else f"{r.accepted:,}",
-                "–" if r.lost is None else f"{r.lost:,}",
-                "–" if r.duplicates is None else f"{r.duplicates:,}",
-                f"{r.cpu_s:.1f}",
-                f"{r.peak_rss_mb:.0f}",
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
+        COLUMNS,
+        [_cells(r) for r in results],
+    )
     lines += ["", "Steady windows per run (relays: admitted / limit, 429s):", ""]
     for r in results:
         windows = ", ".join(f"{w.relays}: {_pct(w.share)} ({w.refused} × 429)" for w in r.windows)
         lines.append(f"- 5 / relay {r.mode}: {windows or '–'}; " + "; ".join(r.notes))
     return lines
+
+
+def _cells(r: GroupResult) -> list[str]:
+    if not r.available:
+        return [f"relay {r.mode}", "1 → 3 → 1", "not available"]
+    shares = [w.share for w in r.windows]
+    return [
+        f"relay {r.mode}",
+        "1 → 3 → 1",
+        r.endpoint,
+        f"{r.rate:.0f}",
+        str(len(r.windows)),
+        _pct(min(shares, default=None)),
+        _pct(sum(shares) / len(shares) if shares else None),
+        f"{r.throttled:,}",
+        _pct(r.throttled_share),
+        "–" if r.accepted is None else f"{r.accepted:,}",
+        "–" if r.lost is None else f"{r.lost:,}",
+        "–" if r.duplicates is None else f"{r.duplicates:,}",
+        f"{r.cpu_s:.1f}",
+        f"{r.peak_rss_mb:.0f}",
+    ]
 
 
 def data(results: list[GroupResult]) -> list[dict[str, Any]]:

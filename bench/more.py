@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from bench import group, outage
 from bench.report import Section
 from bench.scenarios import Bench, InstrumentedSandbox
 from bench.steady import unavailable
 
+T = TypeVar("T")
 MODES = "realtime,batch,auto"
 GROUP_MODES = "realtime,auto"
 # --quick (CI) proves the machinery in one mode each, to stay short.
@@ -61,22 +64,18 @@ def not_available(skipped: list[str]) -> Section:
 
 
 def run(bench: Bench, only: set[str], args: argparse.Namespace) -> list[Section]:
-    config, logs, quick = bench.config, bench.workdir, bench.config.quick
+    quick = bench.config.quick
     sections = []
     if "4" in only:
         make_plan = outage.OutagePlan.quick if quick else outage.OutagePlan.full
         plan = make_plan(args.outage) if args.outage else make_plan()
         wanted = list(QUICK_MODES) if quick and args.modes == MODES else modes(args.modes)
-        sandbox = InstrumentedSandbox(
-            limits=config.limits, latency_ms=config.latency_ms, log=logs / "sandbox-4.log"
-        )
-        results = []
-        try:
-            for mode in wanted:
-                _step(f"4: relay {mode}, {plan.outage_s:g} s outage at {plan.rate:g} events/s")
-                results.append(outage.run(bench, sandbox, plan, mode))
-        finally:
-            sandbox.stop(30)
+
+        def recover(sandbox: InstrumentedSandbox, mode: str) -> outage.OutageResult:
+            _step(f"4: relay {mode}, {plan.outage_s:g} s outage at {plan.rate:g} events/s")
+            return outage.run(bench, sandbox, plan, mode)
+
+        results = _each_mode(bench, "4", wanted, recover)
         sections.append(Section("outage", outage.markdown(results), outage.data(results)))
     if "5" in only:
         make_shape = group.GroupPlan.quick if quick else group.GroupPlan.full
@@ -86,18 +85,34 @@ def run(bench: Bench, only: set[str], args: argparse.Namespace) -> list[Section]
             if quick and args.group_modes == GROUP_MODES
             else modes(args.group_modes)
         )
-        sandbox = InstrumentedSandbox(
-            limits=config.limits, latency_ms=config.latency_ms, log=logs / "sandbox-5.log"
-        )
-        found = []
-        try:
-            for mode in wanted:
-                _step(f"5: relays {mode}, 1 → 3 → 1, {shape.phase_s:g} s phases")
-                found.append(group.run(bench, sandbox, shape, mode))
-        finally:
-            sandbox.stop(30)
+
+        def scale(sandbox: InstrumentedSandbox, mode: str) -> group.GroupResult:
+            _step(f"5: relays {mode}, 1 → 3 → 1, {shape.phase_s:g} s phases")
+            return group.run(bench, sandbox, shape, mode)
+
+        found = _each_mode(bench, "5", wanted, scale)
         sections.append(Section("group", group.markdown(found), group.data(found)))
     return sections
+
+
+def _each_mode(
+    bench: Bench,
+    scenario: str,
+    wanted: list[str],
+    run_one: Callable[[InstrumentedSandbox, str], T],
+) -> list[T]:
+    """``run_one`` per mode on one sandbox with the published limits (the quick ones in
+    ``--quick``) and scenario 2's latency."""
+    config = bench.config
+    sandbox = InstrumentedSandbox(
+        limits=config.limits,
+        latency_ms=config.latency_ms,
+        log=bench.workdir / f"sandbox-{scenario}.log",
+    )
+    try:
+        return [run_one(sandbox, mode) for mode in wanted]
+    finally:
+        sandbox.stop(30)
 
 
 def _step(text: str) -> None:

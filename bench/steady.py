@@ -16,7 +16,7 @@ import json
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bench.loadgen import LoadGenerator, producer
@@ -58,6 +58,15 @@ def quantile(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A Markdown table under a heading; short rows (a mode not available) are padded."""
+    lines = [title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for cells in rows:
+        padded = [*cells, *[""] * (len(columns) - len(cells))]
+        lines.append("| " + " | ".join(padded) + " |")
+    return lines
 
 
 def combined(usages: Iterable[Usage]) -> Usage:
