@@ -32,11 +32,11 @@ def test_quick_suite_writes_a_well_formed_table(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     table = (tmp_path / "quick.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    header, body = rows[0], rows[1:]
-    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    tables = _tables(table)
+    columns = [cell.strip() for cell in tables[0][0].strip("|").split("|")]
     assert columns[:5] == ["Scenario", "System", "Events", "Klaviyo events", "Events/s"]
-    assert all(len(row.strip("|").split("|")) == len(columns) for row in body)
+    for head, *rows in tables:  # every table's rows as wide as its header
+        assert all(_width(row) == _width(head) for row in rows), head
 
     data = json.loads((tmp_path / "quick.json").read_text())
     runs = {(r["scenario"], r["system"]) for r in data["rows"]}
@@ -79,3 +79,20 @@ def test_quick_suite_writes_a_well_formed_table(tmp_path: Path) -> None:
     assert all(0 < share <= 1.0 for share in group["window_shares"]), group
     assert group["lost"] == 0, group
     assert "## 4. Outage recovery" in table and "## 5. Group" in table
+
+
+def _tables(markdown: str) -> list[list[str]]:
+    """Each Markdown table's header and rows (its separator line left out)."""
+    tables: list[list[str]] = []
+    inside = False
+    for line in markdown.splitlines():
+        if line.startswith("| "):
+            if not inside:
+                tables.append([])
+            tables[-1].append(line)
+        inside = line.startswith("|")
+    return tables
+
+
+def _width(row: str) -> int:
+    return len(row.strip("|").split("|"))
