@@ -31,7 +31,7 @@ from typing import Any
 
 from bench.measure import Usage
 from bench.scenarios import OVERSUBSCRIBE, Bench, Child, InstrumentedSandbox
-from bench.steady import SteadyProducer, combined, table, unavailable
+from bench.steady import SteadyProducer, combined, count, table, unavailable
 from dev.harness import rate_limits_json, wait_until
 
 GRACE_S = 60.0  # SIGTERM to SIGKILL: the relay's own drain timeout is 25 s
@@ -53,7 +53,8 @@ class GroupPlan:
         return cls(phase_s)
 
     @classmethod
-    def quick(cls, phase_s: float = 12.0) -> GroupPlan:
+    def quick(cls, phase_s: float = 10.0) -> GroupPlan:
+        # Two of the quick 5 s windows: each phase still holds one full window.
         return cls(phase_s)
 
 
@@ -299,9 +300,9 @@ def _cells(r: GroupResult) -> list[str]:
         _pct(sum(shares) / len(shares) if shares else None),
         f"{r.throttled:,}",
         _pct(r.throttled_share),
-        "–" if r.accepted is None else f"{r.accepted:,}",
-        "–" if r.lost is None else f"{r.lost:,}",
-        "–" if r.duplicates is None else f"{r.duplicates:,}",
+        count(r.accepted),
+        count(r.lost),
+        count(r.duplicates),
         f"{r.cpu_s:.1f}",
         f"{r.peak_rss_mb:.0f}",
     ]

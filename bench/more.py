@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--group-phase",
         type=float,
         metavar="SECONDS",
-        help="scenario 5's length of each phase (240; --quick 12)",
+        help="scenario 5's length of each phase (240; --quick 10)",
     )
 
 

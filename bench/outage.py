@@ -29,6 +29,7 @@ from bench.scenarios import Bench, Child, InstrumentedSandbox
 from bench.steady import (
     LagProbe,
     SteadyProducer,
+    count,
     quantile,
     set_outage,
     table,
@@ -215,10 +216,6 @@ def _fmt(seconds: float | None) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
-def _count(value: int | None) -> str:
-    return "–" if value is None else f"{value:,}"
-
-
 COLUMNS = (
     "Send mode",
     "Outage",
@@ -256,14 +253,14 @@ def _cells(r: OutageResult) -> list[str]:
         f"relay {r.mode}",
         f"{r.outage_s:g} s",
         f"{r.rate:g}",
-        _count(r.normal_lag),
-        _count(r.backlog),
+        count(r.normal_lag),
+        count(r.backlog),
         "not caught up" if r.catchup_s is None else _fmt(r.catchup_s),
         f"{r.resets:,}",
         _fmt(r.reset_p50_s),
         _fmt(r.reset_p99_s),
-        _count(r.lost),
-        _count(r.duplicates),
+        count(r.lost),
+        count(r.duplicates),
         str(r.throttled),
         f"{r.cpu_s:.1f}",
         f"{r.peak_rss_mb:.0f}",

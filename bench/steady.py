@@ -60,6 +60,11 @@ def quantile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def count(value: int | None) -> str:
+    """A count for a table cell ("–" when there is none)."""
+    return "–" if value is None else f"{value:,}"
+
+
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     """A Markdown table under a heading; short rows (a mode not available) are padded."""
     lines = [title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
