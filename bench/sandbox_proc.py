@@ -5,14 +5,19 @@ serves :mod:`klaviyo_sandbox` (``keep_events=False``: memory stays flat over a m
 and prints one JSON line ``{"base_url": ..., "control_url": ...}`` once it listens.
 
 The control port (never the API port, so the hot path is untouched) serves
-``GET /summary``, ``GET /progress`` (cheap: counts only) and ``POST /reset``. The summary
-comes from two hooks on the sandbox objects:
+``GET /summary``, ``GET /progress`` (cheap: counts only), ``GET /tracked`` (see below) and
+``POST /reset``. The summary comes from two hooks on the sandbox objects:
 
 - every event the store records: its end-to-end delay, the sandbox's clock minus the event's
   ``time`` (the domain event's ``occurred_at``), kept in a compact float array, so percentiles
   are exact over every accepted event (no sampling, no histogram buckets);
 - every quota admission: counted per steady window (window index = clock // window length), so
-  the share of the steady limit used is measured window by window, exactly as Klaviyo counts.
+  the share of the steady limit used is measured window by window, exactly as Klaviyo counts
+  (refusals too, per window).
+
+``/tracked`` lists ``[occurred_at, delay]`` of every accepted event of :data:`TRACKED_METRIC`
+(password resets: a few per cent of the load), so a scenario can take the delay percentiles of
+the ones produced in a span of its choosing (the outage scenario's catch-up).
 
 uvloop runs this process's event loop when it is installed (``--no-uvloop`` to compare): the
 sandbox shares the two cores with the relay, so every microsecond it saves goes to the relay.
@@ -42,6 +47,7 @@ from klaviyo_sandbox.store import EventFate
 # The Klaviyo SDK (klaviyo-api 25) sends this revision; the relay sends an older one, which a
 # sandbox on this revision accepts as well.
 SDK_REVISION = "2026-10-15"
+TRACKED_METRIC = "Reset Password"
 
 
 class CountingQuota(FixedWindowQuota):
@@ -51,14 +57,16 @@ class CountingQuota(FixedWindowQuota):
         super().__init__(limit)
         self.admitted: dict[int, int] = {}
         self.refused = 0
+        self.refused_by_window: dict[int, int] = {}
 
     def take(self, now: float) -> int | None:
         retry_after = super().take(now)
+        window = int(now // self.steady.seconds)
         if retry_after is None:
-            window = int(now // self.steady.seconds)
             self.admitted[window] = self.admitted.get(window, 0) + 1
         else:
             self.refused += 1
+            self.refused_by_window[window] = self.refused_by_window.get(window, 0) + 1
         return retry_after
 
 
@@ -73,6 +81,7 @@ class Recorder:
         self.first = 0.0
         self.last = 0.0
         self.duplicates = 0
+        self.tracked = array("d")  # occurred_at, delay, occurred_at, delay, ...
         limits = self.sandbox.options.rate_limits or {}
         self.sandbox.quotas = {name: CountingQuota(limit) for name, limit in limits.items()}
         state = self.sandbox.state
@@ -86,6 +95,8 @@ class Recorder:
             if fate is EventFate.RECORDED:
                 occurred = datetime.fromisoformat(event["time"]).timestamp()
                 self.delays.append(now - occurred)
+                if event["metric"]["data"]["attributes"]["name"] == TRACKED_METRIC:
+                    self.tracked.extend((occurred, now - occurred))
                 if not self.first:
                     self.first = now
                 self.last = now
@@ -112,6 +123,7 @@ class Recorder:
                 "steady_seconds": q.steady.seconds,
                 "admitted": {str(k): v for k, v in sorted(q.admitted.items())},
                 "refused": q.refused,
+                "refused_by_window": {str(k): v for k, v in sorted(q.refused_by_window.items())},
             }
             for name, q in sandbox.quotas.items()
             if isinstance(q, CountingQuota)
@@ -128,6 +140,10 @@ class Recorder:
             "throttled": sum(sandbox.throttled.values()),
             "quotas": quotas,
         }
+
+    def tracked_pairs(self) -> list[list[float]]:
+        t = self.tracked
+        return [[t[i], t[i + 1]] for i in range(0, len(t), 2)]
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:
@@ -165,10 +181,16 @@ async def serve(args: argparse.Namespace) -> None:
             recorder.reset()
             return web.Response(status=204)
 
+        async def tracked(_: web.Request) -> web.Response:
+            return web.Response(
+                body=orjson.dumps(recorder.tracked_pairs()), content_type="application/json"
+            )
+
         control = web.Application()
         control.router.add_get("/summary", summary)
         control.router.add_get("/progress", progress)
         control.router.add_post("/reset", reset)
+        control.router.add_get("/tracked", tracked)
         runner = web.AppRunner(control, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -230,13 +230,23 @@ class Bench:
         ]
         return Child(args, dict(os.environ), self.workdir / f"{name}.baseline.log")
 
-    def drain(self, sandbox: InstrumentedSandbox, expected: int, child: Child) -> None:
-        """Wait until the sandbox accepted ``expected`` events (or progress stalls)."""
+    def drain(
+        self,
+        sandbox: InstrumentedSandbox,
+        expected: int,
+        child: Child,
+        within: float | None = None,
+    ) -> None:
+        """Wait until the sandbox accepted ``expected`` events (or progress stalls, or
+        ``within`` seconds passed)."""
         seen, since = -1, time.monotonic()
+        deadline = None if within is None else since + within
         while True:
             accepted = sandbox.progress()["accepted"]
             if accepted >= expected:
                 return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{accepted} of {expected} accepted after {within:g}s")
             if child.process.poll() is not None:
                 raise RuntimeError(
                     f"{child.log_path.name}: exited early ({child.process.returncode})"

@@ -1,4 +1,4 @@
-"""``python -m bench --quick`` end to end: it runs every scenario and writes a well-formed table.
+"""``python -m bench --quick`` end to end: it runs every scenario and writes well-formed tables.
 
 Speed is not asserted (CI machines differ); the table's shape and the numbers' consistency are.
 """
@@ -32,11 +32,11 @@ def test_quick_suite_writes_a_well_formed_table(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     table = (tmp_path / "quick.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    header, body = rows[0], rows[1:]
-    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    tables = _tables(table)
+    columns = [cell.strip() for cell in tables[0][0].strip("|").split("|")]
     assert columns[:5] == ["Scenario", "System", "Events", "Klaviyo events", "Events/s"]
-    assert all(len(row.strip("|").split("|")) == len(columns) for row in body)
+    for head, *rows in tables:  # every table's rows as wide as its header
+        assert all(_width(row) == _width(head) for row in rows), head
 
     data = json.loads((tmp_path / "quick.json").read_text())
     runs = {(r["scenario"], r["system"]) for r in data["rows"]}
@@ -64,3 +64,35 @@ def test_quick_suite_writes_a_well_formed_table(tmp_path: Path) -> None:
     # The relay paces itself: the sandbox never had to refuse it.
     assert all(r["throttled"] == 0 for r in relay_quota)
     assert data["machine"]["cores"] >= 1
+
+    # Scenario 4 (outage recovery) and 5 (a group scaled 1 → 3 → 1), one mode each in --quick.
+    (recovery,) = data["outage"]
+    assert recovery["mode"] == "realtime" and recovery["available"], recovery
+    assert recovery["outage_answers"] > 0, recovery  # the sandbox was down
+    assert recovery["backlog"] > recovery["normal_lag"], recovery  # and a backlog built up
+    assert recovery["catchup_s"] is not None and recovery["catchup_s"] > 0, recovery
+    assert recovery["lost"] == 0, recovery
+    (group,) = data["group"]
+    assert group["mode"] == "realtime" and group["available"], group
+    labels = {window["relays"] for window in group["windows"]}
+    assert {"1", "3"} <= labels, group  # full windows with one and with three relays
+    assert all(0 < share <= 1.0 for share in group["window_shares"]), group
+    assert group["lost"] == 0, group
+    assert "## 4. Outage recovery" in table and "## 5. Group" in table
+
+
+def _tables(markdown: str) -> list[list[str]]:
+    """Each Markdown table's header and rows (its separator line left out)."""
+    tables: list[list[str]] = []
+    inside = False
+    for line in markdown.splitlines():
+        if line.startswith("| "):
+            if not inside:
+                tables.append([])
+            tables[-1].append(line)
+        inside = line.startswith("|")
+    return tables
+
+
+def _width(row: str) -> int:
+    return len(row.strip("|").split("|"))
