@@ -136,6 +136,10 @@ class KlaviyoClient:
         """A rate-limit permit for ``endpoint`` if it has room right now (see ``send``)."""
         return self._limiter.try_acquire(endpoint.value)
 
+    def release(self, permit: Permit) -> None:
+        """Hand back a permit from ``try_acquire`` that no request used."""
+        self._limiter.release(permit)
+
     async def send(self, request: KlaviyoRequest, permit: Permit | None = None) -> Outcome:
         """Send ``request``, retrying retryable answers inside the retry budget.
 

@@ -78,6 +78,10 @@ class Klaviyo(Protocol):
         """A rate-limit permit for ``endpoint`` if it has room right now, else None."""
         ...
 
+    def release(self, permit: Permit) -> None:
+        """Hand back a permit ``try_acquire`` gave that no request used."""
+        ...
+
     async def ping(self) -> Outcome: ...
 
     def set_share(self, share: float) -> None:

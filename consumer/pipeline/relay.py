@@ -100,6 +100,7 @@ class Relay:
             spawn=self._spawn,
             saturated=lambda: self._source is not None and self._source.saturated,
             room=self._klaviyo.try_acquire,
+            give_back=self._klaviyo.release,
         )
         stages = Stages(
             self._registry,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import assert_never
 
+from consumer.klaviyo.ratelimit import Permit
 from consumer.pipeline.delivery.auto import AutoDelivery, Room
 from consumer.pipeline.delivery.base import Delivery, Reject, Spawn
 from consumer.pipeline.delivery.batch import BatchDelivery
@@ -25,6 +26,7 @@ def delivery_for(
     spawn: Spawn,
     saturated: Callable[[], bool],
     room: Room,
+    give_back: Callable[[Permit], None],
 ) -> Delivery:
     """The delivery strategy of ``settings.send_mode`` (a new mode without one fails mypy)."""
 
@@ -37,6 +39,8 @@ def delivery_for(
             saturated,
             max_events=settings.batch_max_events,
             linger=settings.batch_linger_seconds,
+            room=room,
+            give_back=give_back,
         )
 
     match settings.send_mode:

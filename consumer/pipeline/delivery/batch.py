@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from consumer.klaviyo.bulk import MAX_BYTES
 from consumer.klaviyo.outcomes import KlaviyoError, Permanent
+from consumer.klaviyo.ratelimit import Permit
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest, Plan
 from consumer.observability.metrics import BULK_DUPLICATES
 from consumer.pipeline.batching import BulkBatcher
@@ -43,7 +44,11 @@ class BatchDelivery:
         *,
         max_events: int,
         linger: float,
+        room: Callable[[Endpoint], Permit | None] | None = None,
+        give_back: Callable[[Permit], None] | None = None,
     ) -> None:
+        """``room``/``give_back`` (``Klaviyo.try_acquire``/``release``): a job due while Bulk
+        Create Events has no room keeps growing until it has (``consumer.pipeline.batching``)."""
         self._runner = PlanRunner(sender)
         self._book = book
         self._reject = reject
@@ -51,7 +56,14 @@ class BatchDelivery:
         self._linger = linger
         self._unplaced = 0  # events handed to lanes and not yet in their bulk jobs
         self._batcher: BulkBatcher[Work] = BulkBatcher(
-            sender, self, spawn, max_events=max_events, max_bytes=MAX_BYTES, linger=linger
+            sender,
+            self,
+            spawn,
+            max_events=max_events,
+            max_bytes=MAX_BYTES,
+            linger=linger,
+            room=None if room is None else lambda: room(Endpoint.BULK_CREATE_EVENTS),
+            give_back=give_back,
         )
 
     def submitted(self) -> None:

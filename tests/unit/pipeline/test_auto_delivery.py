@@ -95,7 +95,7 @@ async def test_auto_is_realtime_with_room_bulk_without_and_realtime_again_when_r
     assert customers(sent, Endpoint.CREATE_EVENT) == ["a", "b", "e"]
     assert sorted(customers(sent, Endpoint.BULK_CREATE_EVENTS)) == ["c", "d"]
     # Each realtime send used the permit its routing took: none waited for another.
-    assert len(core.klaviyo.permits) == 3
+    assert [p.endpoint for p in core.klaviyo.permits].count("create_event") == 3
     assert routed("realtime", "room") - realtime_before == 3
     assert routed("bulk", "quota") - quota_before == 2
 

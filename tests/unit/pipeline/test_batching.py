@@ -44,11 +44,13 @@ class FakeBulkEndpoint:
         self.in_flight = 0
         self.most_in_flight = 0
         self.processed: list[tuple[str, str]] = []  # (uid, email of the entry's profile)
+        self.permits: list[Permit | None] = []  # the place each request came with, if any
 
-    async def send(self, request: KlaviyoRequest, _permit: Permit | None = None) -> Outcome:
+    async def send(self, request: KlaviyoRequest, permit: Permit | None = None) -> Outcome:
         assert request.endpoint is Endpoint.BULK_CREATE_EVENTS
         assert request.body is not None
         self.requests += 1
+        self.permits.append(permit)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         await asyncio.sleep(0)  # an answer takes a while: let concurrent sends show
@@ -314,3 +316,87 @@ async def test_a_shorter_linger_sends_the_open_job_now() -> None:
     await asyncio.wait_for(ticket, 5)
     await asyncio.gather(*spawned)
     assert sink.accepted == ["first"] and endpoint.requests == 1
+
+
+class BulkRoom:
+    """Bulk Create Events' "room now" as the relay's limiter answers it (``try_acquire``)."""
+
+    def __init__(self) -> None:
+        self.free = False
+        self.granted: list[Permit] = []
+        self.given_back: list[Permit] = []
+
+    def __call__(self) -> Permit | None:
+        if not self.free:
+            return None
+        self.granted.append(Permit(Endpoint.BULK_CREATE_EVENTS.value, waited=0.0))
+        return self.granted[-1]
+
+    def give_back(self, permit: Permit) -> None:
+        self.given_back.append(permit)
+
+
+def room_batcher(
+    endpoint: FakeBulkEndpoint,
+    sink: Sink,
+    spawned: list[asyncio.Task[None]],
+    room: BulkRoom,
+    *,
+    max_events: int = 1000,
+) -> BulkBatcher[str]:
+    sender = Sender(endpoint.send, RetryPolicy(), Halt(lambda *_: None), rng=random.Random(1))
+
+    def spawn(coroutine: Coroutine[Any, Any, None]) -> None:
+        spawned.append(asyncio.create_task(coroutine))
+
+    return BulkBatcher(
+        sender,
+        sink,
+        spawn,
+        max_events=max_events,
+        max_bytes=MB,
+        linger=3600.0,
+        room=room,
+        give_back=room.give_back,
+    )
+
+
+async def test_a_job_due_without_room_keeps_growing_and_goes_with_the_place_it_waited_for() -> None:
+    endpoint, sink, room = FakeBulkEndpoint(), Sink(), BulkRoom()
+    spawned: list[asyncio.Task[None]] = []
+    batcher = room_batcher(endpoint, sink, spawned, room)
+    first = batcher.add(create_event("k1-0", "a@example.com"), "first", "k1")
+    batcher.flush()  # due, but the bulk windows are spent: the job stays open
+    second = batcher.add(create_event("k2-0", "b@example.com"), "second", "k2")
+    assert second is first and batcher.is_open(first) and spawned == []
+    room.free = True  # a place frees: the next look finds it
+    await first
+    await asyncio.gather(*spawned)
+    assert endpoint.requests == 1 and sink.accepted == ["first", "second"]
+    assert endpoint.permits == room.granted  # sent with the place it waited for, no other
+    assert room.given_back == []
+
+
+async def test_a_full_job_goes_at_once_and_waits_for_the_quota_like_any_request() -> None:
+    endpoint, sink, room = FakeBulkEndpoint(), Sink(), BulkRoom()
+    spawned: list[asyncio.Task[None]] = []
+    batcher = room_batcher(endpoint, sink, spawned, room, max_events=2)
+    batcher.add(create_event("k1-0", "a@example.com"), "first", "k1")
+    batcher.flush()
+    ticket = batcher.add(create_event("k2-0", "b@example.com"), "second", "k2")
+    assert not batcher.is_open(ticket)  # full: sealed without room
+    await ticket
+    assert endpoint.permits == [None] and sink.accepted == ["first", "second"]
+
+
+async def test_a_place_taken_for_a_job_whose_events_all_gave_up_is_handed_back() -> None:
+    endpoint, sink, room = FakeBulkEndpoint(), Sink(), BulkRoom()
+    spawned: list[asyncio.Task[None]] = []
+    batcher = room_batcher(endpoint, sink, spawned, room)
+    room.free = True
+    ticket = batcher.add(create_event("k1-0", "a@example.com"), "gone", "k1")
+    sink.rejected.append("gone")  # its event was dead-lettered meanwhile
+    batcher.flush()
+    await ticket
+    assert endpoint.requests == 0 and sink.dropped == ["gone"]
+    assert room.given_back == room.granted and len(room.granted) == 1
