@@ -111,6 +111,15 @@ class Targets:
         return Targets({**self.bounds, key: (self.bounds[key][0], end)})
 
 
+def _halted_because(state: RelayState) -> str:
+    """Why the relay halted, for the run's one line. With OAuth the halt has its own reason (the
+    app uninstalled, the client refused): the line must say that, not blame an API key the run
+    does not use (the operator's fix is a reinstall, not a new key)."""
+    if state.halt_reason != RelayState.halt_reason:  # set by the relay: an OAuth refusal
+        return state.halt_reason
+    return "klaviyo refused the API key (401/403)"
+
+
 def _position(bounds: tuple[int, int], committed: int) -> int:
     # Nothing committed (or committed below what retention kept): the group starts at earliest.
     return max(committed, bounds[0])
@@ -258,7 +267,7 @@ class CatchUp:
         deadline = self._started + self._max_seconds
         while True:
             if state.halted:
-                self._why = "klaviyo refused the API key (401/403)"
+                self._why = _halted_because(state)
                 break
             if await self._check() and not self._behind:
                 break

@@ -37,6 +37,12 @@ from tests.fixtures.relay_harness import (
     set_faults,
     wait_for,
 )
+from tests.integration.test_relay_oauth import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    FIRST_REFRESH_TOKEN,
+    oauth_sandbox,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -241,6 +247,35 @@ async def test_refused_api_key_exits_1_with_the_reason(
         "error: klaviyo refused the API key (401/403):"
         " 10 events left undelivered (1 partitions behind)"
     ), relay.tail()
+    assert job.committed()[(job.topic, 0)] < 0
+
+
+async def test_an_uninstalled_oauth_app_exits_1_saying_so(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    """A CronJob run of an OAuth app the merchant uninstalled: the one line names the revoked
+    grant (the fix is a reinstall), not an API key the run does not use."""
+    job = Job.make(kafka_broker, topic_factory, tmp_path / "relay.log", "oauth-revoked")
+    job.produce(10)
+
+    async with running_sandbox(oauth_sandbox(3600, rotate=False)) as sandbox:
+        assert sandbox.sandbox.oauth is not None
+        sandbox.sandbox.oauth.update({"revoke": True})
+        relay = await job.run(
+            sandbox.base_url,
+            KLAVIYO_API_KEY="",
+            KLAVIYO_OAUTH_CLIENT_ID=CLIENT_ID,
+            KLAVIYO_OAUTH_CLIENT_SECRET=CLIENT_SECRET,
+            KLAVIYO_OAUTH_REFRESH_TOKEN=FIRST_REFRESH_TOKEN,
+            KLAVIYO_OAUTH_TOKEN_URL=f"{sandbox.base_url}/oauth/token",
+        )
+        assert sandbox.state.events == []
+
+    assert exit_code(relay) == 1, relay.tail()
+    line = relay.line_with("error: ")
+    assert line is not None and "(invalid_grant)" in line, relay.tail()
+    assert "API key" not in line
+    assert line.endswith(": 10 events left undelivered (1 partitions behind)"), line
     assert job.committed()[(job.topic, 0)] < 0
 
 
