@@ -42,6 +42,7 @@ from consumer.observability.metrics import (
     KLAVIYO_THROTTLED,
     status_class,
 )
+from consumer.priorities import DEFAULT_RANK
 from consumer.settings import Settings
 
 JSON_API = "application/vnd.api+json"
@@ -132,9 +133,9 @@ class KlaviyoClient:
             self._session = None
         await self._credentials.close()
 
-    def try_acquire(self, endpoint: Endpoint) -> Permit | None:
+    def try_acquire(self, endpoint: Endpoint, priority: int = DEFAULT_RANK) -> Permit | None:
         """A rate-limit permit for ``endpoint`` if it has room right now (see ``send``)."""
-        return self._limiter.try_acquire(endpoint.value)
+        return self._limiter.try_acquire(endpoint.value, priority)
 
     def release(self, permit: Permit) -> None:
         """Hand back a permit from ``try_acquire`` that no request used."""

@@ -355,15 +355,18 @@ class RateLimiter:
         self._report(endpoint, queue, loop.time())
         return Permit(endpoint=endpoint, waited=waited)
 
-    def try_acquire(self, endpoint: str) -> Permit | None:
+    def try_acquire(self, endpoint: str, priority: int = DEFAULT_RANK) -> Permit | None:
         """Take one place for ``endpoint`` at once if nobody waits and one is free now; else
-        None, and nothing is taken (for a caller with another way to send)."""
+        None, and nothing is taken (for a caller with another way to send). ``priority`` only
+        labels the wait: in auto mode most Create Events are granted here, and each class's
+        wait must count them or the per-class figures would show retries and bulk jobs only."""
         now = asyncio.get_running_loop().time()
         queue = self._queue(endpoint)
         if queue.waiters or queue.budget.ready_at(now) > now + _EPSILON:
             return None
         queue.budget.grant(now)
         RATE_LIMIT_WAIT.labels(endpoint).observe(0.0)
+        _wait_by_priority(endpoint, priority).observe(0.0)
         self._report(endpoint, queue, now)
         return Permit(endpoint=endpoint, waited=0.0)
 

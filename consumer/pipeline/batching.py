@@ -50,9 +50,9 @@ from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.pipeline.sending import Sender
 
 Token = TypeVar("Token")
-# A rate-limit place for Bulk Create Events if it has room now (``Klaviyo.try_acquire``), and
-# how to hand an unused one back.
-Room = Callable[[], Permit | None]
+# A rate-limit place for Bulk Create Events if it has room now for a job of this priority rank
+# (``Klaviyo.try_acquire``), and how to hand an unused one back.
+Room = Callable[[int], Permit | None]
 GiveBack = Callable[[Permit], None]
 # How soon a job waiting for room looks again. The limiter grants a waiter its place at once,
 # and a job must keep growing until then, so it asks without waiting, a few times a second:
@@ -166,7 +166,8 @@ class BulkBatcher(Generic[Token]):
         if self._room is None:
             self._send_now(job)
             return
-        permit = self._room()
+        # The job asks at its most urgent event's rank, as it will wait (``build_bulk_jobs``).
+        permit = self._room(min(item.request.priority for item in job.items))
         if permit is None:
             self._recheck(job)
             return

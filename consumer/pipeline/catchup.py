@@ -16,9 +16,10 @@ The run ends early, with a reason, when the relay halted (Klaviyo refused the AP
 after the relay's normal shutdown (drain, final commit) the offsets are read once more, so a
 stop that finished the work still counts as caught up.
 
-The offsets are read through Kafka's admin API (ListOffsets, OffsetFetch), not through the
-relay's consumer, which stays on its own thread untouched. Those calls block (each has a
-timeout), so they run in a worker thread.
+The end offsets are read through Kafka's admin API (ListOffsets) and the group's commits
+through a consumer of the run's own that never joins the group (OffsetFetch; see
+:class:`AdminOffsets`), not through the relay's consumer, which stays on its own thread
+untouched. Those calls block (each has a timeout), so they run in a worker thread.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from typing import Protocol
 
 from confluent_kafka import (
     Consumer,
-    ConsumerGroupTopicPartitions,
     IsolationLevel,
     KafkaException,
     TopicPartition,
@@ -111,6 +111,15 @@ class Targets:
         return Targets({**self.bounds, key: (self.bounds[key][0], end)})
 
 
+def _halted_because(state: RelayState) -> str:
+    """Why the relay halted, for the run's one line. With OAuth the halt has its own reason (the
+    app uninstalled, the client refused): the line must say that, not blame an API key the run
+    does not use (the operator's fix is a reinstall, not a new key)."""
+    if state.halt_reason != RelayState.halt_reason:  # set by the relay: an OAuth refusal
+        return state.halt_reason
+    return "klaviyo refused the API key (401/403)"
+
+
 def _position(bounds: tuple[int, int], committed: int) -> int:
     # Nothing committed (or committed below what retention kept): the group starts at earliest.
     return max(committed, bounds[0])
@@ -139,6 +148,12 @@ class AdminOffsets:
             "enable.auto.commit": "false",
             "isolation.level": "read_uncommitted" if uncommitted else "read_committed",
         }
+        # The group's commits are read through a consumer of the group (never subscribed, so
+        # never a member), not the admin API: librdkafka's ListConsumerGroupOffsets crashes the
+        # process (SIGSEGV in rd_kafka_cgrp_op, librdkafka#5040) when the coordinator answers
+        # NOT_COORDINATOR, as it does for a group it has not loaded yet: a CronJob's first run,
+        # or any run right after a broker restart. A consumer's OffsetFetch retries that.
+        self._commits = Consumer(self._reader, logger=_QUIET)
 
     def bounds(self, topics: list[str]) -> dict[TopicPartitionKey, tuple[int, int]]:
         listed = self._admin.list_topics(timeout=_REQUEST_SECONDS).topics
@@ -157,14 +172,11 @@ class AdminOffsets:
         return {key: (earliest[key], end[key]) for key in end}
 
     def committed(self, partitions: Iterable[TopicPartitionKey]) -> Offsets:
-        request = ConsumerGroupTopicPartitions(
-            self._group, [TopicPartition(t, p) for t, p in partitions]
-        )
-        futures = self._admin.list_consumer_group_offsets(
-            [request], request_timeout=_REQUEST_SECONDS
-        )
-        answer = futures[self._group].result(timeout=_REQUEST_SECONDS + 5)
-        return {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions or ()}
+        wanted = [TopicPartition(t, p) for t, p in partitions]
+        if not wanted:
+            return {}
+        answer = self._commits.committed(wanted, timeout=_REQUEST_SECONDS)
+        return {(tp.topic, tp.partition): tp.offset for tp in answer if tp.error is None}
 
     def records_between(self, key: TopicPartitionKey, start: int, end: int) -> bool:
         # A consumer skips transaction markers and aborted records, and its position moves past
@@ -258,7 +270,7 @@ class CatchUp:
         deadline = self._started + self._max_seconds
         while True:
             if state.halted:
-                self._why = "klaviyo refused the API key (401/403)"
+                self._why = _halted_because(state)
                 break
             if await self._check() and not self._behind:
                 break

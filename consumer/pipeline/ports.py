@@ -20,6 +20,7 @@ from consumer.pipeline.failure import Failure
 from consumer.pipeline.offsets import TopicPartitionKey
 from consumer.pipeline.records import SourceRecord
 from consumer.pipeline.source import KafkaSource, Positions, SourceListener
+from consumer.priorities import DEFAULT_RANK
 from consumer.settings import Settings
 
 
@@ -74,8 +75,9 @@ class Klaviyo(Protocol):
         """``permit``: one ``try_acquire`` gave, used by the first attempt."""
         ...
 
-    def try_acquire(self, endpoint: Endpoint) -> Permit | None:
-        """A rate-limit permit for ``endpoint`` if it has room right now, else None."""
+    def try_acquire(self, endpoint: Endpoint, priority: int = DEFAULT_RANK) -> Permit | None:
+        """A rate-limit permit for ``endpoint`` if it has room right now, else None
+        (``priority``: the rank of the request it is for)."""
         ...
 
     def release(self, permit: Permit) -> None:

@@ -20,6 +20,7 @@ from confluent_kafka import Producer
 from dev.harness import RELAY_COMMAND, free_port
 from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
+from klaviyo_sandbox.facts import Limit, Window
 from tests.conftest import TopicFactory
 from tests.fixtures.relay_harness import (
     WAIT,
@@ -28,12 +29,19 @@ from tests.fixtures.relay_harness import (
     RelayProcess,
     base_ids,
     committed_offsets,
+    create_event_limited,
     end_offsets,
     produce,
     produce_events,
     relay_env,
     set_faults,
     wait_for,
+)
+from tests.integration.test_relay_oauth import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    FIRST_REFRESH_TOKEN,
+    oauth_sandbox,
 )
 
 pytestmark = pytest.mark.kafka
@@ -65,21 +73,26 @@ class Job:
         produce_events(self.bootstrap, events)
         return events
 
-    def start(self, base_url: str, *extra: str) -> RelayProcess:
-        # SEND_MODE explicit: the run must not depend on the default send mode.
+    def start(self, base_url: str, *extra: str, **settings: str) -> RelayProcess:
+        # SEND_MODE explicit: the run must not depend on the default send mode (``settings``
+        # may name another, or drop it with "" to run on the default).
         env = relay_env(
             self.bootstrap,
             base_url,
             {self.topic: HANDLER},
             self.group,
             self.dlq,
-            SEND_MODE="realtime",
+            **{"SEND_MODE": "realtime", **settings},
         )
+        if not env["SEND_MODE"]:
+            del env["SEND_MODE"]
         return RelayProcess(env, self.log, command=(*RELAY_COMMAND, "--until-caught-up", *extra))
 
-    async def run(self, base_url: str, *extra: str, within: float = WAIT) -> RelayProcess:
+    async def run(
+        self, base_url: str, *extra: str, within: float = WAIT, **settings: str
+    ) -> RelayProcess:
         """A run to its end (its exit status in ``process.returncode``)."""
-        relay = self.start(base_url, *extra)
+        relay = self.start(base_url, *extra, **settings)
         try:
             await relay.wait_exit(within)
         finally:
@@ -121,6 +134,46 @@ async def test_caught_up_run_delivers_commits_and_exits_0(
     assert job.committed() == ends
     assert sum(end_offsets(job.bootstrap, [job.dlq]).values()) == 1
     assert log_line(relay, "caught up")["events"] == len(events) + 1
+
+
+async def test_caught_up_run_in_auto_mode_uses_both_endpoints_commits_and_exits_0(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    """The CronJob's run on the default send mode: a short Create Event quota sends part of the
+    backlog realtime and the rest in bulk jobs (whose linger must not outlive the run), all of
+    it committed before exit 0; alone in its group, the run takes the whole quota (share 1.0,
+    with no RATE_LIMIT_SHARE, as the chart's CronJob runs)."""
+    job = Job.make(kafka_broker, topic_factory, tmp_path / "relay.log", "hourly-auto", partitions=3)
+    events = job.produce(150, keys=11)
+    ends = job.ends()
+    short = {
+        "create_event": Limit(
+            burst=Window(requests=5, seconds=1.0), steady=Window(requests=20, seconds=4.0)
+        )
+    }
+
+    async with running_sandbox(SandboxOptions(rate_limits=short)) as sandbox:
+        relay = await job.run(
+            sandbox.base_url,
+            SEND_MODE="",  # the default: auto
+            RATE_LIMITS=create_event_limited((5, 1.0), (20, 4.0)),
+        )
+        received = list(sandbox.state.events)
+        throttled = dict(sandbox.sandbox.throttled)
+
+    assert exit_code(relay) == 0, relay.tail()
+    assert log_line(relay, "relay started")["mode"] == "auto"
+    ids = [str(e["unique_id"]) for e in received]
+    assert len(ids) == len(set(ids))  # each Klaviyo event sent once, on one path
+    assert base_ids(received) == {e.event_id for e in events}
+    used = {str(e["endpoint"]) for e in received}
+    assert used == {"create_event", "bulk_create_events"}, used
+    assert throttled.get("create_event", 0) == 0
+    assert job.committed() == ends
+    assert log_line(relay, "caught up")["events"] == len(events)
+    shares = [line["share"] for line in relay.log_lines() if line.get("message") == "quota share"]
+    # 1.0 from the first assignment (0 again only as it leaves the group at the end).
+    assert shares[0] == 1.0 and shares[-1] in (0.0, 1.0), shares
 
 
 @contextmanager
@@ -194,6 +247,35 @@ async def test_refused_api_key_exits_1_with_the_reason(
         "error: klaviyo refused the API key (401/403):"
         " 10 events left undelivered (1 partitions behind)"
     ), relay.tail()
+    assert job.committed()[(job.topic, 0)] < 0
+
+
+async def test_an_uninstalled_oauth_app_exits_1_saying_so(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    """A CronJob run of an OAuth app the merchant uninstalled: the one line names the revoked
+    grant (the fix is a reinstall), not an API key the run does not use."""
+    job = Job.make(kafka_broker, topic_factory, tmp_path / "relay.log", "oauth-revoked")
+    job.produce(10)
+
+    async with running_sandbox(oauth_sandbox(3600, rotate=False)) as sandbox:
+        assert sandbox.sandbox.oauth is not None
+        sandbox.sandbox.oauth.update({"revoke": True})
+        relay = await job.run(
+            sandbox.base_url,
+            KLAVIYO_API_KEY="",
+            KLAVIYO_OAUTH_CLIENT_ID=CLIENT_ID,
+            KLAVIYO_OAUTH_CLIENT_SECRET=CLIENT_SECRET,
+            KLAVIYO_OAUTH_REFRESH_TOKEN=FIRST_REFRESH_TOKEN,
+            KLAVIYO_OAUTH_TOKEN_URL=f"{sandbox.base_url}/oauth/token",
+        )
+        assert sandbox.state.events == []
+
+    assert exit_code(relay) == 1, relay.tail()
+    line = relay.line_with("error: ")
+    assert line is not None and "(invalid_grant)" in line, relay.tail()
+    assert "API key" not in line
+    assert line.endswith(": 10 events left undelivered (1 partitions behind)"), line
     assert job.committed()[(job.topic, 0)] < 0
 
 

@@ -45,8 +45,9 @@ from consumer.pipeline.sending import Sender, StepFailure
 
 P = TypeVar("P")
 
-# A rate-limit permit for an endpoint if it has room right now (``Klaviyo.try_acquire``).
-Room = Callable[[Endpoint], Permit | None]
+# A rate-limit permit for an endpoint if it has room right now, for a request of a priority
+# rank (``Klaviyo.try_acquire``).
+Room = Callable[[Endpoint, int], Permit | None]
 
 
 class Why(StrEnum):
@@ -94,7 +95,7 @@ class AutoDelivery:
         """``bulk``: where events without room go (its jobs, verdicts and pacing are reused)."""
         self._bulk = bulk
         self._sender = sender
-        self._take_room = functools.partial(room, Endpoint.CREATE_EVENT)
+        self._room = room
         self._max_wait = max_wait
         self._clock = clock
 
@@ -122,7 +123,7 @@ class AutoDelivery:
                 waited=self._clock() - work.taken,
                 max_wait=self._max_wait,
                 joins_open_job=self._bulk.is_open(lane.last_ticket),
-                take_room=self._take_room,
+                take_room=functools.partial(self._room, Endpoint.CREATE_EVENT, request.priority),
             )
             _routes(chosen.path, chosen.reason).inc()
             if chosen.permit is None:

@@ -44,7 +44,7 @@ class BatchDelivery:
         *,
         max_events: int,
         linger: float,
-        room: Callable[[Endpoint], Permit | None] | None = None,
+        room: Callable[[Endpoint, int], Permit | None] | None = None,
         give_back: Callable[[Permit], None] | None = None,
     ) -> None:
         """``room``/``give_back`` (``Klaviyo.try_acquire``/``release``): a job due while Bulk
@@ -62,7 +62,7 @@ class BatchDelivery:
             max_events=max_events,
             max_bytes=MAX_BYTES,
             linger=linger,
-            room=None if room is None else lambda: room(Endpoint.BULK_CREATE_EVENTS),
+            room=None if room is None else lambda rank: room(Endpoint.BULK_CREATE_EVENTS, rank),
             give_back=give_back,
         )
 

@@ -13,7 +13,8 @@ from consumer.klaviyo.bulk import build_bulk_jobs
 from consumer.klaviyo.client import KlaviyoClient
 from consumer.klaviyo.ratelimit import Permit, RateLimiter
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest, Plan
-from consumer.priorities import DEFAULT_RANK, Priorities, PriorityClass
+from consumer.observability.metrics import REGISTRY
+from consumer.priorities import DEFAULT_RANK, Priorities, PriorityClass, class_of
 from consumer.settings import EndpointLimit, SettingsError, WindowLimit, load_settings
 
 URGENT, HIGH, NORMAL, LOW, LOWEST = (cls.rank for cls in PriorityClass)
@@ -157,6 +158,24 @@ def test_a_bulk_job_waits_at_the_most_urgent_class_of_its_events() -> None:
     assert job.request.priority == URGENT
     two = build_bulk_jobs(events, max_events=2)
     assert [j.request.priority for j in two] == [URGENT, LOW]
+
+
+def waits_counted(priority: int) -> float:
+    value = REGISTRY.get_sample_value(
+        "klaviyo_relay_rate_limit_wait_by_priority_seconds_count",
+        {"endpoint": "create_event", "priority": class_of(priority).value},
+    )
+    return value or 0.0
+
+
+async def test_a_place_taken_at_once_counts_in_its_class_wait() -> None:
+    # Auto mode's realtime sends take their place with try_acquire: without this, the per-class
+    # wait would show only retries and bulk jobs in the default send mode.
+    limiter = RateLimiter(ONE_AT_A_TIME)
+    urgent, normal = waits_counted(URGENT), waits_counted(NORMAL)
+    assert limiter.try_acquire("create_event", URGENT) is not None
+    assert limiter.try_acquire("create_event", URGENT) is None  # refused: nothing counted
+    assert (waits_counted(URGENT), waits_counted(NORMAL)) == (urgent + 1, normal)
 
 
 async def test_the_client_waits_for_the_quota_at_the_requests_class() -> None:

@@ -9,6 +9,7 @@ import time
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.observability.metrics import REGISTRY
 from consumer.pipeline.delivery.auto import Route, Why, route
+from consumer.priorities import PriorityClass
 from consumer.settings import SendMode, Settings
 from tests.fixtures.fakes import Gate, emails, until
 from tests.unit.pipeline.test_relay_core import P0, offsets_in, record, running
@@ -98,6 +99,16 @@ async def test_auto_is_realtime_with_room_bulk_without_and_realtime_again_when_r
     assert [p.endpoint for p in core.klaviyo.permits].count("create_event") == 3
     assert routed("realtime", "room") - realtime_before == 3
     assert routed("bulk", "quota") - quota_before == 2
+
+
+async def test_auto_asks_for_room_at_the_events_priority_class() -> None:
+    # The realtime grants count in each class's rate-limit wait, as the waiting requests do.
+    async with running(topic_priorities={"shop.account.created": "lowest"}) as core:
+        core.source.assign(P0)
+        core.source.feed([record(0, "a")])
+        await until(lambda: core.source.committed(P0) == 1)
+        asked = core.klaviyo.room_asked
+    assert asked == [PriorityClass.LOWEST.rank]  # not the default class's
 
 
 async def test_auto_a_later_event_joins_its_keys_open_job_even_with_room() -> None:

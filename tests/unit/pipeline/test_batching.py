@@ -326,7 +326,7 @@ class BulkRoom:
         self.granted: list[Permit] = []
         self.given_back: list[Permit] = []
 
-    def __call__(self) -> Permit | None:
+    def __call__(self, _rank: int) -> Permit | None:
         if not self.free:
             return None
         self.granted.append(Permit(Endpoint.BULK_CREATE_EVENTS.value, waited=0.0))

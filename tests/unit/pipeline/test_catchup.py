@@ -77,6 +77,16 @@ async def test_a_halt_ends_the_run_with_the_reason() -> None:
     )
 
 
+async def test_a_revoked_oauth_grant_ends_the_run_with_its_own_reason() -> None:
+    offsets = FakeOffsets({A0: (0, 10)})
+    catch_up = CatchUp(60, offsets, interval=0.01)
+    assert await catch_up.begin(["a"])
+    why = "Klaviyo refused the OAuth refresh token (invalid_grant): the app was uninstalled"
+    await catch_up.watch(RelayState(halted=True, halt_reason=why), lambda: None)
+    assert not await catch_up.finish()
+    assert catch_up.reason == f"{why}: 10 events left undelivered (1 partitions behind)"
+
+
 async def test_the_deadline_ends_the_run_with_the_reason() -> None:
     offsets = FakeOffsets({A0: (0, 10), A1: (0, 2)})
     catch_up = CatchUp(0.05, offsets, interval=0.01)
