@@ -11,12 +11,15 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
+from bench import chart
+from bench.floors import Floors
 from bench.scenarios import Config, Row
 
 SCENARIOS = {
     "1": "1. Raw capacity (no latency, no limit)",
     "2": "2. Quota use (published limits, 50–150 ms latency)",
     "3": "3. Backlog drain (batch)",
+    "soak": "Soak (steady traffic)",
 }
 COLUMNS = (
     "Scenario",
@@ -103,7 +106,65 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write(rows: list[Row], config: Config, out: Path, took: float, argv: list[str]) -> Path:
+def floors_table(rows: list[Row], floors: Floors) -> str:
+    """The relay's cost against the floors measured in the same run (bench/floors.py)."""
+    lines = [
+        f"Floors in this run: codec (fastavro decode + orjson encode) "
+        f"{floors.codec_us_per_event:.1f} µs CPU per event; HTTP (bare aiohttp client, "
+        f"{floors.http_concurrency} in flight) {floors.http_requests_per_s:,.0f} requests/s at "
+        f"{floors.http_us_per_request:.0f} µs CPU per request.",
+        "",
+        "| Scenario | System | Events | CPU µs/event | × codec floor | Klaviyo requests/s "
+        "| × HTTP floor |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if not row.system.startswith("relay") or row.scenario == "2" or not row.events:
+            continue
+        per_event = row.cpu_s / row.events * 1e6
+        requests_per_s = row.requests / row.seconds if row.seconds else 0.0
+        http = (
+            f"{requests_per_s / floors.http_requests_per_s:.2f}"
+            if "realtime" in row.system
+            else "–"
+        )
+        lines.append(
+            f"| {SCENARIOS.get(row.scenario, row.scenario)} | {row.system} | {row.events:,} "
+            f"| {per_event:.0f} | {per_event / floors.codec_us_per_event:.1f}× "
+            f"| {requests_per_s:,.0f} | {http} |"
+        )
+    return "\n".join(lines)
+
+
+def charts(rows: list[Row], out: Path, kind: str) -> list[Path]:
+    """RSS and events/s over time for the backlog drains (scenario 3) and soaks."""
+    written = []
+    for scenario, title in (("3", "Backlog drain, batch mode"), ("soak", "Soak")):
+        runs = [r for r in rows if r.scenario == scenario and r.usage_series]
+        if not runs:
+            continue
+        lines = [
+            chart.Line(
+                f"{r.system}, {r.events:,} events: peak {r.peak_rss_mb:.0f} MB, "
+                f"{r.events_per_s:,.0f} events/s",
+                [(t, rss) for t, rss, _cpu in r.usage_series],
+                chart.rates(r.progress_series, r.klaviyo_events / max(r.events, 1)),
+            )
+            for r in runs
+        ]
+        written.append(chart.write(out / f"{kind}-{scenario}.svg", lines, title))
+    return written
+
+
+def write(
+    rows: list[Row],
+    config: Config,
+    out: Path,
+    took: float,
+    argv: list[str],
+    *,
+    floors: Floors | None = None,
+) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     kind = "quick" if config.quick else "full"
     info = machine()
@@ -116,12 +177,26 @@ def write(rows: list[Row], config: Config, out: Path, took: float, argv: list[st
         "",
         table(rows),
         "",
+        *([floors_table(rows, floors), ""] if floors else []),
+        *[f"![{p.stem}]({p.name})" for p in charts(rows, out, kind)],
+        "",
         "Notes per run:",
         "",
     ]
     notes = [f"- {r.scenario} / {r.system}: " + "; ".join(r.notes) for r in rows]
     path = out / f"{kind}.md"
     path.write_text("\n".join(head + notes) + "\n")
-    payload = {"kind": kind, "machine": info, "took_s": took, "rows": [asdict(r) for r in rows]}
+    payload = {
+        "kind": kind,
+        "machine": info,
+        "took_s": took,
+        "floors": asdict(floors) if floors else None,
+        "rows": [_without_series(asdict(r)) for r in rows],
+    }
     (out / f"{kind}.json").write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def _without_series(row: dict[str, Any]) -> dict[str, Any]:
+    """A row for the JSON file: the series are in the chart, not in the table's data."""
+    return {key: value for key, value in row.items() if not key.endswith("_series")}

@@ -31,7 +31,8 @@ def test_quick_suite_writes_a_well_formed_table(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    table = (tmp_path / "quick.md").read_text()
+    report = (tmp_path / "quick.md").read_text()
+    table = report.split("\n\n")[2]  # the results table; the floors' table follows it
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     header, body = rows[0], rows[1:]
     columns = [cell.strip() for cell in header.strip("|").split("|")]
@@ -64,3 +65,9 @@ def test_quick_suite_writes_a_well_formed_table(tmp_path: Path) -> None:
     # The relay paces itself: the sandbox never had to refuse it.
     assert all(r["throttled"] == 0 for r in relay_quota)
     assert data["machine"]["cores"] >= 1
+    # The floors of the same run, and the relay's cost against them (bench/floors.py).
+    assert data["floors"]["codec_us_per_event"] > 0, data["floors"]
+    assert data["floors"]["http_requests_per_s"] > 0, data["floors"]
+    assert "× codec floor" in report and "× HTTP floor" in report
+    # RSS and events/s over time for the backlog drains (bench/chart.py).
+    assert (tmp_path / "quick-3.svg").read_text().startswith("<svg")
