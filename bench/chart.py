@@ -94,16 +94,20 @@ def _panel(
 
 def svg(lines: Sequence[Line], title: str) -> str:
     t_max = max((t for line in lines for t, _ in (*line.rss, *line.rate)), default=1.0) or 1.0
-    second = MARGIN_TOP + PANEL + GAP
-    height = second + PANEL + 50 + 18 * len(lines)
+    # The rate panel only when some run has one (a memprobe file alone has RSS only).
+    second = MARGIN_TOP + PANEL + GAP if any(line.rate for line in lines) else 0
+    axis_y = (second or MARGIN_TOP) + 20 + PANEL
+    height = axis_y + 50 + 18 * len(lines)
     body = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
         f'font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>',
         f'<text x="{MARGIN_LEFT}" y="20" font-size="15">{escape(title)}</text>',
         *_panel(lines, "rss", MARGIN_TOP + 20, t_max, title="Resident memory", unit="MB"),
-        *_panel(lines, "rate", second + 20, t_max, title="Events per second", unit="events/s"),
     ]
-    axis_y = second + 20 + PANEL
+    if second:
+        body += _panel(
+            lines, "rate", second + 20, t_max, title="Events per second", unit="events/s"
+        )
     for i in range(6):
         x = MARGIN_LEFT + PLOT_WIDTH * i / 5
         body.append(
