@@ -9,10 +9,12 @@
 - ``malloc``: glibc's allocator (``mallinfo2``): ``arena`` (bytes taken with brk/arenas),
   ``mmap`` (large blocks mapped on their own), ``used``, ``free`` (held, not in use);
 - ``kafka``: the totals of librdkafka's latest statistics document (``msg_cnt``/``msg_size``:
-  messages the client holds; ``fetchq_cnt``/``fetchq_size`` summed over partitions: the
-  prefetch queues), taken from the relay's own statistics callback.
+  messages the client holds; ``fetchq_cnt``/``fetchq_size`` summed over partitions: every
+  partition of the high-level consumer reports the one queue they all forward to, so divide by
+  the partition count), taken from the relay's own statistics callback.
 
 Nothing in the relay changes: the statistics callback is wrapped where the source looks it up.
+``MEMPROBE_GC_MIDDLE=n`` sets the cycle collector's middle threshold first (an experiment knob).
 """
 
 from __future__ import annotations
@@ -117,6 +119,11 @@ class Probe:
 
 def main(argv: list[str]) -> None:
     probe = Probe(Path(argv[0]), float(os.environ.get("MEMPROBE_INTERVAL", "2")))
+    # MEMPROBE_GC_MIDDLE=n: the cycle collector's middle threshold for the experiment in
+    # bench/README.md (the relay raises only the young one and keeps this).
+    if middle := os.environ.get("MEMPROBE_GC_MIDDLE"):
+        young, _, old = gc.get_threshold()
+        gc.set_threshold(young, int(middle), old)
     from consumer.pipeline import source  # noqa: PLC0415  (after the probe exists)
 
     record = source.record_kafka_stats  # type: ignore[attr-defined]
