@@ -23,6 +23,7 @@ from bench.scenarios import (
     Bench,
     InstrumentedSandbox,
 )
+from bench.soak import soak_run
 from consumer.topics import CONTRACT_TOPICS
 from dev.kafka_broker import KafkaBroker
 
@@ -40,12 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, help="scenario 1 events per mode")
     parser.add_argument("--backlog", type=int, help="scenario 3 backlog")
     more.add_arguments(parser)
+    parser.add_argument("--backlog-sizes", help="scenario 3 backlogs, e.g. 100000,1000000,5000000")
+    parser.add_argument(
+        "--memprobe", action="store_true", help="run the relay under bench.memprobe"
+    )
+    parser.add_argument("--no-floors", action="store_true", help="skip the codec/HTTP floors")
+    parser.add_argument("--soak", type=float, default=0, help="also soak for SECONDS")
+    parser.add_argument("--soak-rate", type=float, default=2000, help="soak events/s")
+    parser.add_argument("--soak-mode", default="batch", choices=("batch", "realtime"))
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     if args.events:
         config = replace(config, events=args.events)
     if args.backlog:
         config = replace(config, backlog=args.backlog)
+    if args.backlog_sizes:
+        sizes = tuple(int(size) for size in args.backlog_sizes.split(","))
+        config = replace(config, backlog_sizes=sizes)
     only = set(args.only.split(","))
     began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -55,23 +67,39 @@ def main(argv: list[str] | None = None) -> int:
         broker.create_topics(CONTRACT_TOPICS, partitions=PARTITIONS)
         broker.create_topics([DLQ_TOPIC])
         bench = Bench(config, broker.bootstrap_servers, workdir)
+        bench.memprobe = args.memprobe
         skipped: list[str] = []
-        run(bench, only, args.profile, more.modes(args.modes), skipped)
+        run(bench, only, args.profile, more.modes(args.modes), skipped, floors=not args.no_floors)
+        if args.soak:
+            run_soak(bench, args.soak, args.soak_rate, args.soak_mode)
         sections = [*more.run(bench, only, args), more.not_available(skipped)]
     finally:
         broker.stop()
     took = time.monotonic() - began
-    path = report.write(bench.rows, config, args.out, took, argv, sections=sections)
+    path = report.write(
+        bench.rows, config, args.out, took, argv, sections=sections, floors=bench.floors
+    )
     print(path.read_text())
     return 0
 
 
-def run(bench: Bench, only: set[str], profile: bool, modes: list[str], skipped: list[str]) -> None:
+def run(
+    bench: Bench,
+    only: set[str],
+    profile: bool,
+    modes: list[str],
+    skipped: list[str],
+    *,
+    floors: bool = True,
+) -> None:
     config = bench.config
     logs = bench.workdir
     if only & {"1", "3"}:
         sandbox = InstrumentedSandbox(limits=None, latency_ms=None, log=logs / "sandbox-1.log")
         try:
+            if floors:
+                _step("floors: codec and HTTP (bench/floors.py)")
+                bench.measure_floors(sandbox)
             if "1" in only:
                 for mode in ("realtime", "batch"):
                     _step(f"1: relay {mode}, {config.events} events")
@@ -86,7 +114,7 @@ def run(bench: Bench, only: set[str], profile: bool, modes: list[str], skipped: 
                         )
                         bench.rows.pop()
             if "3" in only:
-                for count in (config.backlog // 10, config.backlog):
+                for count in config.backlog_sizes or (config.backlog // 10, config.backlog):
                     _step(f"3: relay batch, backlog of {count} events")
                     bench.backlog_run("3", sandbox, count, "relay batch", mode="batch")
         finally:
@@ -111,6 +139,16 @@ def run(bench: Bench, only: set[str], profile: bool, modes: list[str], skipped: 
             )
         finally:
             sandbox.stop(30)
+
+
+def run_soak(bench: Bench, seconds: float, rate: float, mode: str) -> None:
+    log = bench.workdir / "sandbox-soak.log"
+    sandbox = InstrumentedSandbox(limits=None, latency_ms=None, log=log)
+    try:
+        _step(f"soak: relay {mode}, {seconds:.0f} s at {rate:.0f} events/s")
+        soak_run(bench, sandbox, seconds=seconds, rate=rate, mode=mode)
+    finally:
+        sandbox.stop(30)
 
 
 def _step(text: str) -> None:

@@ -9,6 +9,7 @@ samples; psutil's current RSS is the fallback where there is no ``/proc``.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,9 @@ class ProcessSampler:
         self._stop = threading.Event()
         self._cpu = 0.0
         self._peak = 0
+        self._began = time.monotonic()
+        # (seconds since sampling began, RSS MB, CPU seconds): the run over time, for charts.
+        self.series: list[tuple[float, float, float]] = []
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
         self._thread.start()
 
@@ -44,6 +48,8 @@ class ProcessSampler:
             times = self._process.cpu_times()
             self._cpu = times.user + times.system
             self._peak = max(self._peak, self._high_water_mark())
+            rss = round(self._process.memory_info().rss / MB, 1)
+            self.series.append((round(time.monotonic() - self._began, 2), rss, round(self._cpu, 2)))
         except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
             pass
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.floors import Floors, measure_floors
 from bench.loadgen import LoadGenerator, produce
 from bench.measure import ProcessSampler, Usage
 from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, WindowLimit
@@ -70,6 +71,10 @@ class Config:
     limits: dict[str, EndpointLimit]
     latency_ms: str = "50-150"
     customers: int = 2000
+    floor_events: int = 20_000  # codec floor (bench/floors.py)
+    floor_seconds: float = 10.0  # HTTP floor
+    # Scenario 3's backlogs; empty: backlog // 10 and backlog (--backlog-sizes).
+    backlog_sizes: tuple[int, ...] = ()
 
 
 FULL = Config(
@@ -90,6 +95,8 @@ QUICK = Config(
     baseline_windows=1,
     limits=QUICK_LIMITS,
     customers=300,
+    floor_events=2_000,
+    floor_seconds=2.0,
 )
 
 
@@ -109,6 +116,10 @@ class Row:
     steady_share: float | None = None  # scenario 2: share of the steady limit used
     wall_s: float | None = None  # start of the process to the last acceptance
     notes: list[str] = field(default_factory=list)
+    requests: int = 0  # Klaviyo requests answered (any endpoint, any status)
+    # Over time (chart.py): (seconds since start, RSS MB, CPU s) and (seconds, accepted events).
+    usage_series: list[tuple[float, float, float]] = field(default_factory=list, repr=False)
+    progress_series: list[tuple[float, int]] = field(default_factory=list, repr=False)
 
 
 def _json_get(url: str) -> Any:
@@ -177,6 +188,24 @@ class Bench:
         self.gen.self_check()
         self.per_event = self.gen.klaviyo_events_per_event
         self.topics = list(CONTRACT_TOPICS)
+        # --memprobe: every relay runs under bench.memprobe (heap, allocator and librdkafka
+        # statistics sampled inside the process, next to <name>.mem.jsonl in the workdir).
+        self.memprobe = False
+        # (seconds since the relay started, events accepted by the sandbox), per drain.
+        self.progress: list[tuple[float, int]] = []
+        self.floors: Floors | None = None
+
+    def measure_floors(self, sandbox: InstrumentedSandbox) -> Floors:
+        """The codec and HTTP floors (bench/floors.py), against ``sandbox`` (reset after)."""
+        sandbox.reset()
+        self.floors = measure_floors(
+            self.gen,
+            sandbox.base_url,
+            events=self.config.floor_events,
+            seconds=self.config.floor_seconds,
+        )
+        sandbox.reset()
+        return self.floors
 
     # --- kafka ---------------------------------------------------------------------------------
 
@@ -203,7 +232,11 @@ class Bench:
             RATE_LIMITS=limits,
             SEND_MODE=mode,
         )
-        return Child(RELAY_COMMAND, env, self.workdir / f"{name}.relay.log")
+        command: list[str] = list(RELAY_COMMAND)
+        if self.memprobe:
+            probe = self.workdir / f"{name}.mem.jsonl"
+            command = [sys.executable, "-m", "bench.memprobe", str(probe)]
+        return Child(command, env, self.workdir / f"{name}.relay.log")
 
     def baseline(
         self,
@@ -241,8 +274,10 @@ class Bench:
         ``within`` seconds passed)."""
         seen, since = -1, time.monotonic()
         deadline = None if within is None else since + within
+        self.progress = []
         while True:
             accepted = sandbox.progress()["accepted"]
+            self.progress.append((round(time.time() - child.started, 2), accepted))
             if accepted >= expected:
                 return
             if deadline is not None and time.monotonic() > deadline:
@@ -292,6 +327,9 @@ class Bench:
             for status, n in counts.items()
             if not status.startswith("2") and status != "429"
         }
+        row.requests = sum(n for counts in s["requests"].values() for n in counts.values())
+        row.usage_series = child.sampler.series
+        row.progress_series = self.progress
         if failed:
             row.notes.append(f"refused by the sandbox: {failed}")
         row.notes.append(f"summary: {json.dumps(_quota_digest(s))}")
@@ -339,6 +377,7 @@ class Bench:
         endpoint = "bulk_create_events" if mode == "batch" else "create_event"
         steady = sandbox.limits[endpoint].steady
         sandbox.reset()
+        self.progress = []
         group = self.new_group(f"quota-{mode}", self.end_offsets())
         name = f"2-{system.split(maxsplit=1)[0]}-{mode}"
         if system.startswith("relay"):

@@ -120,10 +120,15 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "enable.auto.offset.store": "false",
         "statistics.interval.ms": str(_STATS_INTERVAL_MS),
         # librdkafka prefetches up to 100,000 records per partition and 64 MB by default; the
-        # relay holds max_in_flight events itself, so a few seconds' worth ahead is enough and
-        # keeps memory flat however large the backlog.
-        "queued.min.messages": "10000",
+        # relay holds max_in_flight events itself, so a few seconds' worth ahead is enough. The
+        # queue limits are checked only before a fetch, and one fetch response overshoots them
+        # by up to 1 MB per partition by default (compressed; lz4 batches grew ~5x here): a 1M
+        # backlog held 340,000 records. Capping the response keeps memory flat however large
+        # the backlog (bench/README.md, "Memory").
+        "queued.min.messages": "2000",
         "queued.max.messages.kbytes": "16384",
+        "max.partition.fetch.bytes": "131072",
+        "fetch.max.bytes": "1048576",
         # The operator's own properties win (kafka_client_config applied them first).
         **settings.kafka_extra_config,
     }

@@ -80,6 +80,13 @@ def test_quick_suite_writes_a_well_formed_table(tmp_path: Path) -> None:
     assert group["lost"] == 0, group
     assert "## 4. Outage recovery" in table and "## 5. Group" in table
 
+    # The floors of the same run, and the relay's cost against them (bench/floors.py).
+    assert data["floors"]["codec_us_per_event"] > 0, data["floors"]
+    assert data["floors"]["http_requests_per_s"] > 0, data["floors"]
+    assert "× codec floor" in table and "× HTTP floor" in table
+    # RSS and events/s over time for the backlog drains (bench/chart.py).
+    assert (tmp_path / "quick-3.svg").read_text().startswith("<svg")
+
 
 def _tables(markdown: str) -> list[list[str]]:
     """Each Markdown table's header and rows (its separator line left out)."""

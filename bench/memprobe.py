@@ -1,0 +1,144 @@
+"""The relay with a memory probe beside it: what grows, sampled from inside the process.
+
+``python -m bench.memprobe OUT.jsonl [relay run options]`` runs ``consumer run`` exactly as
+:data:`dev.harness.RELAY_COMMAND` does, plus one daemon thread that appends a JSON line to
+``OUT.jsonl`` every ``MEMPROBE_INTERVAL`` seconds (default 2) with, side by side:
+
+- ``rss_mb``, ``hwm_mb``, ``threads``: the kernel's view (``/proc/self/status``);
+- ``py_blocks``, ``gc``: the Python heap (``sys.getallocatedblocks``, objects per generation);
+- ``malloc``: glibc's allocator (``mallinfo2``): ``arena`` (bytes taken with brk/arenas),
+  ``mmap`` (large blocks mapped on their own), ``used``, ``free`` (held, not in use);
+- ``kafka``: the totals of librdkafka's latest statistics document (``msg_cnt``/``msg_size``:
+  messages the client holds; ``fetchq_cnt``/``fetchq_size`` summed over partitions: every
+  partition of the high-level consumer reports the one queue they all forward to, so divide by
+  the partition count), taken from the relay's own statistics callback.
+
+Nothing in the relay changes: the statistics callback is wrapped where the source looks it up.
+``MEMPROBE_GC_MIDDLE=n`` sets the cycle collector's middle threshold first (an experiment knob).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+MB = 1024 * 1024
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _mallinfo() -> Any:
+    """glibc's ``mallinfo2`` (None elsewhere: musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        function = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    function.restype = _Mallinfo2
+    return function
+
+
+def _status() -> dict[str, float]:
+    wanted = {"VmRSS": "rss_mb", "VmHWM": "hwm_mb", "Threads": "threads"}
+    out: dict[str, float] = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        name = wanted.get(key)
+        if name:
+            value = float(rest.split()[0])
+            out[name] = round(value / 1024, 1) if name.endswith("_mb") else value
+    return out
+
+
+class Probe:
+    def __init__(self, out: Path, interval: float) -> None:
+        self.out = out
+        self.interval = interval
+        self.kafka: dict[str, int] = {}
+        self.mallinfo = _mallinfo()
+        self.began = time.monotonic()
+
+    def on_stats(self, stats_json: str) -> None:
+        stats = orjson.loads(stats_json)
+        totals = {"msg_cnt": stats.get("msg_cnt", 0), "msg_size": stats.get("msg_size", 0)}
+        fetchq_cnt = fetchq_size = 0
+        for topic in (stats.get("topics") or {}).values():
+            for partition in (topic.get("partitions") or {}).values():
+                fetchq_cnt += partition.get("fetchq_cnt", 0)
+                fetchq_size += partition.get("fetchq_size", 0)
+        totals.update(fetchq_cnt=fetchq_cnt, fetchq_size=fetchq_size)
+        self.kafka = totals
+
+    def sample(self) -> dict[str, Any]:
+        line: dict[str, Any] = {"t": round(time.monotonic() - self.began, 2), **_status()}
+        line["py_blocks"] = sys.getallocatedblocks()
+        line["gc"] = [len(gc.get_objects(generation)) for generation in range(3)]
+        if self.mallinfo is not None:
+            info = self.mallinfo()
+            line["malloc"] = {
+                "arena_mb": round(info.arena / MB, 1),
+                "mmap_mb": round(info.hblkhd / MB, 1),
+                "used_mb": round(info.uordblks / MB, 1),
+                "free_mb": round(info.fordblks / MB, 1),
+            }
+        line["kafka"] = self.kafka
+        return line
+
+    def run(self) -> None:
+        with self.out.open("ab") as out:
+            while True:
+                out.write(orjson.dumps(self.sample()) + b"\n")
+                out.flush()
+                time.sleep(self.interval)
+
+
+def main(argv: list[str]) -> None:
+    probe = Probe(Path(argv[0]), float(os.environ.get("MEMPROBE_INTERVAL", "2")))
+    # MEMPROBE_GC_MIDDLE=n: the cycle collector's middle threshold for the experiment in
+    # bench/README.md (the relay raises only the young one and keeps this).
+    if middle := os.environ.get("MEMPROBE_GC_MIDDLE"):
+        young, _, old = gc.get_threshold()
+        gc.set_threshold(young, int(middle), old)
+    from consumer.pipeline import source  # noqa: PLC0415  (after the probe exists)
+
+    record = source.record_kafka_stats  # type: ignore[attr-defined]
+
+    def on_stats(stats_json: str) -> None:
+        probe.on_stats(stats_json)
+        record(stats_json)
+
+    source.record_kafka_stats = on_stats  # type: ignore[attr-defined]
+    threading.Thread(target=probe.run, name="memprobe", daemon=True).start()
+    from consumer.cli import main as relay_main  # noqa: PLC0415
+
+    sys.argv = ["consumer", "run", *argv[1:]]
+    relay_main()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
