@@ -1,5 +1,7 @@
 """``python -m bench [--quick] [--only 1,2,3] [--bootstrap HOST:PORT] [--out DIR]``.
 
+``--only 6``: the kill -9 scenario (:mod:`bench.crash`), not run by default.
+
 Starts a Kafka broker (unless ``--bootstrap``), creates the contract's topics, runs the
 scenarios and writes ``<out>/full.md`` (or ``quick.md``) and its JSON beside it.
 """
@@ -13,7 +15,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench import report
+from bench import crash, report
 from bench.scenarios import (
     DLQ_TOPIC,
     FULL,
@@ -55,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         broker.create_topics([DLQ_TOPIC])
         bench = Bench(config, broker.bootstrap_servers, workdir)
         run(bench, only, args.profile)
+        sections = crash.run(bench, only)
     finally:
         broker.stop()
-    path = report.write(bench.rows, config, args.out, time.monotonic() - began, argv)
+    took = time.monotonic() - began
+    path = report.write(bench.rows, config, args.out, took, argv, sections=sections)
     print(path.read_text())
     return 0
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,25 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write(rows: list[Row], config: Config, out: Path, took: float, argv: list[str]) -> Path:
+@dataclass
+class Section:
+    """A scenario with a table of its own (4, 5) or what could not run: its Markdown, and its
+    raw data under ``key`` in the JSON."""
+
+    key: str
+    lines: list[str]
+    data: list[dict[str, Any]]
+
+
+def write(
+    rows: list[Row],
+    config: Config,
+    out: Path,
+    took: float,
+    argv: list[str],
+    *,
+    sections: Sequence[Section] = (),
+) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     kind = "quick" if config.quick else "full"
     info = machine()
@@ -120,8 +139,16 @@ def write(rows: list[Row], config: Config, out: Path, took: float, argv: list[st
         "",
     ]
     notes = [f"- {r.scenario} / {r.system}: " + "; ".join(r.notes) for r in rows]
+    for section in sections:
+        notes += ["", *section.lines]
     path = out / f"{kind}.md"
     path.write_text("\n".join(head + notes) + "\n")
-    payload = {"kind": kind, "machine": info, "took_s": took, "rows": [asdict(r) for r in rows]}
+    payload: dict[str, Any] = {
+        "kind": kind,
+        "machine": info,
+        "took_s": took,
+        "rows": [asdict(r) for r in rows],
+    }
+    payload.update({section.key: section.data for section in sections})
     (out / f"{kind}.json").write_text(json.dumps(payload, indent=2) + "\n")
     return path
