@@ -106,7 +106,7 @@ def crash_run(bench: Bench, sandbox: InstrumentedSandbox, mode: str, count: int)
             # left keep landing meanwhile. Each kill cuts a relay that did some work itself.
             _wait_assigned(relay)
             own = sandbox.progress()["accepted"] + OWN_SHARE * expected
-            _wait_accepted(sandbox, max(share * expected, own), relay)
+            _wait_accepted(sandbox, min(expected, max(share * expected, own)), relay)
             _add(replay, _scrape(relay))
             os.kill(relay.pid, signal.SIGKILL)
             relay.stop()
