@@ -1,5 +1,7 @@
 """``python -m bench [--quick] [--only 1,2,3,4,5] [--bootstrap HOST:PORT] [--out DIR]``.
 
+``--only 6``: the kill -9 scenario (:mod:`bench.crash`), not run by default.
+
 Starts a Kafka broker (unless ``--bootstrap``), creates the contract's topics, runs the
 scenarios and writes ``<out>/full.md`` (or ``quick.md``) and its JSON beside it.
 """
@@ -13,7 +15,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench import more, report
+from bench import crash, more, report
 from bench.scenarios import (
     DLQ_TOPIC,
     FULL,
@@ -72,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         run(bench, only, args.profile, more.modes(args.modes), skipped, floors=not args.no_floors)
         if args.soak:
             run_soak(bench, args.soak, args.soak_rate, args.soak_mode)
-        sections = [*more.run(bench, only, args), more.not_available(skipped)]
+        sections = [
+            *more.run(bench, only, args),
+            more.not_available(skipped),
+            *crash.run(bench, only),
+        ]
     finally:
         broker.stop()
     took = time.monotonic() - began

@@ -248,7 +248,7 @@ class KlaviyoClient:
             raise RuntimeError("KlaviyoClient used outside 'async with'")
         endpoint = request.endpoint.value
         if permit is None:
-            permit = await self._limiter.acquire(endpoint, request.priority)
+            permit = await self._limiter.acquire(endpoint, request.priority, request.order)
         status: int | None = None
         headers: Any = None
         started = time.perf_counter()

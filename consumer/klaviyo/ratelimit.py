@@ -276,9 +276,10 @@ class Permit:
     released: bool = field(default=False)
 
 
-# A queued request: (priority, arrival number, its future). Tuples compare by priority, then
-# arrival; arrival numbers are unique, so the futures themselves are never compared.
-_Waiter = tuple[int, int, asyncio.Future[None]]
+# A queued request: (priority, order, arrival number, its future). Tuples compare by priority,
+# then order (when its event started, see KlaviyoRequest.order), then arrival; arrival numbers
+# are unique, so the futures themselves are never compared.
+_Waiter = tuple[int, int, int, asyncio.Future[None]]
 
 
 @dataclass
@@ -323,10 +324,11 @@ class RateLimiter:
             queue = self._queues[endpoint] = _Queue(budget)
         return queue
 
-    async def acquire(self, endpoint: str, priority: int = DEFAULT_RANK) -> Permit:
+    async def acquire(self, endpoint: str, priority: int = DEFAULT_RANK, order: int = 0) -> Permit:
         """Wait until ``endpoint`` may take one more request, and take it.
 
-        Waiters go by ``priority`` (a rank, smaller first), then in arrival order. Nobody
+        Waiters go by ``priority`` (a rank, smaller first), then by ``order`` (their events'
+        start, smaller first), then in arrival order. Nobody
         jumps a queue that exists: with any waiter queued, even an urgent newcomer queues (and
         goes ahead of every less urgent waiter at the next grant).
         """
@@ -337,7 +339,7 @@ class RateLimiter:
             queue.budget.grant(started)
         else:
             waiter: asyncio.Future[None] = loop.create_future()
-            heapq.heappush(queue.waiters, (priority, next(queue.arrivals), waiter))
+            heapq.heappush(queue.waiters, (priority, order, next(queue.arrivals), waiter))
             if queue.timer is None:
                 self._wake(queue)
             try:
@@ -405,7 +407,7 @@ class RateLimiter:
             queue.timer = None
         now = loop.time()
         while queue.waiters:
-            head = queue.waiters[0][2]
+            head = queue.waiters[0][3]
             if head.done():  # cancelled while waiting
                 heapq.heappop(queue.waiters)
                 continue

@@ -48,6 +48,11 @@ class KlaviyoRequest:
     # Its event's priority rank (consumer.priorities): the order in which it waits for the
     # quota. How urgent, not what is sent: left out of equality and of ``preview``.
     priority: int = field(default=DEFAULT_RANK, compare=False)
+    # Within its priority class, the quota goes to the request of the event that started first
+    # (0: not an event's, arrival order alone): an event whose first request was accepted gets
+    # the rest before later events start theirs, so few events are ever cut part-way (a crash
+    # resends such an event whole) and each finishes sooner. Left out of equality too.
+    order: int = field(default=0, compare=False)
 
     @property
     def target(self) -> str:
@@ -73,15 +78,22 @@ class KlaviyoRequest:
             if isinstance(data.get("id"), str) and data["id"].startswith("{"):
                 body = {**body, "data": {**data, "id": bindings[data["id"][1:-1]]}}
         return KlaviyoRequest(
-            self.endpoint, self.method, path, body, self.query, self.binds, priority=self.priority
+            self.endpoint,
+            self.method,
+            path,
+            body,
+            self.query,
+            self.binds,
+            priority=self.priority,
+            order=self.order,
         )
 
-    def at_priority(self, priority: int) -> KlaviyoRequest:
-        """This request (and its fallback) waiting for the quota at ``priority``."""
-        if priority == self.priority:
+    def at_priority(self, priority: int, order: int = 0) -> KlaviyoRequest:
+        """This request (and its fallback) waiting for the quota at ``priority``, ``order``."""
+        if priority == self.priority and order == self.order:
             return self
-        fallback = None if self.fallback is None else self.fallback.at_priority(priority)
-        return replace(self, fallback=fallback, priority=priority)
+        fallback = None if self.fallback is None else self.fallback.at_priority(priority, order)
+        return replace(self, fallback=fallback, priority=priority, order=order)
 
     def to_preview(self) -> JSONObject:
         """The JSON form ``preview`` prints: method, path (with query) and body."""
@@ -108,8 +120,9 @@ class Plan:
     requests: tuple[KlaviyoRequest, ...]
     warnings: tuple[PlanWarning, ...] = field(default=())
 
-    def at_priority(self, priority: int) -> Plan:
-        """This plan with every request at ``priority`` (its event's topic's rank)."""
-        if all(r.priority == priority for r in self.requests):  # e.g. the normal class: no copy
+    def at_priority(self, priority: int, order: int = 0) -> Plan:
+        """This plan with every request at ``priority`` (its event's topic's rank) and
+        ``order`` (when its event started, see :attr:`KlaviyoRequest.order`)."""
+        if all(r.priority == priority and r.order == order for r in self.requests):
             return self
-        return Plan(tuple(r.at_priority(priority) for r in self.requests), self.warnings)
+        return Plan(tuple(r.at_priority(priority, order) for r in self.requests), self.warnings)

@@ -10,6 +10,7 @@ a record whose partition was revoked before its turn is left for the next owner.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from datetime import UTC, datetime
 
@@ -57,6 +58,7 @@ class Stages:
         self._book = book
         self._delivery = delivery
         self._reject = reject
+        self._started = itertools.count(1)  # the order events start in (KlaviyoRequest.order)
 
     async def process(self, lane: Lane[Work], work: Work) -> None:
         """The dispatcher's callback: one event, in its key's order."""
@@ -111,8 +113,9 @@ class Stages:
         for warning in plan.warnings:
             PLAN_WARNINGS.labels(record.topic, warning.code).inc()
         # Every request of the event (and a bulk job holding it) waits for the quota at its
-        # topic's class; the handlers decide what to send, not how urgently.
-        return plan.at_priority(self._priorities.rank(record.topic))
+        # topic's class, and within it behind the events that started before it; the handlers
+        # decide what to send, not how urgently.
+        return plan.at_priority(self._priorities.rank(record.topic), next(self._started))
 
     async def _decode(self, record: SourceRecord) -> DecodedEvent:
         if record.value is None:

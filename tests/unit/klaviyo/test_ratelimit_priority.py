@@ -1,5 +1,6 @@
-"""Priorities at the quota: waiters go by priority class, then arrival; cancelled waiters are
-skipped; a request carries its event's class through binding, bulk jobs and the client."""
+"""Priorities at the quota: waiters go by priority class, then their events' start, then arrival;
+cancelled waiters are skipped; a request carries its event's class (and start) through binding,
+bulk jobs and the client."""
 
 from __future__ import annotations
 
@@ -178,13 +179,15 @@ async def test_a_place_taken_at_once_counts_in_its_class_wait() -> None:
     assert (waits_counted(URGENT), waits_counted(NORMAL)) == (urgent + 1, normal)
 
 
-async def test_the_client_waits_for_the_quota_at_the_requests_class() -> None:
-    seen: list[tuple[str, int]] = []
+async def test_the_client_waits_for_the_quota_at_the_requests_class_and_order() -> None:
+    seen: list[tuple[str, int, int]] = []
 
     class Spy(RateLimiter):
-        async def acquire(self, endpoint: str, priority: int = DEFAULT_RANK) -> Permit:
-            seen.append((endpoint, priority))
-            return await super().acquire(endpoint, priority)
+        async def acquire(
+            self, endpoint: str, priority: int = DEFAULT_RANK, order: int = 0
+        ) -> Permit:
+            seen.append((endpoint, priority, order))
+            return await super().acquire(endpoint, priority, order)
 
     async def accept(_request: web.Request) -> web.Response:
         return web.Response(status=202)
@@ -198,7 +201,12 @@ async def test_the_client_waits_for_the_quota_at_the_requests_class() -> None:
         async with KlaviyoClient(settings, limiter=Spy(settings.rate_limits)) as client:
             await client.send(event("a@shopmail.io", URGENT))
             await client.send(event("b@shopmail.io", LOWEST))
-    assert seen == [("create_event", URGENT), ("create_event", LOWEST)]
+            await client.send(Plan((event("c@shopmail.io"),)).at_priority(HIGH, 7).requests[0])
+    assert seen == [
+        ("create_event", URGENT, 0),
+        ("create_event", LOWEST, 0),
+        ("create_event", HIGH, 7),
+    ]
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -237,3 +245,54 @@ def test_a_bad_topic_priority_is_refused_at_start_up(
     with pytest.raises(SettingsError, match="TOPIC_PRIORITIES") as caught:
         load_settings(topic_priorities=priorities)
     assert problem in str(caught.value)
+
+
+# --- within a class: the event that started first -----------------------------------------------
+
+
+async def test_within_a_class_the_request_of_the_event_that_started_first_goes_first() -> None:
+    """An order's second step queues after later orders' first steps, and still goes before
+    them: the started event finishes (a crash cannot cut it part-way) before others start."""
+    limiter = RateLimiter(ONE_AT_A_TIME)
+    held = await limiter.acquire("create_event")
+    served: list[str] = []
+
+    async def step(name: str, priority: int, order: int) -> None:
+        permit = await limiter.acquire("create_event", priority, order)
+        served.append(name)
+        limiter.release(permit, status=202)
+
+    arrivals = [
+        ("order-2 step 1", NORMAL, 2),
+        ("order-3 step 1", NORMAL, 3),
+        ("probe", NORMAL, 0),  # no event's: arrival order among its own
+        ("order-1 step 2", NORMAL, 1),
+        ("reset-4 step 1", URGENT, 4),  # the class still comes first
+        ("order-1 step 3", NORMAL, 1),
+    ]
+    tasks = []
+    for name, priority, order in arrivals:
+        tasks.append(asyncio.create_task(step(name, priority, order)))
+        await asyncio.sleep(0)
+    limiter.release(held, status=202)
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+    assert served == [
+        "reset-4 step 1",
+        "probe",
+        "order-1 step 2",
+        "order-1 step 3",
+        "order-2 step 1",
+        "order-3 step 1",
+    ]
+
+
+def test_the_order_travels_through_binding_and_fallback() -> None:
+    fallback = KlaviyoRequest(Endpoint.PROFILE_IMPORT, "POST", "/api/profile-import", {})
+    patch = KlaviyoRequest(
+        Endpoint.UPDATE_PROFILE, "PATCH", "/api/profiles/{profile_id}", {}, fallback=fallback
+    )
+    plan = Plan((patch, event("a@shopmail.io"))).at_priority(NORMAL, 42)
+    assert [r.order for r in plan.requests] == [42, 42]
+    assert plan.requests[0].bind({"profile_id": "01ABC"}).order == 42
+    assert plan.requests[0].fallback is not None and plan.requests[0].fallback.order == 42
+    assert plan.requests[1] == event("a@shopmail.io")  # not part of what is sent
