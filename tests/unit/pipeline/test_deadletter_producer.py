@@ -27,10 +27,17 @@ from consumer.settings import load_settings
 WAIT = 60.0
 
 
+# Bound, never listening: a connection to its port is refused, and no other process of the test
+# run (a broker, a sandbox) can take the port while the tests use it. A port merely picked and let
+# go was taken by another listener once in a full run, and the "unacknowledged" write got an answer.
+_HELD: list[socket.socket] = []
+
+
 def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    port: int = sock.getsockname()[1]
     return port
 
 
