@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from consumer.coordinator import coordinator_moving
+from consumer.coordinator import committed
 from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, Settings, WindowLimit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -351,15 +351,7 @@ class GroupOffsets:
         coordinator that is still loading or moving (a fresh or restarted broker answers
         NOT_COORDINATOR for a moment) is asked again, for up to 30 s."""
         partitions = self.partitions(topics)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                found = self._consumer.committed(partitions, timeout=30)
-                break
-            except KafkaException as exc:
-                if not coordinator_moving(exc.args[0]) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)  # a retry's backoff, not a synchronisation
+        found = committed(self._consumer, partitions, 30)
         return {(tp.topic, tp.partition): (tp.offset, tp.metadata or "") for tp in found}
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:

@@ -46,7 +46,7 @@ from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from consumer.coordinator import coordinator_moving
+from consumer.coordinator import committed
 from consumer.observability.logging import LibrdkafkaLogFilter, RepeatSummary, get_logger
 from consumer.observability.metrics import (
     COMMIT_DURATION,
@@ -431,17 +431,11 @@ class KafkaSource:
         offsets itself). Unreadable: none, and the records past the commits are all sent."""
         if not partitions:
             return {}
-        deadline = time.monotonic() + COMMITTED_READ_SECONDS
-        while True:
-            try:
-                found = consumer.committed(partitions, timeout=COMMITTED_READ_SECONDS)
-                break
-            except KafkaException as exc:
-                error = exc.args[0]
-                if not coordinator_moving(error) or time.monotonic() > deadline:
-                    log.warning("reading the committed offsets failed", error=str(error))
-                    return {}
-                time.sleep(0.2)
+        try:
+            found = committed(consumer, partitions, COMMITTED_READ_SECONDS)
+        except KafkaException as exc:
+            log.warning("reading the committed offsets failed", error=str(exc.args[0]))
+            return {}
         return {
             (tp.topic, tp.partition): Commit(tp.offset, tp.metadata or "")
             for tp in found

@@ -25,7 +25,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from consumer.coordinator import coordinator_moving
+from consumer.coordinator import committed
 from consumer.settings import Settings
 from consumer.tools.deadletters import ParkedRecord, Replay
 from consumer.tools.progress import PartitionProgress
@@ -114,21 +114,12 @@ class DeadLetterTopic:
     def progress(self) -> dict[int, PartitionProgress]:
         """The replay group's progress on every partition."""
         partitions = [TopicPartition(self.topic, p) for p in self.partitions]
-        deadline = time.monotonic() + self._timeout
-        while True:
-            try:
-                committed = self._consumer.committed(partitions, timeout=self._timeout)
-                break
-            except KafkaException as exc:
-                # A new group's coordinator is still loading or moving: ask again.
-                if not coordinator_moving(exc.args[0]) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        # A new group's coordinator may still be loading or moving: asked again meanwhile.
         return {
             tp.partition: PartitionProgress.from_commit(
                 tp.offset, tp.metadata, self.watermarks[tp.partition].low
             )
-            for tp in committed
+            for tp in committed(self._consumer, partitions, self._timeout)
         }
 
     def read(self, starts: Mapping[int, int] | None = None) -> list[ParkedRecord]:
