@@ -58,7 +58,13 @@ REQUIRED_ALERTS = {
     "KlaviyoRelayNoDeliveries",
     "KlaviyoRelayEventStuck",
     "KlaviyoRelayRevisionDeprecated",
+    "KlaviyoRelayOAuthTokenExpiring",
 }
+# Per-account settings (KLAVIYO_ACCOUNT_<NAME>_<FIELD>, issue 16): named by the account, so not
+# fields of their own; tests/deploy/test_helm_accounts.py checks them against KLAVIYO_ACCOUNTS.
+PER_ACCOUNT = re.compile(
+    r"^KLAVIYO_ACCOUNT_[A-Z0-9_]+_(API_KEY|BASE_URL|RATE_LIMIT_SHARE|OAUTH_\w+)$"
+)
 
 
 PROMTOOL = find_tool("promtool")
@@ -167,6 +173,8 @@ def test_ci_matrix_covers_every_shape() -> None:
         "networkpolicy-values",
         "cronjob-values",
         "oauth-values",
+        "accounts-values",
+        "accounts-cronjob-values",
     }
 
 
@@ -248,6 +256,7 @@ def test_rendered_settings_are_accepted_by_the_relay(
 ) -> None:
     config, env = _env_of(render_ci(values_file.name))
     names = {field.upper() for field in Settings.model_fields}
+    names |= {k for k in (*config, *env) if PER_ACCOUNT.match(k)}
     unknown = set(config) - names - {"TOPICS"} - set(env)
     assert not unknown, f"ConfigMap keys the relay does not read: {unknown}"
     assert set(env) <= names

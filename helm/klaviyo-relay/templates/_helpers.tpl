@@ -56,9 +56,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s-oauth-token" (include "klaviyo-relay.fullname" .) -}}
 {{- end -}}
 
-{{/* "true" when the pods need the API server: OAuth with the token store Secret. */}}
+{{/* "true" when the pods need the API server: OAuth with the token store Secret (of the
+top-level OAuth set-up or of any OAuth account). */}}
 {{- define "klaviyo-relay.oauthTokenStore" -}}
-{{- if and .Values.klaviyo.oauth.enabled .Values.klaviyo.oauth.tokenStore.enabled }}true{{ end -}}
+{{- if (include "klaviyo-relay.oauthTokenStores" . | fromJsonArray) }}true{{ end -}}
 {{- end -}}
 
 {{- define "klaviyo-relay.autoscaling" -}}
@@ -109,4 +110,64 @@ namespace="{{ .Release.Namespace }}", job="{{ include "klaviyo-relay.fullname" .
 {{- $_ := set $data "kafka-secret-extra-config" (toJson .Values.kafka.secretExtraConfig) -}}
 {{- end -}}
 {{- if $data }}{{ toJson $data }}{{ end -}}
+{{- end -}}
+
+{{/* An account's environment variable prefix, KLAVIYO_ACCOUNT_<NAME>_ (name upper-cased, - as _). */}}
+{{- define "klaviyo-relay.accountEnvPrefix" -}}
+{{- printf "KLAVIYO_ACCOUNT_%s_" (. | upper | replace "-" "_") -}}
+{{- end -}}
+
+{{/* The token-store Secret of the account named by .name (root: the chart's context). */}}
+{{- define "klaviyo-relay.accountTokenSecretName" -}}
+{{- printf "%s-%s" (include "klaviyo-relay.oauthTokenSecretName" .root) .name -}}
+{{- end -}}
+
+{{/* The accounts that send with OAuth (authScheme oauth), as a JSON list. */}}
+{{- define "klaviyo-relay.oauthAccounts" -}}
+{{- $found := list -}}
+{{- range .Values.accounts -}}
+{{- if eq (default "api-key" .authScheme) "oauth" -}}
+{{- $found = append $found . -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $found -}}
+{{- end -}}
+
+{{/* Every token-store Secret the relay patches, as a JSON list of names: the top-level OAuth
+set-up's and one per OAuth account (each installation rotates its own refresh token). */}}
+{{- define "klaviyo-relay.oauthTokenStores" -}}
+{{- $names := list -}}
+{{- if .Values.klaviyo.oauth.tokenStore.enabled -}}
+{{- if .Values.klaviyo.oauth.enabled -}}
+{{- $names = append $names (include "klaviyo-relay.oauthTokenSecretName" .) -}}
+{{- end -}}
+{{- range (include "klaviyo-relay.oauthAccounts" . | fromJsonArray) -}}
+{{- $names = append $names (include "klaviyo-relay.accountTokenSecretName" (dict "root" $ "name" .name)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
+
+{{/* "true" when the top-level klaviyo.* credentials are rendered (the account `default`):
+always without accounts (the pods then expect <fullname>-klaviyo), with accounts only when a key
+or OAuth is configured there. */}}
+{{- define "klaviyo-relay.topLevelCredentials" -}}
+{{- $k := .Values.klaviyo -}}
+{{- if or (not .Values.accounts) $k.apiKey $k.existingSecret $k.oauth.enabled }}true{{ end -}}
+{{- end -}}
+
+{{/* The topic → account map (KLAVIYO_ACCOUNT_TOPICS) from the accounts' topics, as JSON; a
+topic given to two accounts fails the install. */}}
+{{- define "klaviyo-relay.accountTopics" -}}
+{{- $map := dict -}}
+{{- range .Values.accounts -}}
+{{- $account := .name -}}
+{{- range .topics -}}
+{{- if hasKey $map . -}}
+{{- fail (printf "accounts: topic %s is given to both %s and %s" . (get $map .) $account) -}}
+{{- end -}}
+{{- $_ := set $map . $account -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $map -}}
 {{- end -}}

@@ -55,6 +55,7 @@ spec:
         - configMapRef:
             name: {{ include "klaviyo-relay.fullname" $root }}
       env:
+        {{- if include "klaviyo-relay.topLevelCredentials" $root }}
         {{- with $root.Values.klaviyo.oauth }}
         {{- if .enabled }}
         {{- if not (and .clientId .existingSecret) }}
@@ -76,6 +77,23 @@ spec:
             secretKeyRef:
               name: {{ include "klaviyo-relay.klaviyoSecretName" $root }}
               key: {{ $root.Values.klaviyo.existingSecretKey }}
+        {{- end }}
+        {{- end }}
+        {{- end }}
+        {{- range $root.Values.accounts }}
+        {{- $prefix := include "klaviyo-relay.accountEnvPrefix" .name }}
+        {{- $secret := .existingSecret }}
+        {{- /* Each account's credentials from its own Secret, by fixed keys (values.yaml). */}}
+        {{- $keys := dict "API_KEY" "api-key" }}
+        {{- if eq (default "api-key" .authScheme) "oauth" }}
+        {{- $keys = dict "OAUTH_CLIENT_ID" "oauth-client-id" "OAUTH_CLIENT_SECRET" "oauth-client-secret" "OAUTH_REFRESH_TOKEN" "oauth-refresh-token" }}
+        {{- end }}
+        {{- range $field, $key := $keys }}
+        - name: {{ $prefix }}{{ $field }}
+          valueFrom:
+            secretKeyRef:
+              name: {{ $secret }}
+              key: {{ $key }}
         {{- end }}
         {{- end }}
         {{- if $sasl.existingSecret }}
