@@ -1,6 +1,7 @@
 """``python -m bench [--quick] [--only 1,2,3,4,5] [--bootstrap HOST:PORT] [--out DIR]``.
 
 ``--only 6``: the kill -9 scenario (:mod:`bench.crash`), not run by default.
+``--only 7``: two accounts in one relay (:mod:`bench.accounts`), not run by default.
 
 Starts a Kafka broker (unless ``--bootstrap``), creates the contract's topics, runs the
 scenarios and writes ``<out>/full.md`` (or ``quick.md``) and its JSON beside it.
@@ -15,7 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench import crash, more, report
+from bench import accounts, crash, more, report
 from bench.scenarios import (
     DLQ_TOPIC,
     FULL,
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, help="scenario 1 events per mode")
     parser.add_argument("--backlog", type=int, help="scenario 3 backlog")
     more.add_arguments(parser)
+    parser.add_argument(
+        "--accounts-modes",
+        default=accounts.MODES,
+        help=f"scenario 7's send modes (default {accounts.MODES})",
+    )
     parser.add_argument("--backlog-sizes", help="scenario 3 backlogs, e.g. 100000,1000000,5000000")
     parser.add_argument(
         "--memprobe", action="store_true", help="run the relay under bench.memprobe"
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             *more.run(bench, only, args),
             more.not_available(skipped),
             *crash.run(bench, only),
+            *accounts.run(bench, only, more.modes(args.accounts_modes)),
         ]
     finally:
         broker.stop()

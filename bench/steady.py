@@ -16,7 +16,7 @@ import json
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from bench.loadgen import LoadGenerator, producer
@@ -110,7 +110,18 @@ class SteadyProducer:
                 sent += 1
             self._producer.poll(0)
 
-    def _produce(self, topic: str, key: bytes, value: bytes, klaviyo_events: int) -> None:
+    def _produce(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        klaviyo_events: int,
+        *,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+        acked: Callable[[], None] | None = None,
+    ) -> None:
+        """Produce one event; ``acked`` runs (under the lock) once the broker acknowledged it."""
+
         def on_delivery(err: Any, _msg: Any) -> None:
             with self._lock:
                 if err is not None:
@@ -118,10 +129,12 @@ class SteadyProducer:
                 else:
                     self.events += 1
                     self.klaviyo_events += klaviyo_events
+                    if acked is not None:
+                        acked()
 
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=on_delivery)
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
                 return
             except BufferError:
                 self._producer.poll(0.1)
