@@ -30,6 +30,7 @@ from tests.deploy.test_helm import (
     pod_spec,
     relay_container,
     render_ci,
+    render_notes,
 )
 from tests.fixtures.helm import (
     CHART,
@@ -173,6 +174,17 @@ def test_the_cronjob_runs_the_same_accounts_with_the_top_level_key_as_default(
     }
     (store,) = by_kind(cronjob, "Secret")
     assert store["metadata"]["name"] == f"{FULLNAME}-oauth-token-merchant-1"
+
+
+@needs_helm
+def test_notes_name_the_accounts_and_expect_no_top_level_key(tmp_path: Path) -> None:
+    notes = render_notes(tmp_path, ["-f", str(CHART / "ci" / ACCOUNTS)])
+    assert "WARNING" not in notes
+    assert (
+        "Klaviyo accounts: shop-eu (api-key, Secret klaviyo-shop-eu), merchant-1 (oauth, Secret"
+        " klaviyo-merchant-1), merchant-2 (oauth, Secret klaviyo-merchant-2)."
+    ) in notes
+    assert "dead-lettered (unknown_account)" in notes
 
 
 @needs_helm
