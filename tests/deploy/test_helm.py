@@ -782,26 +782,28 @@ def _series(metric: str, labels: dict[str, str], values: str) -> dict[str, str]:
     return {"series": f"{metric}{{{inner}}}", "values": values}
 
 
+def fired_alert(name: str, severity: str, summary: str, **labels: str) -> dict[str, Any]:
+    """An alert as promtool should see it fire: the fixed texts come from the rule, the summary,
+    which is templated, is spelled out."""
+    described = {r["alert"]: r["annotations"] for r in _rules(render_ci("monitoring-values.yaml"))}
+    return {
+        "exp_labels": {
+            "severity": severity,
+            "team": "checkout",
+            "namespace": NAMESPACE,
+            "job": f"{FULLNAME}-metrics",
+            **labels,
+        },
+        "exp_annotations": {**described[name], "summary": summary},
+    }
+
+
 @needs_helm
 @needs_promtool
 def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
     """promtool unit tests: each alert fires on a synthetic incident (and not before its `for`)."""
     assert PROMTOOL is not None
     rules = _rules_file(tmp_path)
-    described = {r["alert"]: r["annotations"] for r in _rules(render_ci("monitoring-values.yaml"))}
-
-    def fired(name: str, severity: str, summary: str, **labels: str) -> dict[str, Any]:
-        # Fixed texts come from the rule; the summary, which is templated, is spelled out.
-        return {
-            "exp_labels": {
-                "severity": severity,
-                "team": "checkout",
-                "namespace": NAMESPACE,
-                "job": f"{FULLNAME}-metrics",
-                **labels,
-            },
-            "exp_annotations": {**described[name], "summary": summary},
-        }
 
     up = _series("up", {"pod": "p1"}, "1x60")
     topic = "shop.orders.placed"
@@ -823,7 +825,7 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                     "eval_time": "2m",
                     "alertname": "KlaviyoRelayHalted",
                     "exp_alerts": [
-                        fired(
+                        fired_alert(
                             "KlaviyoRelayHalted",
                             "critical",
                             "Relay p1 halted on a Klaviyo auth failure",
@@ -846,7 +848,7 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                     "eval_time": "20m",
                     "alertname": "KlaviyoRelayLagGrowing",
                     "exp_alerts": [
-                        fired(
+                        fired_alert(
                             "KlaviyoRelayLagGrowing",
                             "warning",
                             f"Lag on {topic} has grown for 10 minutes (2.2k messages)",
@@ -859,7 +861,7 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                     "eval_time": "25m",
                     "alertname": "KlaviyoRelayNoDeliveries",
                     "exp_alerts": [
-                        fired(
+                        fired_alert(
                             "KlaviyoRelayNoDeliveries",
                             "critical",
                             "No event delivered to Klaviyo for 10 minutes while 2.7k messages wait",
@@ -911,7 +913,7 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                     "eval_time": "25m",
                     "alertname": "KlaviyoRelayThrottled",
                     "exp_alerts": [
-                        fired(
+                        fired_alert(
                             "KlaviyoRelayThrottled",
                             "warning",
                             "10% of create_event requests answered 429",
@@ -923,7 +925,7 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                     "eval_time": "25m",
                     "alertname": "KlaviyoRelayDeadLetters",
                     "exp_alerts": [
-                        fired(
+                        fired_alert(
                             "KlaviyoRelayDeadLetters",
                             "warning",
                             f"{topic}: 1/s dead-lettered at handle (no_identifier)",
@@ -956,7 +958,7 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                     "eval_time": "25m",
                     "alertname": "KlaviyoRelayEdgeAnswers",
                     "exp_alerts": [
-                        fired(
+                        fired_alert(
                             "KlaviyoRelayEdgeAnswers",
                             "warning",
                             "Klaviyo's edge has answered challenge pages instead of the API"
@@ -984,7 +986,7 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                     "eval_time": "25m",
                     "alertname": "KlaviyoRelayEventStuck",
                     "exp_alerts": [
-                        fired(
+                        fired_alert(
                             "KlaviyoRelayEventStuck",
                             "warning",
                             f"An event on {topic}/0 has been unfinished for 25m 0s",
@@ -1003,7 +1005,7 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                     "eval_time": "6m",
                     "alertname": "KlaviyoRelayDown",
                     "exp_alerts": [
-                        fired(
+                        fired_alert(
                             "KlaviyoRelayDown",
                             "critical",
                             f"No relay pod of {FULLNAME}-metrics is being scraped",
@@ -1029,7 +1031,7 @@ def test_alerts_fire_on_the_failures_they_describe(tmp_path: Path) -> None:
                     "eval_time": "90m",
                     "alertname": "KlaviyoRelayRevisionDeprecated",
                     "exp_alerts": [
-                        fired(
+                        fired_alert(
                             "KlaviyoRelayRevisionDeprecated",
                             "warning",
                             "The pinned Klaviyo revision is 400 days old",

@@ -20,11 +20,11 @@ from tests.deploy.test_helm import (
     _env_of,
     _merged,
     _promtool_test,
-    _rules,
     _rules_file,
     _schema_validator,
     _series,
     _template,
+    fired_alert,
     needs_helm,
     needs_promtool,
     pod_spec,
@@ -324,20 +324,6 @@ def test_alerts_per_account(tmp_path: Path) -> None:
     concerned, never one account's health hiding another's trouble."""
     assert PROMTOOL is not None
     rules = _rules_file(tmp_path)
-    described = {r["alert"]: r["annotations"] for r in _rules(render_ci("monitoring-values.yaml"))}
-
-    def fired(name: str, severity: str, summary: str, **labels: str) -> dict[str, Any]:
-        return {
-            "exp_labels": {
-                "severity": severity,
-                "team": "checkout",
-                "namespace": NAMESPACE,
-                "job": f"{FULLNAME}-metrics",
-                **labels,
-            },
-            "exp_annotations": {**described[name], "summary": summary},
-        }
-
     up = _series("up", {"pod": "p1"}, "1x60")
     shop, merchant = {"pod": "p1", "account": "shop-eu"}, {"pod": "p1", "account": "merchant-1"}
     requests = {"endpoint": "create_event", "outcome": "accepted", "status_class": "2xx"}
@@ -356,7 +342,7 @@ def test_alerts_per_account(tmp_path: Path) -> None:
                     "eval_time": "2m",
                     "alertname": "KlaviyoRelayHalted",
                     "exp_alerts": [
-                        fired(
+                        fired_alert(
                             "KlaviyoRelayHalted",
                             "critical",
                             "Relay p1 halted on a Klaviyo auth failure (account merchant-1)",
@@ -390,7 +376,7 @@ def test_alerts_per_account(tmp_path: Path) -> None:
                     "eval_time": "25m",
                     "alertname": "KlaviyoRelayThrottled",
                     "exp_alerts": [
-                        fired(
+                        fired_alert(
                             "KlaviyoRelayThrottled",
                             "warning",
                             "10% of create_event requests answered 429 (account shop-eu)",
@@ -414,7 +400,7 @@ def test_alerts_per_account(tmp_path: Path) -> None:
                     "eval_time": "27m",
                     "alertname": "KlaviyoRelayOAuthRefreshFailing",
                     "exp_alerts": [
-                        fired(
+                        fired_alert(
                             "KlaviyoRelayOAuthRefreshFailing",
                             "critical",
                             "OAuth token refreshes fail (invalid_grant) and none succeeds"
@@ -443,7 +429,7 @@ def test_alerts_per_account(tmp_path: Path) -> None:
                     "eval_time": "12m",
                     "alertname": "KlaviyoRelayOAuthTokenExpiring",
                     "exp_alerts": [
-                        fired(
+                        fired_alert(
                             "KlaviyoRelayOAuthTokenExpiring",
                             "critical",
                             "Relay p1's OAuth access token for account merchant-1 expires in"
