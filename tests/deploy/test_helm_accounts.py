@@ -442,3 +442,32 @@ def test_alerts_per_account(tmp_path: Path) -> None:
         },
     ]
     _promtool_test(rules, tests)
+
+
+@needs_helm
+@needs_promtool
+def test_keda_quota_trigger_counts_pods_not_their_accounts(tmp_path: Path) -> None:
+    """With several accounts each pod exports a quota share per account: the scaler's pod count
+    (the formula's ``pods × lag target`` while saturated) must still be the pods'."""
+    triggers = {
+        t["name"]: t for t in one(render_ci("keda-values.yaml"), "ScaledObject")["spec"]["triggers"]
+    }
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("groups: []\n")
+    shares = [
+        _series("klaviyo_relay_quota_share", {"pod": pod, "account": account}, "0.5x5")
+        for pod in ("p1", "p2")
+        for account in ("north", "south", "default")
+    ]
+    test = {
+        "interval": "1m",
+        "input_series": shares,
+        "promql_expr_test": [
+            {
+                "expr": triggers["pods"]["metadata"]["query"],
+                "eval_time": "2m",
+                "exp_samples": [{"labels": "{}", "value": 2}],
+            }
+        ],
+    }
+    _promtool_test(rules, [test])
