@@ -25,9 +25,10 @@ from datetime import date
 import click
 from confluent_kafka import KafkaException
 
+from consumer.accounts.config import has_credentials
 from consumer.cli import settings_from
 from consumer.cli.kafka import KafkaUnreachable, admin_client, cluster_metadata, missing_topics
-from consumer.cli.preflight import has_credentials, preflight, source_topics
+from consumer.cli.preflight import preflight, source_topics
 from consumer.klaviyo.auth import Credentials, OAuthCredentials, credentials_from_settings
 from consumer.klaviyo.client import KlaviyoClient
 from consumer.klaviyo.oauth import GrantRevoked, TokenProvider, TokenUnavailable
