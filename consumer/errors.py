@@ -54,6 +54,10 @@ class Reason(StrEnum):
     KLAVIYO_REJECTED = "klaviyo_rejected"
     # the dead-letter writer: the record did not fit the topic and was parked as a marker
     TOO_LARGE = "too_large"
+    # routing to an account (consumer.accounts): named none the relay serves, or its key was
+    # refused while other accounts keep relaying (replay routes it back the same way)
+    UNKNOWN_ACCOUNT = "unknown_account"
+    ACCOUNT_HALTED = "account_halted"
 
 
 # The record's bytes or its deadline: the same record fails the same way however often it is

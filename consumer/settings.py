@@ -38,6 +38,7 @@ from consumer.topics import CONTRACT_TOPICS
 
 DEFAULT_REVISION = "2026-07-15"
 _URL = re.compile(r"(https?|mock)://[^/\s]+(/\S*)?")
+ACCOUNT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 
 
 class SendMode(StrEnum):
@@ -197,6 +198,22 @@ class Settings(BaseSettings):
         description="Kubernetes Secret (same namespace) keeping the newest rotated refresh token"
         " for every replica; patched through the in-cluster API.",
     )
+    klaviyo_accounts: list[str] = Field(
+        default_factory=list,
+        description="Named Klaviyo accounts served by this relay (each from"
+        " KLAVIYO_ACCOUNT_<NAME>_<FIELD>); empty: one account from the KLAVIYO_* settings.",
+    )
+    klaviyo_default_account: str | None = Field(
+        default=None,
+        description="The account of events with neither the account header nor a topic in"
+        " KLAVIYO_ACCOUNT_TOPICS (default: `default` when top-level credentials are set).",
+    )
+    klaviyo_account_topics: dict[str, str] = Field(
+        default_factory=dict, description="Topic → account name, for events without the header."
+    )
+    klaviyo_account_header: str = Field(
+        default="klaviyo-account", description="Kafka header naming an event's account."
+    )
     rate_limits: dict[str, EndpointLimit] = Field(
         default_factory=lambda: dict(DEFAULT_RATE_LIMITS),
         description="Per-endpoint burst/steady windows; unspecified endpoints keep the defaults.",
@@ -269,6 +286,17 @@ class Settings(BaseSettings):
     ) -> SecretStr | None:
         if value is not None and info.data.get("schema_registry_basic_auth_user_info"):
             raise ValueError("set this or SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO, not both")
+        return value
+
+    @field_validator("klaviyo_accounts")
+    @classmethod
+    def _account_names(cls, value: list[str]) -> list[str]:
+        # Names become metric label values and environment variable names: kept short and plain.
+        bad = [name for name in value if not ACCOUNT_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"bad account name(s) {bad}: expected {ACCOUNT_NAME.pattern}")
+        if len(set(value)) != len(value):
+            raise ValueError("an account is named twice")
         return value
 
     @field_validator("rate_limits")

@@ -13,6 +13,9 @@
   ``events:write`` and ``profiles:write`` by POSTs whose body has a type no endpoint accepts:
   Klaviyo checks the key's scopes before the body, so 400 means "allowed" and 403 "missing
   scope", and nothing can ever be created.
+
+With ``KLAVIYO_ACCOUNTS`` the Klaviyo lines come once per account, named ``oauth[NAME]``,
+``klaviyo[NAME]``, ``scopes[NAME]`` and ``quota[NAME]`` (its windows, share and headroom).
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import asyncio
 import sys
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import click
 from confluent_kafka import KafkaException
 
+from consumer.accounts.config import accounts_from, has_credentials
 from consumer.cli import settings_from
 from consumer.cli.kafka import KafkaUnreachable, admin_client, cluster_metadata, missing_topics
-from consumer.cli.preflight import has_credentials, preflight, source_topics
+from consumer.cli.preflight import preflight, source_topics
 from consumer.klaviyo.auth import Credentials, OAuthCredentials, credentials_from_settings
 from consumer.klaviyo.client import KlaviyoClient
 from consumer.klaviyo.oauth import GrantRevoked, TokenProvider, TokenUnavailable
@@ -35,6 +40,7 @@ from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Permanent, Retry
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.klaviyo.revision import InvalidRevision, Phase, revision_status
 from consumer.klaviyo.token_store import TokenStoreError
+from consumer.observability.metrics import REGISTRY
 from consumer.observability.revision import utc_today
 from consumer.pipeline.deadletter_topic import (
     DeadLetterTopicUnchecked,
@@ -85,14 +91,48 @@ def check(ctx: click.Context, timeout: float) -> None:
     for result in results:
         click.echo(result.line())
     # Every probe is a single attempt: check reports, the relay retries.
-    single = settings.model_copy(
-        update={"retry_max_attempts": 1, "klaviyo_timeout_seconds": timeout}
-    )
-    for result in asyncio.run(check_klaviyo(single)):
+    single = {"retry_max_attempts": 1, "klaviyo_timeout_seconds": timeout}
+    for result in asyncio.run(_check_accounts(settings, single)):
         results.append(result)
         click.echo(result.line())
     if not all(result.ok for result in results):
         sys.exit(1)
+
+
+async def _check_accounts(settings: Settings, single: dict[str, Any]) -> list[Result]:
+    """The Klaviyo lines: of the one account, or a block per account of KLAVIYO_ACCOUNTS with
+    its name in brackets (``klaviyo[shop-eu]: ok (...)``) and its quota line."""
+    try:
+        accounts = accounts_from(settings)
+    except SettingsError:
+        accounts = None  # the config line says why
+    if accounts is None or not accounts.named:
+        return await check_klaviyo(settings.model_copy(update=single))
+    results = []
+    for name, account in accounts.settings.items():
+        probe = account.model_copy(update=single)
+        block = [*await check_klaviyo(probe, account=name), check_quota(account, name)]
+        results += [Result(f"{r.name}[{name}]", r.ok, r.detail) for r in block]
+    return results
+
+
+def check_quota(settings: Settings, account: str) -> Result:
+    """An account's own quota: its steady windows, its share, and the headroom Klaviyo's
+    rate-limit headers showed to the probes (when the answers carried them)."""
+    limits = settings.rate_limits
+    parts = []
+    for endpoint in (Endpoint.CREATE_EVENT, Endpoint.BULK_CREATE_EVENTS):
+        steady = limits[endpoint.value].steady
+        parts.append(f"{endpoint.value} {steady.requests}/{steady.seconds:g}s")
+    share = settings.rate_limit_share
+    parts.append(f"share {share:g}" if share is not None else "share: the group's at run time")
+    left = REGISTRY.get_sample_value(
+        "klaviyo_relay_rate_limit_remaining",
+        {"endpoint": Endpoint.GET_PROFILES.value, "account": account},
+    )
+    if left is not None:
+        parts.append(f"{left:.0f} requests left in the probe's steady window")
+    return Result("quota", True, ", ".join(parts))
 
 
 def check_config(settings: Settings) -> Result:
@@ -161,7 +201,7 @@ def check_dlq(settings: Settings, timeout: float) -> Result:
     )
 
 
-async def check_klaviyo(settings: Settings) -> list[Result]:
+async def check_klaviyo(settings: Settings, *, account: str = "default") -> list[Result]:
     """The ``oauth`` (with an OAuth app), ``klaviyo`` and ``scopes`` lines."""
     where = f"{settings.klaviyo_base_url}, revision {settings.klaviyo_revision}"
     if not has_credentials(settings):
@@ -170,7 +210,7 @@ async def check_klaviyo(settings: Settings) -> list[Result]:
             Result("scopes", False, "not checked without a key"),
         ]
     try:
-        credentials = credentials_from_settings(settings)
+        credentials = credentials_from_settings(settings, account)
     except TokenStoreError as exc:
         return [
             Result("oauth", False, str(exc)),
@@ -188,7 +228,7 @@ async def check_klaviyo(settings: Settings) -> list[Result]:
                 Result("scopes", False, "not checked without an OAuth token"),
             ]
         results.append(oauth)
-    return results + await _check_api(settings, credentials, where)
+    return results + await _check_api(settings, credentials, where, account)
 
 
 async def check_oauth(provider: TokenProvider, settings: Settings) -> Result:
@@ -211,10 +251,12 @@ async def check_oauth(provider: TokenProvider, settings: Settings) -> Result:
     )
 
 
-async def _check_api(settings: Settings, credentials: Credentials, where: str) -> list[Result]:
+async def _check_api(
+    settings: Settings, credentials: Credentials, where: str, account: str
+) -> list[Result]:
     """The ``klaviyo`` and ``scopes`` lines."""
     accepted = "token accepted" if settings.oauth else "key accepted"
-    async with KlaviyoClient(settings, credentials=credentials) as client:
+    async with KlaviyoClient(settings, credentials=credentials, account=account) as client:
         ping = await client.ping()
         if not isinstance(ping, Accepted | Permanent) and not (
             isinstance(ping, Fatal) and ping.status == 403

@@ -15,12 +15,13 @@ import click
 import orjson
 from confluent_kafka import KafkaException
 
+from consumer.accounts.config import accounts_from
 from consumer.cli import settings_from
 from consumer.cli.kafka import require_topics
 from consumer.codec import Decoder
 from consumer.errors import UNFIXABLE_BY_REPLAY, DecodeError, Reason
 from consumer.plain_json import to_plain_json
-from consumer.settings import Settings
+from consumer.settings import Settings, SettingsError
 from consumer.tools.deadletters import ParkedRecord, Selection, count_by, newest, parse_since
 from consumer.tools.dlq_kafka import DeadLetterTopic, DeadLetterTopicError, publish
 from consumer.tools.masking import mask_event
@@ -55,6 +56,13 @@ _selection_options = [
         "--topic", "topics", multiple=True, help="Only records from this source topic; repeatable."
     ),
     click.option(
+        "--account",
+        "accounts",
+        multiple=True,
+        help="Only records routed to this Klaviyo account (by their original account header"
+        " and topic, as the relay routes them; KLAVIYO_ACCOUNTS); repeatable.",
+    ),
+    click.option(
         "--since",
         default=None,
         help="Only records that failed since TIME: RFC 3339 (2024-05-01T12:00:00Z) or a"
@@ -69,12 +77,31 @@ def _with_selection(command: click.decorators.FC) -> click.decorators.FC:
     return command
 
 
-def _selection(reasons: tuple[str, ...], topics: tuple[str, ...], since: str | None) -> Selection:
+def _selection(
+    settings: Settings,
+    *,
+    reasons: tuple[str, ...],
+    topics: tuple[str, ...],
+    since: str | None,
+    accounts: tuple[str, ...],
+) -> Selection:
     try:
         moment = parse_since(since, datetime.now(UTC)) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
-    return Selection(frozenset(reasons), frozenset(topics), moment)
+    if not accounts:
+        return Selection(frozenset(reasons), frozenset(topics), moment)
+    try:
+        routing = accounts_from(settings)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    unknown = sorted(set(accounts) - set(routing.names))
+    if unknown:
+        raise click.BadParameter(
+            f"unknown account {', '.join(unknown)}; accounts: {', '.join(routing.names)}",
+            param_hint="--account",
+        )
+    return Selection(frozenset(reasons), frozenset(topics), moment, frozenset(accounts), routing)
 
 
 def _open(settings: Settings) -> DeadLetterTopic:
@@ -108,13 +135,14 @@ def inspect(
     reasons: tuple[str, ...],
     topics: tuple[str, ...],
     since: str | None,
+    accounts: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """One line per dead letter: source topic/partition/offset, stage, reason, Klaviyo
     status/code, age (since the source record was written to Kafka, its record time), the
     event (personal data masked) and the error."""
     settings = settings_from(ctx)
-    selection = _selection(reasons, topics, since)
+    selection = _selection(settings, reasons=reasons, topics=topics, since=since, accounts=accounts)
     with _open(settings) as topic:
         try:
             progress = topic.progress()
@@ -174,6 +202,7 @@ def replay(
     reasons: tuple[str, ...],
     topics: tuple[str, ...],
     since: str | None,
+    accounts: tuple[str, ...],
     dry_run: bool,
     include_unfixable: bool,
 ) -> None:
@@ -184,7 +213,7 @@ def replay(
     only fail again: they are skipped unless named with --reason or --include-unfixable is
     given."""
     settings = settings_from(ctx)
-    selection = _selection(reasons, topics, since)
+    selection = _selection(settings, reasons=reasons, topics=topics, since=since, accounts=accounts)
     backfill_after = timedelta(seconds=settings.replay_backfill_after_seconds)
     with _open(settings) as topic:
         try:

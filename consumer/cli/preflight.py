@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from confluent_kafka import Consumer, KafkaException
 
+from consumer.accounts.config import accounts_from, has_credentials
 from consumer.cli.kafka import QUIET_KAFKA_LOG
 from consumer.klaviyo.revision import InvalidRevision, revision_date
 from consumer.settings import Settings, SettingsError
@@ -20,7 +21,11 @@ def preflight(settings: Settings, *, key: bool = True) -> list[str]:
     from consumer.schemas import SchemaError, SchemaStore  # noqa: PLC0415 (parses schemas)
 
     problems = []
-    if key and not has_credentials(settings):
+    try:
+        accounts_from(settings)  # named accounts: each one's settings and credentials
+    except SettingsError as exc:
+        problems.append(str(exc))
+    if key and not settings.klaviyo_accounts and not has_credentials(settings):
         problems.append("KLAVIYO_API_KEY is not set")
     try:
         source_topics(settings)
@@ -38,12 +43,6 @@ def preflight(settings: Settings, *, key: bool = True) -> list[str]:
     if problem is not None:
         problems.append(problem)
     return problems
-
-
-def has_credentials(settings: Settings) -> bool:
-    """A private key, or an OAuth app (whose settings are validated complete)."""
-    key = settings.klaviyo_api_key
-    return settings.oauth or (key is not None and bool(key.get_secret_value()))
 
 
 def source_topics(settings: Settings) -> list[str]:

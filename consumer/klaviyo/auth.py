@@ -86,7 +86,7 @@ def token_store(settings: Settings) -> TokenStore:
     return MemoryStore()
 
 
-def credentials_from_settings(settings: Settings) -> Credentials:
+def credentials_from_settings(settings: Settings, account: str = "default") -> Credentials:
     """OAuth when KLAVIYO_OAUTH_CLIENT_ID is set, else KLAVIYO_API_KEY."""
     if settings.oauth:
         assert settings.klaviyo_oauth_client_id is not None  # settings.oauth says so
@@ -103,6 +103,7 @@ def credentials_from_settings(settings: Settings) -> Credentials:
             token_store(settings),
             policy=RetryPolicy.from_settings(settings),
             timeout_seconds=settings.klaviyo_timeout_seconds,
+            account=account,
         )
         return OAuthCredentials(provider)
     if settings.klaviyo_api_key is None:

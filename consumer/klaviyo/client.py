@@ -91,10 +91,13 @@ class KlaviyoClient:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         credentials: Credentials | None = None,
+        account: str = "default",
     ) -> None:
-        self._credentials = credentials or credentials_from_settings(settings)
+        """``account``: the name its metrics carry (one client per account, consumer.accounts)."""
+        self._account = account
+        self._credentials = credentials or credentials_from_settings(settings, account)
         self._settings = settings
-        self._limiter = limiter or RateLimiter.from_settings(settings)
+        self._limiter = limiter or RateLimiter.from_settings(settings, account)
         self._policy = policy or RetryPolicy.from_settings(settings)
         self._rng = rng or random.Random()
         self._clock = clock
@@ -269,9 +272,10 @@ class KlaviyoClient:
         finally:
             self._limiter.release(permit, status=status, headers=headers)
         KLAVIYO_REQUEST_DURATION.labels(endpoint).observe(time.perf_counter() - started)
-        KLAVIYO_REQUESTS.labels(endpoint, _outcome_name(outcome), status_class(status)).inc()
+        outcome_name = _outcome_name(outcome)
+        KLAVIYO_REQUESTS.labels(endpoint, outcome_name, status_class(status), self._account).inc()
         if status == 429:
-            KLAVIYO_THROTTLED.labels(endpoint).inc()
+            KLAVIYO_THROTTLED.labels(endpoint, self._account).inc()
         _count_oddities(endpoint, outcome)
         return outcome
 

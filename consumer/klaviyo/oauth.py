@@ -153,8 +153,10 @@ class TokenProvider:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         wall_clock: Clock = time.time,
+        account: str = "default",
     ) -> None:
         self._app = app
+        self._account = account  # the metrics' label (consumer.accounts)
         self._store = store
         self._policy = policy
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
@@ -234,7 +236,7 @@ class TokenProvider:
                 await self._sleep(STORE_SETTLE_SECONDS)
                 candidate = await self._next_candidate(tried)
             if candidate is None:
-                OAUTH_REFRESHES.labels(INVALID_GRANT).inc()
+                OAUTH_REFRESHES.labels(INVALID_GRANT, self._account).inc()
                 revoked = GrantRevoked(INVALID_GRANT, 400)
                 _log.error("oauth_grant_revoked", tried=len(tried), reason=revoked.describe())
                 raise revoked
@@ -243,13 +245,13 @@ class TokenProvider:
             if isinstance(outcome, Accepted):
                 return await self._accept(candidate, outcome)
             if isinstance(outcome, Retryable):
-                OAUTH_REFRESHES.labels("unavailable").inc()
+                OAUTH_REFRESHES.labels("unavailable", self._account).inc()
                 _log.warning("oauth_refresh_failed", status=outcome.status, reason=outcome.reason)
                 raise TokenUnavailable(outcome)
             assert isinstance(outcome, Fatal)
             code = outcome.errors[0].code if outcome.errors else None
             if code != INVALID_GRANT:
-                OAUTH_REFRESHES.labels("refused").inc()
+                OAUTH_REFRESHES.labels("refused", self._account).inc()
                 refused = GrantRevoked(code or f"http_{outcome.status}", outcome.status)
                 _log.error("oauth_client_refused", status=outcome.status, code=code)
                 raise refused
@@ -277,8 +279,8 @@ class TokenProvider:
             lifetime=lifetime,
             scope=str(body.get("scope") or ""),
         )
-        OAUTH_REFRESHES.labels("ok").inc()
-        OAUTH_TOKEN_EXPIRY.set(self._wall_clock() + lifetime)
+        OAUTH_REFRESHES.labels("ok", self._account).inc()
+        OAUTH_TOKEN_EXPIRY.labels(self._account).set(self._wall_clock() + lifetime)
         rotated = body.get("refresh_token")
         newest = rotated if isinstance(rotated, str) and rotated else used
         self._latest = newest
@@ -304,7 +306,7 @@ class TokenProvider:
 
     async def _exchange(self, refresh_token: str) -> Outcome:
         def on_retry(outcome: Retryable, wait: float) -> None:
-            OAUTH_REFRESHES.labels("retried").inc()
+            OAUTH_REFRESHES.labels("retried", self._account).inc()
             _log.info(
                 "oauth_refresh_retry",
                 status=outcome.status,

@@ -299,18 +299,20 @@ class RateLimiter:
         *,
         share: float = 1.0,
         reset_slack: float = 1.0,
+        account: str = "default",
     ) -> None:
         self._limits = dict(limits)
+        self._account = account  # the metrics' label (consumer.accounts)
         self._share = share
         self._reset_slack = reset_slack
         self._queues: dict[str, _Queue] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RateLimiter:
+    def from_settings(cls, settings: Settings, account: str = "default") -> RateLimiter:
         # Unset: the relay sets the group-derived share at every rebalance (set_share); until
         # the first, the whole quota (only `check` and the start-up probe send before it).
         share = settings.rate_limit_share
-        return cls(settings.rate_limits, share=1.0 if share is None else share)
+        return cls(settings.rate_limits, share=1.0 if share is None else share, account=account)
 
     def _queue(self, endpoint: str) -> _Queue:
         queue = self._queues.get(endpoint)
@@ -420,12 +422,11 @@ class RateLimiter:
             queue.budget.grant(now)
             head.set_result(None)
 
-    @staticmethod
-    def _report(endpoint: str, queue: _Queue, now: float) -> None:
+    def _report(self, endpoint: str, queue: _Queue, now: float) -> None:
         remaining = queue.budget.remaining(now)
         if remaining is not None:
-            RATE_LIMIT_REMAINING.labels(endpoint).set(remaining)
-        QUOTA_SATURATION.labels(endpoint).set(queue.budget.saturation(now))
+            RATE_LIMIT_REMAINING.labels(endpoint, self._account).set(remaining)
+        QUOTA_SATURATION.labels(endpoint, self._account).set(queue.budget.saturation(now))
 
     # Set by set_share: shares move with the consumer group from then on, so a budget made
     # later (an endpoint first used after a rebalance) must not trust its empty history either.

@@ -15,6 +15,7 @@ in the body and in alerts instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -98,6 +99,10 @@ async def _readyz(request: web.Request) -> web.Response:
     )
 
 
+def _as_float(flag: Callable[[], bool]) -> Callable[[], float]:
+    return lambda: float(flag())
+
+
 def create_app(state: RelayState) -> web.Application:
     app = web.Application()
     app[_STATE_KEY] = state
@@ -108,7 +113,11 @@ def create_app(state: RelayState) -> web.Application:
 
 
 async def start_http_server(
-    port: int, state: RelayState, *, host: str = "0.0.0.0"
+    port: int,
+    state: RelayState,
+    *,
+    host: str = "0.0.0.0",
+    halted: Mapping[str, Callable[[], bool]] | None = None,
 ) -> web.AppRunner:
     """Serve the operations endpoints until ``await runner.cleanup()``.
 
@@ -116,7 +125,9 @@ async def start_http_server(
     ``/readyz``. ``port=0`` picks a free port (tests); find it in ``runner.addresses``.
     """
     RELAY_READY.set_function(lambda: float(state.ready))
-    RELAY_HALTED.set_function(lambda: float(state.halted))
+    # One account (``default``) halts the relay; of several, each halts alone (consumer.accounts).
+    for account, is_halted in (halted or {"default": lambda: state.halted}).items():
+        RELAY_HALTED.labels(account).set_function(_as_float(is_halted))
     ASSIGNED_PARTITIONS.set_function(lambda: float(state.partitions))
     runner = web.AppRunner(create_app(state), access_log=None, handle_signals=False)
     await runner.setup()

@@ -28,7 +28,7 @@ EVENTS_CONSUMED = Counter(
 EVENTS_DELIVERED = Counter(
     "klaviyo_relay_events_delivered_total",
     "Klaviyo events accepted (2xx), by Klaviyo metric name.",
-    ["topic", "metric"],
+    ["topic", "metric", "account"],
     registry=REGISTRY,
 )
 EVENTS_DEAD_LETTERED = Counter(
@@ -53,7 +53,7 @@ PLAN_WARNINGS = Counter(
 KLAVIYO_REQUESTS = Counter(
     "klaviyo_relay_klaviyo_requests_total",
     "HTTP requests to Klaviyo by endpoint, outcome and status class (2xx, 4xx, 5xx, error).",
-    ["endpoint", "outcome", "status_class"],
+    ["endpoint", "outcome", "status_class", "account"],
     registry=REGISTRY,
 )
 KLAVIYO_REQUEST_DURATION = Histogram(
@@ -72,7 +72,7 @@ KLAVIYO_RETRIES = Counter(
 KLAVIYO_THROTTLED = Counter(
     "klaviyo_relay_klaviyo_throttled_total",
     "429 Too Many Requests answers.",
-    ["endpoint"],
+    ["endpoint", "account"],
     registry=REGISTRY,
 )
 RATE_LIMIT_WAIT = Histogram(
@@ -85,7 +85,7 @@ RATE_LIMIT_WAIT = Histogram(
 RATE_LIMIT_REMAINING = Gauge(
     "klaviyo_relay_rate_limit_remaining",
     "Requests left in the current steady window, as this relay sees it.",
-    ["endpoint"],
+    ["endpoint", "account"],
     registry=REGISTRY,
 )
 EVENTS_IN_FLIGHT = Gauge(
@@ -131,6 +131,7 @@ RELAY_READY = Gauge(
 RELAY_HALTED = Gauge(
     "klaviyo_relay_halted",
     "1 after a fatal Klaviyo answer (401/403): dispatch stopped, nothing further committed.",
+    ["account"],
     registry=REGISTRY,
 )
 
@@ -180,13 +181,14 @@ QUOTA_SHARE = Gauge(
     "klaviyo_relay_quota_share",
     "This replica's share of the account's Klaviyo quota: RATE_LIMIT_SHARE when set, else its"
     " assigned partitions' share of all subscribed partitions (moves at every rebalance).",
+    ["account"],
     registry=REGISTRY,
 )
 QUOTA_SATURATION = Gauge(
     "klaviyo_relay_quota_saturation",
     "Fraction of this replica's steady rate-limit window in use (in flight or answered within"
     " the window), as of its last request; near 1 the quota, not the pod, limits throughput.",
-    ["endpoint"],
+    ["endpoint", "account"],
     registry=REGISTRY,
 )
 
@@ -231,12 +233,13 @@ OAUTH_REFRESHES = Counter(
     "OAuth access-token refreshes by result: ok, retried (a transient token-endpoint failure,"
     " tried again), unavailable (the retry budget spent), invalid_grant (grant revoked: halted),"
     " refused (client refused: halted).",
-    ["result"],
+    ["result", "account"],
     registry=REGISTRY,
 )
 OAUTH_TOKEN_EXPIRY = Gauge(
     "klaviyo_relay_oauth_token_expiry_timestamp_seconds",
     "Unix time at which the current OAuth access token expires (0 without OAuth).",
+    ["account"],
     registry=REGISTRY,
 )
 

@@ -47,7 +47,7 @@ from consumer.klaviyo.bulk import BulkJob, RepeatKey, bad_items, build_bulk_jobs
 from consumer.klaviyo.outcomes import Accepted, KlaviyoError, Permanent
 from consumer.klaviyo.ratelimit import Permit
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
-from consumer.pipeline.sending import Sender
+from consumer.pipeline.sending import AccountHalted, Sender
 
 Token = TypeVar("Token")
 # A rate-limit place for Bulk Create Events if it has room now for a job of this priority rank
@@ -87,6 +87,10 @@ class ItemSink(Protocol[Token_contra]):
 
     def item_dropped(self, token: Token_contra, request: KlaviyoRequest) -> None:
         """Not sent (any more): its event was withdrawn."""
+        ...
+
+    def item_halted(self, token: Token_contra, request: KlaviyoRequest) -> None:
+        """Not sent: its account halted (one of several, see ``sending.AccountHalted``)."""
         ...
 
 
@@ -263,7 +267,12 @@ class BulkBatcher(Generic[Token]):
     async def _send_bulk(
         self, job: BulkJob, items: list[_Item[Token]], permit: Permit | None = None
     ) -> None:
-        outcome = await self._sender.settle(job.request, permit)
+        try:
+            outcome = await self._sender.settle(job.request, permit)
+        except AccountHalted:
+            for index in job.items:
+                self._sink.item_halted(items[index].token, items[index].request)
+            return
         if isinstance(outcome, Accepted):
             for index in job.items:
                 self._sink.item_accepted(items[index].token, items[index].request)

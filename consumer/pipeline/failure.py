@@ -108,3 +108,19 @@ class Failure:
             klaviyo_pointer=error.pointer if error is not None else None,
             endpoint=endpoint,
         )
+
+
+def account_halted(now: datetime) -> Failure:
+    """The event's account halted (its key or OAuth grant refused) while others relay on."""
+    reason = Reason.ACCOUNT_HALTED
+    message = f"{reason}: its Klaviyo account's key or OAuth grant was refused; replay once fixed"
+    return Failure(STAGE_SEND, reason, "consumer.pipeline.sending.AccountHalted", message, now)
+
+
+def unknown_account(now: datetime, named: str | None) -> Failure:
+    """The event names no account the relay serves (``named``: the header's value, if any)."""
+    reason = Reason.UNKNOWN_ACCOUNT
+    # The name is the operator's own configuration vocabulary, not personal data; kept short.
+    told = f"account header {named[:40]!r} is not served" if named else "no account for it"
+    message = _one_line(f"{reason}: {told}")
+    return Failure(STAGE_SEND, reason, "consumer.accounts.UnknownAccount", message, now)

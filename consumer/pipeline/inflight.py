@@ -68,6 +68,7 @@ class Work:
     """One Kafka record on its way through the relay."""
 
     __slots__ = (
+        "account",
         "dead",
         "done",
         "occurred_at",
@@ -89,6 +90,7 @@ class Work:
         self.parked = False  # the broker acknowledged its dead letter
         self.remaining = 0  # batch mode: Create Event items not yet settled (sent or dropped)
         self.occurred_at: datetime | None = None
+        self.account = "default"  # the Klaviyo account it goes to (consumer.accounts.routing)
 
 
 class InFlight:

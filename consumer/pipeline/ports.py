@@ -117,8 +117,12 @@ def kafka_source(
     return KafkaSource(settings, topics, listener, loop, on_client_error=on_client_error)
 
 
-def klaviyo_client(settings: Settings) -> Klaviyo:
-    return KlaviyoClient(settings)
+OpenKlaviyo = Callable[[Settings, str], Klaviyo]
+
+
+def klaviyo_client(settings: Settings, account: str = "default") -> Klaviyo:
+    """The client of one account (``account``: its name in the metrics)."""
+    return KlaviyoClient(settings, account=account)
 
 
 async def dead_letter_producer(

@@ -8,6 +8,7 @@ halts the relay like the same answer to a send.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from consumer.klaviyo.client import PING_REQUEST
 from consumer.klaviyo.outcomes import Fatal, Retryable
@@ -22,10 +23,24 @@ PROBE_INTERVAL = 5.0
 
 
 class Reachability:
-    def __init__(self, klaviyo: Klaviyo, state: RelayState, halt: Halt) -> None:
+    """One account's reachability. ``account``: its name in the logs when the relay serves
+    several; ``on_change`` then sets the relay's flag from all of theirs."""
+
+    def __init__(
+        self,
+        klaviyo: Klaviyo,
+        state: RelayState,
+        halt: Halt,
+        *,
+        account: str | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self._klaviyo = klaviyo
         self._state = state
         self._halt = halt
+        self._account = {} if account is None else {"account": account}
+        self._on_change = on_change
+        self.reachable = False
 
     async def probe(self) -> None:
         outcome = await self._klaviyo.ping()
@@ -39,10 +54,14 @@ class Reachability:
         """While Klaviyo looks unreachable and nothing is being sent, ask it again now and then."""
         while True:
             await asyncio.sleep(PROBE_INTERVAL)
-            if not self._state.klaviyo_reachable and not self._halt.halted:
+            if not self.reachable and not self._halt.halted:
                 await self.probe()
 
     def set(self, reachable: bool) -> None:
-        if reachable != self._state.klaviyo_reachable:
-            self._state.klaviyo_reachable = reachable
-            log.info("klaviyo reachable" if reachable else "klaviyo unreachable")
+        if reachable != self.reachable:
+            self.reachable = reachable
+            log.info("klaviyo reachable" if reachable else "klaviyo unreachable", **self._account)
+            if self._on_change is None:
+                self._state.klaviyo_reachable = reachable
+            else:
+                self._on_change()

@@ -18,10 +18,14 @@ as defaults (:mod:`consumer.pipeline.ports`), so all of this runs in-process aga
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
+from consumer.accounts.config import DEFAULT_ACCOUNT, accounts_from
+from consumer.accounts.router import AccountRouter, AccountStack, probe_all
 from consumer.codec import Decoder
 from consumer.handlers.registry import HandlerRegistry
 from consumer.klaviyo.oauth import OAUTH_REFUSALS
@@ -34,7 +38,7 @@ from consumer.observability.metrics import QUOTA_SHARE
 from consumer.observability.revision import track_revision
 from consumer.pipeline.catchup import CatchUp
 from consumer.pipeline.deadletter_topic import DeadLetterTopicUnusable
-from consumer.pipeline.delivery import delivery_for
+from consumer.pipeline.delivery import Delivery, delivery_for
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.failure import class_name
 from consumer.pipeline.inflight import InFlight, Work
@@ -43,6 +47,7 @@ from consumer.pipeline.ports import (
     DeadLetterWriter,
     Klaviyo,
     OpenDeadLetters,
+    OpenKlaviyo,
     OpenSource,
     Source,
     dead_letter_producer,
@@ -74,12 +79,15 @@ class Relay:
         klaviyo: Klaviyo | None = None,
         dead_letters: OpenDeadLetters = dead_letter_producer,
         catch_up: CatchUp | None = None,
+        open_klaviyo: OpenKlaviyo = klaviyo_client,
     ) -> None:
+        """``klaviyo``: the client of the one account (tests); else ``open_klaviyo`` makes one
+        per account (:mod:`consumer.accounts`)."""
         self._settings = settings
         self._registry = registry or HandlerRegistry.from_settings(settings)
         self._open_source = source
         self._source: Source | None = None  # opened by run(), on the loop
-        self._klaviyo = klaviyo or klaviyo_client(settings)
+        self._accounts = accounts_from(settings)
         self._open_dead_letters = dead_letters
         self._catch_up = catch_up  # run --until-caught-up: stop once the start's backlog is in
         self.state = RelayState()
@@ -88,19 +96,16 @@ class Relay:
         self._tasks: set[asyncio.Task[None]] = set()
         self._exit_code = EXIT_OK
         self._stop = asyncio.Event()
-        self._reachability = Reachability(self._klaviyo, self.state, self._halt)
         self._dead_letters = DeadLettering(self._book, self._spawn)
         policy = RetryPolicy.from_settings(settings)
-        sender = Sender(self._klaviyo.send, policy, self._halt, on_reachable=self._reachability.set)
-        self._delivery = delivery_for(
-            settings,
-            sender,
-            self._book,
-            reject=self._dead_letters,
-            spawn=self._spawn,
-            saturated=lambda: self._source is not None and self._source.saturated,
-            room=self._klaviyo.try_acquire,
-            give_back=self._klaviyo.release,
+        self._stacks: dict[str, AccountStack] = {}
+        for name, account in self._accounts.settings.items():
+            client = klaviyo if klaviyo is not None else open_klaviyo(account, name)
+            self._stacks[name] = self._stack(name, account, client, policy)
+        self._delivery: Delivery = (
+            AccountRouter(self._accounts, self._stacks, self._dead_letters)
+            if self._accounts.named
+            else self._stacks[DEFAULT_ACCOUNT].delivery
         )
         stages = Stages(
             self._registry,
@@ -124,7 +129,34 @@ class Relay:
             on_share=self._set_share,
         )
         # Before the first assignment a group-derived share is 0: no partitions yet.
-        QUOTA_SHARE.set(settings.rate_limit_share or 0.0)
+        for name, account in self._accounts.settings.items():
+            QUOTA_SHARE.labels(name).set(account.rate_limit_share or 0.0)
+
+    def _stack(
+        self, name: str, account: Settings, client: Klaviyo, policy: RetryPolicy
+    ) -> AccountStack:
+        """One account's client, halt, reachability and delivery. Alone, it is the relay's: its
+        halt holds everything. One of several, it halts alone and parks its events."""
+        if self._accounts.named:
+            halt = Halt(functools.partial(self._on_account_halt, name), park=True)
+            reachability = Reachability(
+                client, self.state, halt, account=name, on_change=self._reachability_changed
+            )
+        else:
+            halt = self._halt
+            reachability = Reachability(client, self.state, halt)
+        sender = Sender(client.send, policy, halt, on_reachable=reachability.set)
+        delivery = delivery_for(
+            account,
+            sender,
+            self._book,
+            reject=self._dead_letters,
+            spawn=self._spawn,
+            saturated=lambda: self._source is not None and self._source.saturated,
+            room=client.try_acquire,
+            give_back=client.release,
+        )
+        return AccountStack(name, client, halt, reachability, delivery)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -134,9 +166,16 @@ class Relay:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        http = await start_http_server(self._settings.metrics_port, self.state)
+        halted = {name: _halted(stack.halt) for name, stack in self._stacks.items()}
+        http = await start_http_server(
+            self._settings.metrics_port,
+            self.state,
+            halted=halted if self._accounts.named else None,
+        )
         try:
-            async with self._klaviyo:
+            async with contextlib.AsyncExitStack() as clients:
+                for stack in self._stacks.values():
+                    await clients.enter_async_context(stack.klaviyo)
                 catch_up = self._catch_up
                 if catch_up is not None and not await catch_up.begin(self._registry.topics()):
                     return EXIT_FAILED
@@ -156,7 +195,7 @@ class Relay:
                     metrics_port=_port_of(http),
                 )
                 track_revision(self._settings.klaviyo_revision)
-                await self._reachability.probe()
+                await probe_all(self._stacks)
                 source = self._open_source(
                     self._settings,
                     topics,
@@ -171,7 +210,10 @@ class Relay:
                 source.start()
                 background = [
                     asyncio.create_task(self._listener.commit_loop(source), name="commit"),
-                    asyncio.create_task(self._reachability.watch(), name="probe"),
+                ]
+                background += [
+                    asyncio.create_task(stack.reachability.watch(), name=f"probe-{name}")
+                    for name, stack in self._stacks.items()
                 ]
                 if self._catch_up is not None:
                     watch = self._catch_up.watch(self.state, self.request_stop)
@@ -258,17 +300,46 @@ class Relay:
             endpoint=request.endpoint.value,
         )
 
+    def _on_account_halt(self, name: str, outcome: Fatal, request: KlaviyoRequest) -> None:
+        """One of several accounts was refused: it alone stops; its events are parked."""
+        error = outcome.errors[0] if outcome.errors else None
+        why = (
+            error.detail
+            if error is not None and error.code in OAUTH_REFUSALS and error.detail
+            else "klaviyo refused the API key"
+        )
+        log.error(
+            f"{why}: account halted, its events are dead-lettered account_halted until it is"
+            " fixed (replay them with dlq replay --account); the other accounts go on",
+            account=name,
+            status=outcome.status,
+            code=error.code if error is not None else None,
+            endpoint=request.endpoint.value,
+        )
+
+    def _reachability_changed(self) -> None:
+        """Of several accounts, Klaviyo is reachable when every running account reaches it."""
+        running = [s for s in self._stacks.values() if not s.halt.halted]
+        self.state.klaviyo_reachable = all(s.reachability.reachable for s in running)
+
     def _set_share(self, share: float) -> None:
-        if self._settings.rate_limit_share is not None:
-            return  # RATE_LIMIT_SHARE set explicitly: it wins over the group's
-        self._klaviyo.set_share(share)
-        QUOTA_SHARE.set(share)
+        # The group's share applies to each account's own quota (each replica holds that share
+        # of every account's partitions' events).
+        for name, stack in self._stacks.items():
+            if self._accounts.settings[name].rate_limit_share is not None:
+                continue  # RATE_LIMIT_SHARE set explicitly: it wins over the group's
+            stack.klaviyo.set_share(share)
+            QUOTA_SHARE.labels(name).set(share)
         log.info("quota share", share=round(share, 4))
 
     def _on_kafka_failed(self, message: str) -> None:
         log.error("kafka failed: stopping", error=message)
         self._exit_code = EXIT_FAILED
         self.request_stop()
+
+
+def _halted(halt: Halt) -> Callable[[], bool]:
+    return lambda: halt.halted
 
 
 def _port_of(runner: Any) -> int | None:

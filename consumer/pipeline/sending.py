@@ -41,12 +41,24 @@ def metric_name(request: KlaviyoRequest) -> str:
     return name if isinstance(name, str) else ""
 
 
-class Halt:
-    """The relay-wide stop after a fatal answer; ``hold`` parks a caller for good."""
+class AccountHalted(Exception):
+    """Raised to a caller of a halted account's sender (see :class:`Halt`): its event is
+    dead-lettered ``account_halted`` instead of waiting for good."""
 
-    def __init__(self, on_halt: Callable[[Fatal, KlaviyoRequest], None]) -> None:
+
+class Halt:
+    """The stop after a fatal answer; ``hold`` parks a caller for good.
+
+    With ``park`` (one of several accounts, :mod:`consumer.accounts`) ``hold`` raises
+    :class:`AccountHalted` instead: the other accounts keep relaying and commits go on, so this
+    account's events must leave the in-flight window (dead-lettered for a replay)."""
+
+    def __init__(
+        self, on_halt: Callable[[Fatal, KlaviyoRequest], None], *, park: bool = False
+    ) -> None:
         self.outcome: Fatal | None = None
         self._on_halt = on_halt
+        self._park = park
         self._never: asyncio.Future[None] | None = None
 
     @property
@@ -59,6 +71,8 @@ class Halt:
             self._on_halt(outcome, request)
 
     async def hold(self) -> NoReturn:
+        if self._park:
+            raise AccountHalted
         if self._never is None:
             self._never = asyncio.get_running_loop().create_future()
         await self._never

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from consumer.accounts.config import Accounts
+from consumer.accounts.routing import route
 from consumer.headers import (
     CONNECT_PREFIX,
     H_BACKFILL,
@@ -185,12 +187,20 @@ class Selection:
     reasons: frozenset[str] = frozenset()
     topics: frozenset[str] = frozenset()
     since: datetime | None = None
+    # Klaviyo accounts, and how the relay routes events to them: the original record's account
+    # header and topic are in the dead letter, so it is routed exactly as the relay did.
+    accounts: frozenset[str] = frozenset()
+    routing: Accounts | None = None
 
     def matches(self, letter: ParkedRecord) -> bool:
         if self.reasons and letter.reason not in self.reasons:
             return False
         if self.topics and letter.source_topic not in self.topics:
             return False
+        if self.accounts and self.routing is not None:
+            account = route(self.routing, letter.source_topic or "", letter.headers)
+            if account not in self.accounts:
+                return False
         if self.since is not None:
             failed = letter.failed_at
             return failed is not None and failed >= self.since

@@ -57,7 +57,7 @@ class Delivery(Protocol):
 def delivered(work: Work, request: KlaviyoRequest) -> None:
     """Count a delivered Create Event (or profile step) and its end-to-end delay."""
     topic = work.record.topic
-    _delivered_counter(topic, metric_name(request)).inc()
+    _delivered_counter(topic, metric_name(request), work.account).inc()
     if work.occurred_at is not None:
         delay = (datetime.now(UTC) - work.occurred_at).total_seconds()
         _delay_histogram(topic).observe(max(delay, 0.0))
@@ -74,10 +74,10 @@ def on_accepted(work: Work) -> Callable[[KlaviyoRequest, Accepted], None]:
 
 
 # ``.labels()`` looks its child up under a lock on every call; these run once per delivered
-# event, so the children are kept (label values are bounded: topics x metric names).
+# event, so the children are kept (label values are bounded: topics x metric names x accounts).
 @functools.cache
-def _delivered_counter(topic: str, metric: str) -> Counter:
-    return EVENTS_DELIVERED.labels(topic, metric)
+def _delivered_counter(topic: str, metric: str, account: str) -> Counter:
+    return EVENTS_DELIVERED.labels(topic, metric, account)
 
 
 @functools.cache

@@ -22,7 +22,7 @@ from consumer.observability.metrics import BULK_DUPLICATES
 from consumer.pipeline.batching import BulkBatcher
 from consumer.pipeline.delivery.base import Reject, Spawn, delivered, on_accepted
 from consumer.pipeline.dispatch import Lane
-from consumer.pipeline.failure import Failure
+from consumer.pipeline.failure import Failure, account_halted
 from consumer.pipeline.inflight import InFlight, Work
 from consumer.pipeline.sending import PlanRunner, Sender, StepFailure
 
@@ -155,6 +155,12 @@ class BatchDelivery:
 
     def item_dropped(self, token: Work, _request: KlaviyoRequest) -> None:
         self._item_settled(token)
+
+    def item_halted(self, token: Work, _request: KlaviyoRequest) -> None:
+        token.remaining -= 1
+        if not token.dead:
+            self._reject(token, account_halted(_now()))
+        self._book.settle(token)
 
     def _item_settled(self, token: Work) -> None:
         token.remaining -= 1

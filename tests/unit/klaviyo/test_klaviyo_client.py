@@ -420,7 +420,13 @@ async def test_retry_after_beyond_budget_hands_back_to_the_pipeline(
 # --- metrics ------------------------------------------------------------------------------------
 
 
+# These carry the account's name too (one client per account; ``default`` alone).
+_BY_ACCOUNT = ("klaviyo_relay_klaviyo_requests_total", "klaviyo_relay_klaviyo_throttled_total")
+
+
 def sample(name: str, **labels: str) -> float:
+    if name in _BY_ACCOUNT:
+        labels = {**labels, "account": "default"}
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 

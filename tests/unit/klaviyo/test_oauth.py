@@ -135,7 +135,10 @@ def provider_for(
 
 def refreshes(result: str) -> float:
     return (
-        REGISTRY.get_sample_value("klaviyo_relay_oauth_refreshes_total", {"result": result}) or 0.0
+        REGISTRY.get_sample_value(
+            "klaviyo_relay_oauth_refreshes_total", {"result": result, "account": "default"}
+        )
+        or 0.0
     )
 
 

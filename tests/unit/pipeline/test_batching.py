@@ -117,6 +117,9 @@ class Sink:
     def item_dropped(self, token: str, _request: KlaviyoRequest) -> None:
         self.dropped.append(token)
 
+    def item_halted(self, token: str, _request: KlaviyoRequest) -> None:
+        raise AssertionError(f"{token}: no account halts here")
+
 
 async def run_job(
     items: list[tuple[KlaviyoRequest, str, str]], *, max_bytes: int = MB, name_bad: bool = False

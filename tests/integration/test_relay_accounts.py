@@ -1,0 +1,183 @@
+"""Two Klaviyo accounts in one relay, on the real broker and two sandboxes (each its own port,
+key and quota; each sandbox accepts only its own account's key, so an event sent with the wrong
+account's key would halt that account instead of passing).
+
+One run: events routed by the ``klaviyo-account`` header and by the topic map each reach their
+own account exactly once; an unknown account is dead-lettered ``unknown_account``. Then account
+A's key is refused mid-run: B's events keep flowing and committing, A's are parked
+``account_halted``; once A's key works again, ``dlq replay --account a`` and a restart deliver
+them: none lost, none twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+from confluent_kafka import Message
+
+from dev.kafka_broker import KafkaBroker
+from klaviyo_sandbox import SandboxOptions, running_sandbox
+from tests.conftest import TopicFactory
+from tests.fixtures.cli import run_cli
+from tests.fixtures.metrics import metric_families
+from tests.fixtures.relay_harness import (
+    Event,
+    EventFactory,
+    RelayProcess,
+    base_ids,
+    headers_dict,
+    metrics_port,
+    produce,
+    read_all,
+    readiness,
+    relay_env,
+    sandbox_events,
+    set_faults,
+    wait_committed_to_end,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+HEADER = "klaviyo-account"
+
+
+def sandbox(key: str) -> SandboxOptions:
+    return SandboxOptions(api_keys=(key,), rate_limits=None, latency_ms=(1, 3))
+
+
+def produce_with(bootstrap: str, events: list[Event], account: str | None) -> None:
+    headers = [(HEADER, account.encode())] if account is not None else None
+    produce(bootstrap, ((e.topic, e.key.encode(), e.value) for e in events), headers)
+
+
+def batch(factory: EventFactory, topic: str, handler: str, tag: str, count: int) -> list[Event]:
+    return [factory.event(topic, handler, f"{tag}-{i % 7}", i) for i in range(count)]
+
+
+async def halted_by_account(port: int) -> dict[str, float]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        families = metric_families(await response.text())
+    return {s.labels["account"]: s.value for s in families["klaviyo_relay_halted"].samples}
+
+
+async def test_two_accounts_routing_isolation_and_replay_after_a_halt(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    orders = topic_factory("acct-orders", partitions=2)  # mapped to account b
+    signups = topic_factory("acct-signups", partitions=2)  # routed by header only
+    topics = {orders: "shop.order.placed", signups: "shop.account.created"}
+    dlq = topic_factory("dlq")
+    group = f"relay-{uuid.uuid4().hex[:8]}"
+    factory = EventFactory()
+
+    async with (
+        running_sandbox(sandbox("pk_a")) as sandbox_a,
+        running_sandbox(sandbox("pk_b")) as sandbox_b,
+    ):
+        env = relay_env(
+            bootstrap,
+            sandbox_a.base_url,
+            topics,
+            group,
+            dlq,
+            KLAVIYO_API_KEY="",  # no top-level key: no default account
+            KLAVIYO_ACCOUNTS='["a", "b"]',
+            KLAVIYO_ACCOUNT_TOPICS=json.dumps({orders: "b"}),
+            KLAVIYO_ACCOUNT_A_API_KEY="pk_a",
+            KLAVIYO_ACCOUNT_A_BASE_URL=sandbox_a.base_url,
+            KLAVIYO_ACCOUNT_B_API_KEY="pk_b",
+            KLAVIYO_ACCOUNT_B_BASE_URL=sandbox_b.base_url,
+        )
+        # --- one run: the header wins, then the topic map; no account → dead letter ---------
+        to_a = batch(factory, signups, "shop.account.created", "a1", 60)
+        to_a += batch(factory, orders, "shop.order.placed", "a1o", 20)  # header over topic
+        to_b = batch(factory, signups, "shop.account.created", "b1", 40)
+        by_topic = batch(factory, orders, "shop.order.placed", "b1o", 50)  # no header: b
+        nobody = batch(factory, signups, "shop.account.created", "x", 3)  # no header, no map
+        stranger = batch(factory, orders, "shop.order.placed", "y", 2)  # header names none
+        produce_with(bootstrap, to_a, "a")
+        produce_with(bootstrap, to_b, "b")
+        produce_with(bootstrap, by_topic, None)
+        produce_with(bootstrap, nobody, None)
+        produce_with(bootstrap, stranger, "zz")
+        produced = len(to_a) + len(to_b) + len(by_topic) + len(nobody) + len(stranger)
+
+        relay = RelayProcess(env, tmp_path / "relay-1.log")
+        try:
+            await wait_committed_to_end(bootstrap, group, topics, produced)
+            a_ids = {e.event_id for e in to_a}
+            b_ids = {e.event_id for e in to_b + by_topic}
+            seen_a = await sandbox_events(sandbox_a.base_url)
+            seen_b = await sandbox_events(sandbox_b.base_url)
+            assert base_ids(seen_a) == a_ids and once(seen_a)
+            assert base_ids(seen_b) == b_ids and once(seen_b)
+            parked = read_all(bootstrap, dlq, len(nobody) + len(stranger))
+            assert reasons(parked) == ["unknown_account"] * 5
+
+            # --- account a's key refused mid-run: b goes on, a's events are parked ----------
+            await set_faults(sandbox_a.base_url, {"fail_auth": True})
+            more_a = batch(factory, signups, "shop.account.created", "a2", 40)
+            more_b = batch(factory, signups, "shop.account.created", "b2", 40)
+            more_b_topic = batch(factory, orders, "shop.order.placed", "b2o", 40)
+            produce_with(bootstrap, more_a, "a")
+            produce_with(bootstrap, more_b, "b")
+            produce_with(bootstrap, more_b_topic, None)
+            produced += len(more_a) + len(more_b) + len(more_b_topic)
+            # The shared partitions commit to the end: a's events are parked, not held.
+            await wait_committed_to_end(bootstrap, group, topics, produced)
+            b_ids |= {e.event_id for e in more_b + more_b_topic}
+            assert base_ids(await sandbox_events(sandbox_b.base_url)) == b_ids
+            assert base_ids(await sandbox_events(sandbox_a.base_url)) == a_ids  # nothing new
+            port = metrics_port(relay)
+            assert port is not None
+            assert await halted_by_account(port) == {"a": 1.0, "b": 0.0}
+            assert (await readiness(port))["ready"] is True  # the relay itself is not halted
+            halt_line = relay.line_with("klaviyo refused the API key: account halted")
+            assert halt_line is not None and '"account":"a"' in halt_line
+            assert "pk_a" not in relay.log_text() and "pk_b" not in relay.log_text()
+            letters = read_all(bootstrap, dlq, 5 + len(more_a))
+            assert reasons(letters).count("account_halted") == len(more_a)
+        finally:
+            assert relay.stop(grace=30) == 0
+
+        # --- the key works again: replay a's dead letters only, and restart ------------------
+        await set_faults(sandbox_a.base_url, {"fail_auth": False})
+        replayed = await asyncio.to_thread(run_cli, "dlq", "replay", "--account", "a", env=env)
+        assert replayed.returncode == 0, replayed.stderr
+        assert f"replayed {len(more_a)}" in replayed.stdout, replayed.stdout
+        produced += len(more_a)
+        relay = RelayProcess(env, tmp_path / "relay-2.log")
+        try:
+            await wait_committed_to_end(bootstrap, group, topics, produced)
+            a_ids |= {e.event_id for e in more_a}
+            await wait_for(
+                lambda: _ids(sandbox_a.base_url, a_ids), what="a's parked events delivered"
+            )
+            seen_a = await sandbox_events(sandbox_a.base_url)
+            assert base_ids(seen_a) == a_ids and once(seen_a)
+            seen_b = await sandbox_events(sandbox_b.base_url)
+            assert base_ids(seen_b) == b_ids and once(seen_b)
+        finally:
+            assert relay.stop(grace=30) == 0
+
+
+def once(seen: list[dict[str, object]]) -> bool:
+    """Every Klaviyo event the sandbox kept arrived once (none resent under a new id)."""
+    return len({str(e["unique_id"]) for e in seen}) == len(seen)
+
+
+def reasons(letters: list[Message]) -> list[str]:
+    return [headers_dict(m)["klaviyo-relay.reason"] for m in letters]
+
+
+async def _ids(base_url: str, wanted: set[str]) -> bool:
+    return base_ids(await sandbox_events(base_url)) == wanted
