@@ -6,6 +6,7 @@ and the alerts and dashboard per account."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from consumer.accounts.config import accounts_from
+from consumer.settings import Settings, load_settings
 from tests.deploy.test_helm import (
     PROMTOOL,
     _env_of,
@@ -100,6 +103,43 @@ def test_each_account_gets_its_names_topics_and_credentials() -> None:
     assert "KLAVIYO_ACCOUNT_SHOP_EU_BASE_URL" not in config  # inherits KLAVIYO_BASE_URL
     assert not set(config) & set(env)
     assert config["KLAVIYO_OAUTH_TOKEN_URL"] == "https://a.klaviyo.com/oauth/token"
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("values_file", "names", "default"),
+    [
+        (ACCOUNTS, ["shop-eu", "merchant-1", "merchant-2"], "shop-eu"),
+        ("accounts-cronjob-values.yaml", ["default", "shop-eu", "merchant-1"], "default"),
+    ],
+)
+def test_the_relay_reads_the_accounts_the_chart_renders(
+    values_file: str, names: list[str], default: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, env = _env_of(render_ci(values_file))
+    for key in list(os.environ):
+        if key.upper() in {f.upper() for f in Settings.model_fields} or key.startswith(
+            "KLAVIYO_ACCOUNT_"
+        ):
+            monkeypatch.delenv(key)
+    environ = {**config, **dict.fromkeys(env, "from-secret")}  # secrets: any placeholder
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    accounts = accounts_from(load_settings(), environ)
+    assert accounts.names == names
+    assert accounts.default == default
+    shop = accounts.settings["shop-eu"]
+    assert not shop.oauth and shop.klaviyo_api_key is not None
+    merchant = accounts.settings["merchant-1"]
+    assert merchant.oauth
+    assert merchant.klaviyo_oauth_token_secret == f"{FULLNAME}-oauth-token-merchant-1"
+    assert accounts.topics == json.loads(config["KLAVIYO_ACCOUNT_TOPICS"])
+    if values_file == ACCOUNTS:
+        assert merchant.rate_limit_share == 0.5
+        other = accounts.settings["merchant-2"]
+        assert other.klaviyo_base_url == "https://klaviyo-proxy.internal:8443"
+        assert other.klaviyo_oauth_token_secret == f"{FULLNAME}-oauth-token-merchant-2"
+        assert shop.klaviyo_base_url == "https://a.klaviyo.com"  # inherited
 
 
 @needs_helm
