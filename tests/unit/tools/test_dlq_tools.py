@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from consumer.accounts.config import accounts_from
 from consumer.errors import ExpiredEvent, LimitViolation
@@ -166,7 +167,7 @@ def test_selection_by_account_routes_the_letter_as_the_relay_did() -> None:
     routing = accounts_from(
         Settings(
             klaviyo_accounts=["a", "b"],
-            klaviyo_api_key="pk_top",
+            klaviyo_api_key=SecretStr("pk_top"),
             klaviyo_account_topics={"shop.account.created": "b"},
         ),
         {"KLAVIYO_ACCOUNT_A_API_KEY": "k", "KLAVIYO_ACCOUNT_B_API_KEY": "k"},
