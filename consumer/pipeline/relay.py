@@ -11,6 +11,10 @@ rebalances and commits: :mod:`~consumer.pipeline.listener`. One event's stages:
 dispatching and committing), and the stop: SIGTERM/SIGINT drains everything (bounded by the
 drain timeout), commits, leaves the group and flushes the dead-letter writes.
 
+Klaviyo accounts: one stack (client, halt, reachability, delivery) per account; with several
+(``KLAVIYO_ACCOUNTS``) an :class:`~consumer.accounts.router.AccountRouter` routes each event to
+its account's and a refused key halts that account alone (see :mod:`consumer.accounts`).
+
 The I/O (source, Klaviyo, dead-letter writer) is given as factories with the production ones
 as defaults (:mod:`consumer.pipeline.ports`), so all of this runs in-process against fakes.
 """
