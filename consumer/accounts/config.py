@@ -77,6 +77,11 @@ def env_prefix(name: str) -> str:
 def accounts_from(settings: Settings, environ: Mapping[str, str] | None = None) -> Accounts:
     """The accounts ``settings`` describe (raises ``SettingsError`` naming the bad variable)."""
     if not settings.klaviyo_accounts:
+        # Routing settings without accounts would be ignored silently: refused instead.
+        if settings.klaviyo_default_account not in (None, DEFAULT_ACCOUNT):
+            raise SettingsError("KLAVIYO_DEFAULT_ACCOUNT: no KLAVIYO_ACCOUNTS are configured")
+        if settings.klaviyo_account_topics:
+            raise SettingsError("KLAVIYO_ACCOUNT_TOPICS: no KLAVIYO_ACCOUNTS are configured")
         return Accounts(
             {DEFAULT_ACCOUNT: settings},
             DEFAULT_ACCOUNT,

@@ -130,7 +130,8 @@ RELAY_READY = Gauge(
 )
 RELAY_HALTED = Gauge(
     "klaviyo_relay_halted",
-    "1 after a fatal Klaviyo answer (401/403): dispatch stopped, nothing further committed.",
+    "1 after a fatal Klaviyo answer (401/403) for the account: alone, dispatch stopped and"
+    " nothing further committed; one of several, its events are parked (account_halted).",
     ["account"],
     registry=REGISTRY,
 )

@@ -11,6 +11,10 @@ rebalances and commits: :mod:`~consumer.pipeline.listener`. One event's stages:
 dispatching and committing), and the stop: SIGTERM/SIGINT drains everything (bounded by the
 drain timeout), commits, leaves the group and flushes the dead-letter writes.
 
+Klaviyo accounts: one stack (client, halt, reachability, delivery) per account; with several
+(``KLAVIYO_ACCOUNTS``) an :class:`~consumer.accounts.router.AccountRouter` routes each event to
+its account's and a refused key halts that account alone (see :mod:`consumer.accounts`).
+
 The I/O (source, Klaviyo, dead-letter writer) is given as factories with the production ones
 as defaults (:mod:`consumer.pipeline.ports`), so all of this runs in-process against fakes.
 """
@@ -325,12 +329,17 @@ class Relay:
     def _set_share(self, share: float) -> None:
         # The group's share applies to each account's own quota (each replica holds that share
         # of every account's partitions' events).
-        for name, stack in self._stacks.items():
-            if self._accounts.settings[name].rate_limit_share is not None:
-                continue  # RATE_LIMIT_SHARE set explicitly: it wins over the group's
-            stack.klaviyo.set_share(share)
+        following = [
+            name
+            for name in self._stacks
+            # RATE_LIMIT_SHARE set explicitly: it wins over the group's
+            if self._accounts.settings[name].rate_limit_share is None
+        ]
+        for name in following:
+            self._stacks[name].klaviyo.set_share(share)
             QUOTA_SHARE.labels(name).set(share)
-        log.info("quota share", share=round(share, 4))
+        if following:
+            log.info("quota share", share=round(share, 4))
 
     def _on_kafka_failed(self, message: str) -> None:
         log.error("kafka failed: stopping", error=message)

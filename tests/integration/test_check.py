@@ -228,3 +228,38 @@ def test_readme_config_file_example_loads(tmp_path: Path) -> None:
     config.write_text(block)
     result = command("check", {}, "--config", str(config))
     assert lines_of(result)["config"].startswith("ok (") and "mode batch" in result.stdout
+
+
+async def test_a_block_per_account(env: dict[str, str]) -> None:
+    """With KLAVIYO_ACCOUNTS each account is checked with its own key at its own URL: one
+    refused key fails its own block only."""
+    async with (
+        running_sandbox(SandboxOptions(api_keys=("pk_a",))) as sandbox_a,
+        running_sandbox(SandboxOptions(api_keys=("pk_b",))) as sandbox_b,
+    ):
+        accounts = {
+            "KLAVIYO_API_KEY": "",
+            "KLAVIYO_ACCOUNTS": '["a", "b"]',
+            "KLAVIYO_ACCOUNT_A_API_KEY": "pk_a",
+            "KLAVIYO_ACCOUNT_A_BASE_URL": sandbox_a.base_url,
+            "KLAVIYO_ACCOUNT_A_RATE_LIMIT_SHARE": "0.5",
+            "KLAVIYO_ACCOUNT_B_API_KEY": "pk_wrong",
+            "KLAVIYO_ACCOUNT_B_BASE_URL": sandbox_b.base_url,
+        }
+        result = await asyncio.to_thread(check, {**env, **accounts})
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = lines_of(result)
+    assert list(lines)[4:] == [
+        "klaviyo[a]",
+        "scopes[a]",
+        "quota[a]",
+        "klaviyo[b]",
+        "scopes[b]",
+        "quota[b]",
+    ]
+    assert lines["config"].startswith("ok (")
+    assert lines["klaviyo[a]"].startswith(f"ok ({sandbox_a.base_url}")
+    assert lines["scopes[a]"].startswith("ok (")
+    assert "create_event 3500/60s, bulk_create_events 150/60s, share 0.5" in lines["quota[a]"]
+    assert lines["klaviyo[b]"].startswith("FAIL (") and "refused (401)" in lines["klaviyo[b]"]
+    assert "pk_a" not in result.stdout + result.stderr

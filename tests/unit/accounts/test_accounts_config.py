@@ -108,6 +108,16 @@ def test_an_oauth_account() -> None:
             {"KLAVIYO_ACCOUNT_A_API_KEY": SECRET, "KLAVIYO_ACCOUNT_A_RATE_LIMITS": "{"},
             "KLAVIYO_ACCOUNT_A_RATE_LIMITS: not valid JSON",
         ),
+        (
+            {"klaviyo_account_topics": {"t": "a"}},
+            {},
+            "KLAVIYO_ACCOUNT_TOPICS: no KLAVIYO_ACCOUNTS are configured",
+        ),
+        (
+            {"klaviyo_default_account": "a"},
+            {},
+            "KLAVIYO_DEFAULT_ACCOUNT: no KLAVIYO_ACCOUNTS are configured",
+        ),
     ],
 )
 def test_start_up_errors_name_the_variable(

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from consumer.errors import Reason
+from consumer.klaviyo.oauth import INVALID_GRANT, GrantRevoked
 from consumer.klaviyo.outcomes import Fatal, KlaviyoError, Outcome
 from consumer.klaviyo.requests import KlaviyoRequest
 from consumer.observability.metrics import REGISTRY
@@ -139,10 +140,13 @@ async def test_a_refused_account_halts_alone_and_parks_its_events(
         assert halted == {"a": 1.0, "b": 0.0}
 
 
+@pytest.mark.parametrize(
+    "refusal", [REFUSED, GrantRevoked(INVALID_GRANT, 400).outcome()], ids=["key", "oauth"]
+)
 async def test_an_account_refused_at_the_first_probe_sends_nothing(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, refusal: Fatal
 ) -> None:
-    clients = {"a": FakeKlaviyo(ping=REFUSED), "b": FakeKlaviyo()}
+    clients = {"a": FakeKlaviyo(ping=refusal), "b": FakeKlaviyo()}
     async with two_accounts(monkeypatch, clients) as two:
         two.source.assign(P0)
         two.source.feed([to("a", record(0, "a1")), to("b", record(1, "b1"))])

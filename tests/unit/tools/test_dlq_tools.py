@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
+from consumer.accounts.config import accounts_from
 from consumer.errors import ExpiredEvent, LimitViolation
 from consumer.headers import (
     H_BACKFILL,
@@ -19,8 +21,9 @@ from consumer.headers import (
 )
 from consumer.klaviyo.outcomes import KlaviyoError, Permanent
 from consumer.pipeline.deadletter import build_dead_letter
-from consumer.pipeline.failure import Failure
+from consumer.pipeline.failure import Failure, account_halted
 from consumer.pipeline.records import SourceRecord
+from consumer.settings import Settings
 from consumer.tools.deadletters import (
     NotReplayable,
     ParkedRecord,
@@ -158,6 +161,27 @@ def test_selection_by_reason_topic_and_since() -> None:
     by_topic = Selection(topics=frozenset({"shop.account.created"}))
     assert [by_topic.matches(d) for d in (old, new)] == [False, True]
     assert [Selection(since=NOW - 2 * HOUR).matches(d) for d in (old, new)] == [False, True]
+
+
+def test_selection_by_account_routes_the_letter_as_the_relay_did() -> None:
+    routing = accounts_from(
+        Settings(
+            klaviyo_accounts=["a", "b"],
+            klaviyo_api_key=SecretStr("pk_top"),
+            klaviyo_account_topics={"shop.account.created": "b"},
+        ),
+        {"KLAVIYO_ACCOUNT_A_API_KEY": "k", "KLAVIYO_ACCOUNT_B_API_KEY": "k"},
+    )
+    halted = account_halted(NOW)
+    by_header = letter(halted, headers=(("klaviyo-account", b"a"),), topic="shop.account.created")
+    by_topic = letter(halted, topic="shop.account.created")
+    by_default = letter(halted)
+    letters = (by_header, by_topic, by_default)
+    for name, wanted in (("a", [True, False, False]), ("b", [False, True, False])):
+        only = Selection(accounts=frozenset({name}), routing=routing)
+        assert [only.matches(d) for d in letters] == wanted, name
+    only_default = Selection(accounts=frozenset({"default"}), routing=routing)
+    assert [only_default.matches(d) for d in letters] == [False, False, True]
 
 
 @pytest.mark.parametrize(
