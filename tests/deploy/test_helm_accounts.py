@@ -225,6 +225,12 @@ def test_notes_name_the_accounts_and_expect_no_top_level_key(tmp_path: Path) -> 
         " klaviyo-merchant-1), merchant-2 (oauth, Secret klaviyo-merchant-2)."
     ) in notes
     assert "dead-lettered (unknown_account)" in notes
+    assert "No default account" not in notes  # klaviyo.defaultAccount: shop-eu
+    values = yaml.safe_load((CHART / "ci" / ACCOUNTS).read_text())
+    values["klaviyo"] = {}
+    (tmp_path / "no-default.yaml").write_text(yaml.safe_dump(values))
+    unrouted = render_notes(tmp_path / "n", ["-f", str(tmp_path / "no-default.yaml")])
+    assert "No default account" in unrouted
 
 
 @needs_helm
