@@ -242,6 +242,12 @@ class Settings(BaseSettings):
         default=2.0,
         description="Auto mode: an event taken longer ago than this goes into a bulk job.",
     )
+    auto_realtime_fallover_seconds: PositiveFloat = Field(
+        default=5.0,
+        description="Auto mode: a Create Event sent realtime and not accepted within this "
+        "(Klaviyo fails or throttles and it is being retried) goes into a bulk job instead; "
+        "for as long again, fresh events go to bulk jobs too.",
+    )
     drain_timeout_seconds: PositiveFloat = 25.0
     commit_interval_seconds: PositiveFloat = 1.0
     default_phone_region: str = "US"

@@ -12,7 +12,9 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
@@ -23,8 +25,10 @@ from tests.fixtures.relay_harness import (
     EventFactory,
     RelayProcess,
     create_event_limited,
+    metrics_port,
     produce_events,
     relay_env,
+    set_faults,
     wait_committed_to_end,
     wait_for,
 )
@@ -129,3 +133,73 @@ async def test_auto_switches_to_bulk_under_a_short_quota_and_back_keeping_each_k
     assert out_of_order == {}
     # The order held where it could break: customers whose events took both paths.
     assert sum(taken == {REALTIME, BULK} for taken in paths.values()) > 0
+
+
+async def routed_to_bulk(relay: RelayProcess) -> float:
+    """Create Events the relay put into bulk jobs so far (every reason), from its /metrics."""
+    port = metrics_port(relay)
+    if port is None:
+        return 0.0
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        text = await response.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "klaviyo_relay_auto_route"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels["path"] == "bulk"
+    )
+
+
+async def test_auto_events_sent_realtime_during_an_outage_fall_over_into_bulk_jobs(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    # Before, an event that went realtime stayed on Create Event, retrying, for the whole
+    # outage and the backoffs after it; its key's later events waited behind it. Now it falls
+    # over into a bulk job: with Klaviyo down, every event ends up in one, and arrives there
+    # (in each key's order) once Klaviyo is back.
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = topic_factory("accounts-outage", partitions=2)
+    dlq = topic_factory("dlq")
+    group = f"relay-{uuid.uuid4().hex[:8]}"
+    factory = EventFactory()
+    events = [factory.event(topic, HANDLER, f"cust-{seq % 6}", seq) for seq in range(30)]
+
+    async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
+        await set_faults(sandbox.base_url, {"error_rates": {"503": 1.0}})  # Klaviyo is down
+        env = relay_env(
+            bootstrap,
+            sandbox.base_url,
+            {topic: HANDLER},
+            group,
+            dlq,
+            AUTO_REALTIME_FALLOVER_SECONDS="1",
+            BATCH_LINGER_SECONDS="0.2",
+        )
+        relay = RelayProcess(env, tmp_path / "relay.log")
+        try:
+            await wait_for(lambda: relay.logged("partitions assigned"), what="partitions")
+            produce_events(bootstrap, events)
+
+            async def all_in_bulk_jobs() -> bool:
+                return await routed_to_bulk(relay) >= len(events)
+
+            await wait_for(all_in_bulk_jobs, what="every event in a bulk job, Klaviyo down")
+            await set_faults(sandbox.base_url, {"error_rates": {}})  # Klaviyo is back
+            await wait_committed_to_end(bootstrap, group, [topic], len(events))
+        finally:
+            relay.stop()
+        received = list(sandbox.state.events)
+
+    assert relay.logged("create event failing: fresh events go to bulk jobs")
+    assert not relay.logged("event dead-lettered")
+    endpoint = {str(e["unique_id"]): str(e["endpoint"]) for e in received}
+    assert [endpoint.get(event.event_id) for event in events] == [BULK] * len(events)
+    position = {str(e["unique_id"]): n for n, e in enumerate(received)}
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for event in events:
+        by_key[event.key].append(position[event.event_id])
+    assert {key: seen for key, seen in by_key.items() if seen != sorted(seen)} == {}

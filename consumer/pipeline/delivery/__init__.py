@@ -50,7 +50,12 @@ def delivery_for(
             return batch()
         case SendMode.AUTO:
             return AutoDelivery(
-                batch(), sender, room, max_wait=settings.auto_realtime_max_wait_seconds
+                batch(),
+                sender,
+                room,
+                give_back=give_back,
+                max_wait=settings.auto_realtime_max_wait_seconds,
+                fallover=settings.auto_realtime_fallover_seconds,
             )
         case unknown:
             assert_never(unknown)

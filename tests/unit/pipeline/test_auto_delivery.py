@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import time
 
+from consumer.klaviyo.outcomes import Accepted, Outcome, Retryable
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.observability.metrics import REGISTRY
-from consumer.pipeline.delivery.auto import Route, Why, route
+from consumer.pipeline.delivery.auto import Breaker, Route, Why, route
 from consumer.priorities import PriorityClass
 from consumer.settings import SendMode, Settings
 from tests.fixtures.fakes import Gate, emails, until
@@ -58,6 +59,51 @@ def test_an_event_behind_its_keys_open_job_joins_it_without_taking_a_place() -> 
     chosen = route(waited=0.0, max_wait=2.0, joins_open_job=True, take_room=room)
     assert (chosen.path, chosen.reason) == ("bulk", Why.ORDER)
     assert room.asked == 0
+
+
+def test_while_create_event_is_failing_a_fresh_event_goes_to_bulk_without_taking_a_place() -> None:
+    room = Room(grant=True)
+    chosen = route(waited=0.0, max_wait=2.0, joins_open_job=False, take_room=room, failing=True)
+    assert (chosen.path, chosen.reason) == ("bulk", Why.FAILING)
+    assert room.asked == 0
+
+
+def test_a_key_behind_its_open_job_keeps_joining_it_while_create_event_is_failing() -> None:
+    chosen = route(
+        waited=0.0, max_wait=2.0, joins_open_job=True, take_room=Room(True), failing=True
+    )
+    assert chosen.reason is Why.ORDER
+
+
+def test_the_breaker_is_closed_until_a_realtime_send_falls_over() -> None:
+    breaker = Breaker(rest=5.0)
+    breaker.sent()  # sends while closed are no probes
+    assert not breaker.failing(0.0)
+    assert breaker.fell_over(10.0)  # it opened
+    assert breaker.failing(14.9)
+    assert not breaker.fell_over(11.0)  # already open: no second warning
+
+
+def test_after_its_rest_the_breaker_lets_one_probe_through_at_a_time() -> None:
+    breaker = Breaker(rest=5.0)
+    breaker.fell_over(10.0)
+    assert not breaker.failing(15.0)  # rested: the next event may probe
+    breaker.sent()
+    assert breaker.failing(15.0)  # the probe is out: the others go to bulk jobs
+    assert breaker.failing(100.0)
+    breaker.fell_over(20.0)  # the probe fell over: another rest
+    assert breaker.failing(24.9)
+    assert not breaker.failing(25.0)
+
+
+def test_an_answered_realtime_send_closes_the_breaker() -> None:
+    breaker = Breaker(rest=5.0)
+    breaker.fell_over(10.0)
+    breaker.sent()
+    breaker.answered()
+    assert not breaker.failing(15.0)
+    breaker.sent()  # closed: no probe
+    assert not breaker.failing(15.0)
 
 
 # --- the relay's core ------------------------------------------------------------------------
@@ -170,3 +216,37 @@ async def test_auto_an_event_stale_after_waiting_behind_its_key_goes_to_bulk() -
     assert customers(sent, Endpoint.CREATE_EVENT) == ["a"]
     assert customers(sent, Endpoint.BULK_CREATE_EVENTS) == ["a"]
     assert routed("bulk", "stale") - stale_before == 1
+
+
+async def create_event_down(request: KlaviyoRequest) -> Outcome:
+    """Klaviyo with Create Event failing (the client's retries spent) and bulk jobs accepted."""
+    if request.endpoint is Endpoint.CREATE_EVENT:
+        return Retryable(status=503, reason="server_error")
+    return Accepted(202)
+
+
+async def test_auto_a_realtime_send_that_is_not_accepted_falls_over_into_a_bulk_job() -> None:
+    # Before, a realtime send retried on Create Event for as long as it failed: its event
+    # (and its key's later ones) waited out the whole outage and the backoffs after it.
+    fallover, failing = routed("bulk", "fallover"), routed("bulk", "failing")
+    async with running(
+        create_event_down, batch_linger_seconds=0.01, auto_realtime_fallover_seconds=3.0
+    ) as core:
+        core.source.assign(P0)
+        core.source.feed([record(0, "a"), record(1, "a")])
+        await until(lambda: routed("bulk", "fallover") > fallover, "a's send fell over")
+        # For as long again, fresh events do not try Create Event: b goes straight to bulk.
+        core.source.feed([record(2, "b")])
+        await until(lambda: core.source.committed(P0) == 3)
+        sent = core.klaviyo.sent
+        released = core.klaviyo.released
+        permits = core.klaviyo.permits
+    assert set(customers(sent, Endpoint.CREATE_EVENT)) == {"a"}  # b never tried it
+    bulk = [r for r in sent if r.endpoint is Endpoint.BULK_CREATE_EVENTS]
+    # a's two events in order (the second followed the first into its job), then b.
+    assert [offset for r in bulk for offset in offsets_in(r.body)] == [0, 1, 2]
+    assert routed("bulk", "fallover") - fallover == 1
+    assert routed("bulk", "failing") - failing == 1
+    # The abandoned send's permit went back (a no-op for the limiter if it was used).
+    create_event_permits = [p for p in permits if p.endpoint == "create_event"]
+    assert create_event_permits and create_event_permits[0] in released
