@@ -91,3 +91,51 @@ async def test_kill_9_with_a_held_event_resends_nothing_klaviyo_accepted(
         assert not second.logged("commit metadata ignored")
         # Every event stored once and sent once: no resend, not even one Klaviyo dedups.
         await scenario.verdict()
+
+
+ORDERS = 10
+ORDER_KEYS = 5
+
+
+@pytest.mark.parametrize("mode", ["realtime", "auto"])
+async def test_kill_9_in_the_middle_of_an_order_resends_none_of_its_accepted_events(
+    kafka_broker: KafkaBroker, tmp_path: Path, mode: str
+) -> None:
+    # An order is Placed Order, then one Ordered Product per item: the sandbox takes the first
+    # and answers 503 to the second. The commit maps the order as started with one accepted
+    # step; after the kill the next relay sends its Ordered Products, not its Placed Order again.
+    with Scenario(
+        kafka_broker, tmp_path, partitions=1, record_types=("shop.order.placed",)
+    ) as scenario:
+        events = scenario.events(ORDERS, keys=ORDER_KEYS)
+        held = events[0]
+        scenario.produce(events)
+        others = {offset for offset, e in enumerate(events) if e.key != held.key}
+        await scenario.start_sandbox()
+        await set_faults(scenario.base_url, {"fail_matching": {f"{held.event_id}:0": 503}})
+        first = scenario.start_relay(**MODES[mode], **RETRY_FOR_LONG)
+        offsets = GroupOffsets(scenario.bootstrap, scenario.group)
+        try:
+
+            async def half_sent_and_mapped() -> bool:
+                delivered = await sandbox_events(scenario.base_url)
+                if held.event_id not in {e["unique_id"] for e in delivered}:
+                    return False
+                commits = await asyncio.to_thread(offsets.commits, [scenario.topic])
+                [(position, metadata)] = commits.values()
+                completed = decode(position, metadata) if position >= 0 else None
+                if completed is None:
+                    return False
+                mapped = {o for o in range(position, completed.end) if completed.finished(o)}
+                return completed.accepted(0) == 1 and mapped == others
+
+            await scenario.wait(half_sent_and_mapped, "the held order's first step mapped")
+        finally:
+            offsets.close()
+        first.kill()
+        scenario.relays.remove(first)
+
+        await set_faults(scenario.base_url, {"fail_matching": {}})
+        scenario.start_relay(**MODES[mode])
+        # Every Klaviyo event stored once and sent once: the Placed Order is not sent again.
+        await scenario.verdict()
