@@ -213,8 +213,12 @@ class InFlight:
         """Return after ``interval`` seconds, or as soon as an event finished since the last
         return; whether :data:`COMMIT_AT_ONCE` events finished
         meanwhile (the commit should not wait for the usual spacing)."""
+        # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that comes as the event
+        # is set (bpo-42130), and the event is set at every finish: the shutdown then waited
+        # for a commit loop that never ended.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._commit_due.wait(), interval)
+            async with asyncio.timeout(interval):
+                await self._commit_due.wait()
         self._commit_due.clear()
         many = self._finished_since_commit >= COMMIT_AT_ONCE
         self._finished_since_commit = 0
