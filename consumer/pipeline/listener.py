@@ -109,12 +109,15 @@ class Listener:
         finished (see :meth:`InFlight.wait_commit_due`), and report stuck ones."""
         loop = asyncio.get_running_loop()
         interval = self._settings.commit_interval_seconds
+        last = loop.time()
         while True:
-            last = loop.time()
             many = await self._book.wait_commit_due(interval)
-            # Never more often than ten times a second (fifty after a bulk job's worth).
+            # Never more often than ten times a second (fifty after a bulk job's worth), counted
+            # from the last commit's start: a slow commit (a busy broker) does not add its own
+            # time to the spacing, which is what a crash resends finished events within.
             spacing = _AT_ONCE_COMMIT_SPACING if many else _MIN_COMMIT_SPACING
             await asyncio.sleep(last + min(interval, spacing) - loop.time())
+            last = loop.time()
             await self.commit_now(source)
             self._book.watch()
 
