@@ -59,6 +59,11 @@ STALL_SECONDS = 150.0
 # by the killed one.
 IN_FLIGHT_SECONDS = 1.0
 REPLAY_METRICS = ("klaviyo_relay_replay_skipped_total", "klaviyo_relay_replay_resent_total")
+# How long the relays' commits took (a crash resends what finished within a commit's lag).
+COMMIT_METRICS = (
+    "klaviyo_relay_commit_duration_seconds_sum",
+    "klaviyo_relay_commit_duration_seconds_count",
+)
 
 
 @dataclass
@@ -75,6 +80,8 @@ class CrashRow:
     replay_resent: int
     seconds: float  # relay start to the last acceptance
     causes: dict[str, int] = field(default_factory=dict)  # resends by cause (resend_causes)
+    commits: int = 0  # the relays' offset commits
+    commit_ms: float = 0.0  # their mean duration (store and commit, on the source thread)
 
 
 def run(bench: Bench, only: set[str]) -> list[Section]:
@@ -114,7 +121,7 @@ def crash_run(bench: Bench, sandbox: InstrumentedSandbox, mode: str, count: int)
         RATE_LIMITS=rate_limits_json(sandbox.limits),
         SEND_MODE=mode,
     )
-    replay = dict.fromkeys(REPLAY_METRICS, 0.0)
+    replay = dict.fromkeys(REPLAY_METRICS + COMMIT_METRICS, 0.0)
     kills: list[float] = []
     began = time.time()
     relay = RelayProcess(env, bench.workdir / f"6-{mode}-0.relay.log")
@@ -155,6 +162,8 @@ def crash_run(bench: Bench, sandbox: InstrumentedSandbox, mode: str, count: int)
         replay_resent=round(replay[REPLAY_METRICS[1]]),
         seconds=round(summary["last"] - began, 1),
         causes=resend_causes(trace, kills),
+        commits=round(replay[COMMIT_METRICS[1]]),
+        commit_ms=round(1000 * replay[COMMIT_METRICS[0]] / max(1.0, replay[COMMIT_METRICS[1]]), 1),
     )
     print(f"  {row}", flush=True)
     return row
@@ -176,7 +185,9 @@ def markdown(rows: list[CrashRow], limits: str) -> list[str]:
     ]
     lines += ["", "Resends by cause (see bench/crash.py):", ""]
     lines += [
-        f"- {r.mode}: " + ("; ".join(f"{name}: {n:,}" for name, n in r.causes.items()) or "none")
+        f"- {r.mode}: "
+        + ("; ".join(f"{name}: {n:,}" for name, n in r.causes.items()) or "none")
+        + f" ({r.commits:,} commits, {r.commit_ms:.1f} ms each on average)"
         for r in rows
     ]
     return lines
@@ -245,7 +256,7 @@ def _scrape(relay: RelayProcess) -> dict[str, float]:
     url = f"http://127.0.0.1:{relay.metrics_port()}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
-    totals = dict.fromkeys(REPLAY_METRICS, 0.0)
+    totals = dict.fromkeys(REPLAY_METRICS + COMMIT_METRICS, 0.0)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in totals:
