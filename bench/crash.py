@@ -80,6 +80,9 @@ class CrashRow:
     replay_resent: int
     seconds: float  # relay start to the last acceptance
     causes: dict[str, int] = field(default_factory=dict)  # resends by cause (resend_causes)
+    # The quota the resends took: Create Event requests, and bulk requests that carried any.
+    resent_requests: int = 0
+    resent_jobs: int = 0
     commits: int = 0  # the relays' offset commits
     commit_ms: float = 0.0  # their mean duration (store and commit, on the source thread)
 
@@ -162,6 +165,8 @@ def crash_run(bench: Bench, sandbox: InstrumentedSandbox, mode: str, count: int)
         replay_resent=round(replay[REPLAY_METRICS[1]]),
         seconds=round(summary["last"] - began, 1),
         causes=resend_causes(trace, kills),
+        resent_requests=sum(1 for e in trace if e[1] == "duplicate" and not e[5]),
+        resent_jobs=len({e[5] for e in trace if e[1] == "duplicate" and e[5]}),
         commits=round(replay[COMMIT_METRICS[1]]),
         commit_ms=round(1000 * replay[COMMIT_METRICS[0]] / max(1.0, replay[COMMIT_METRICS[1]]), 1),
     )
@@ -187,7 +192,8 @@ def markdown(rows: list[CrashRow], limits: str) -> list[str]:
     lines += [
         f"- {r.mode}: "
         + ("; ".join(f"{name}: {n:,}" for name, n in r.causes.items()) or "none")
-        + f" ({r.commits:,} commits, {r.commit_ms:.1f} ms each on average)"
+        + f"; quota taken: {r.resent_requests:,} Create Event requests, {r.resent_jobs} bulk"
+        f" requests ({r.commits:,} commits, {r.commit_ms:.1f} ms each on average)"
         for r in rows
     ]
     return lines
@@ -195,7 +201,7 @@ def markdown(rows: list[CrashRow], limits: str) -> list[str]:
 
 def resend_causes(trace: list[list[Any]], kills: list[float]) -> dict[str, int]:
     """Why each resend in ``trace`` (the sandbox's ``[clock, fate, endpoint, metric,
-    unique_id]``, see ``bench.sandbox_proc``) happened, given the ``kills`` (clock, ascending).
+    unique_id, job]``, see ``bench.sandbox_proc``) happened, given the ``kills`` (clock, ascending).
 
     A resend is put down to the first kill after its event's first acceptance: an acceptance
     within :data:`IN_FLIGHT_SECONDS` after a kill was a request of the killed relay still in
@@ -203,13 +209,13 @@ def resend_causes(trace: list[list[Any]], kills: list[float]) -> dict[str, int]:
     events was first accepted after that kill, and finished before it otherwise."""
     first: dict[tuple[str, str], tuple[float, str]] = {}  # (metric, unique_id) → when, endpoint
     done: dict[str, float] = {}  # domain event → when its last Klaviyo event was first accepted
-    for clock, fate, endpoint, metric, unique_id in trace:
+    for clock, fate, endpoint, metric, unique_id, _job in trace:
         if fate == "recorded":
             first[(metric, unique_id)] = (clock, endpoint)
             event = unique_id.split(":", 1)[0]  # Ordered Product adds ":<n>"
             done[event] = max(done.get(event, clock), clock)
     causes: Counter[str] = Counter()
-    for _clock, fate, _endpoint, metric, unique_id in trace:
+    for _clock, fate, _endpoint, metric, unique_id, _job in trace:
         if fate != "duplicate":
             continue
         accepted, endpoint = first[(metric, unique_id)]

@@ -20,8 +20,9 @@ The control port (never the API port, so the hot path is untouched) serves
 the ones produced in a span of its choosing (the outage scenario's catch-up).
 
 With ``--trace``, ``/trace`` lists every event the store took, accepted or deduplicated:
-``[clock, fate, endpoint, metric, unique_id]`` (the kill -9 scenario attributes each resend to
-its cause with it; off by default: it grows with the run).
+``[clock, fate, endpoint, metric, unique_id, job]`` (``job``: the bulk request's number, from 1;
+0 for a Create Event), which the kill -9 scenario attributes each resend to its cause with (off
+by default: it grows with the run).
 
 uvloop runs this process's event loop when it is installed (``--no-uvloop`` to compare): the
 sandbox shares the two cores with the relay, so every microsecond it saves goes to the relay.
@@ -87,7 +88,17 @@ class Recorder:
         self.last = 0.0
         self.duplicates = 0
         self.tracked = array("d")  # occurred_at, delay, occurred_at, delay, ...
-        self.trace: list[tuple[float, str, str, str, str]] = []
+        self.trace: list[tuple[float, str, str, str, str, int]] = []
+        self.jobs = 0  # bulk requests the store took events from
+        if self.tracing:
+            bulk = type(self.sandbox)._bulk_create_events
+            sandbox = self.sandbox
+
+            def bulk_create_events(request: Any, body: Any, headers: Any) -> web.Response:
+                self.jobs += 1
+                return bulk(sandbox, request, body, headers)
+
+            sandbox._bulk_create_events = bulk_create_events  # type: ignore[method-assign]
         limits = self.sandbox.options.rate_limits or {}
         self.sandbox.quotas = {name: CountingQuota(limit) for name, limit in limits.items()}
         state = self.sandbox.state
@@ -111,7 +122,8 @@ class Recorder:
             if self.tracing:
                 metric = event["metric"]["data"]["attributes"]["name"]
                 unique_id = str(event.get("unique_id"))
-                self.trace.append((now, fate.value, endpoint, metric, unique_id))
+                job = self.jobs if endpoint == "bulk_create_events" else 0
+                self.trace.append((now, fate.value, endpoint, metric, unique_id, job))
             return fate
 
         state.record_event = record_event  # type: ignore[method-assign]
