@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.pipeline.completed import decode
+from consumer.pipeline.completed import CompletedMap, decode
 from dev.harness import GroupOffsets
 from dev.kafka_broker import KafkaBroker
 from tests.fixtures.relay_harness import sandbox_events, set_faults
@@ -59,13 +59,10 @@ async def test_kill_9_with_a_held_event_resends_nothing_klaviyo_accepted(
             async def accepted_and_mapped() -> bool:
                 delivered = await sandbox_events(scenario.base_url)
                 stored = {offset_of[base_id(e["unique_id"])] for e in delivered}
-                commits = await asyncio.to_thread(offsets.commits, [scenario.topic])
-                [(position, metadata)] = commits.values()
-                completed = decode(position, metadata) if position >= 0 else None
+                completed = await committed_map(offsets, scenario.topic)
                 if completed is None:
                     return False
-                mapped = {o for o in range(position, completed.end) if completed.finished(o)}
-                return len(stored) == EVENTS - len(waiting) and mapped == stored
+                return len(stored) == EVENTS - len(waiting) and finished(completed) == stored
 
             await scenario.wait(accepted_and_mapped, "the accepted events mapped in the commit")
             assert offsets.committed([scenario.topic]) == {(scenario.topic, 0): 0}
@@ -121,13 +118,10 @@ async def test_kill_9_in_the_middle_of_an_order_resends_none_of_its_accepted_eve
                 delivered = await sandbox_events(scenario.base_url)
                 if held.event_id not in {e["unique_id"] for e in delivered}:
                     return False
-                commits = await asyncio.to_thread(offsets.commits, [scenario.topic])
-                [(position, metadata)] = commits.values()
-                completed = decode(position, metadata) if position >= 0 else None
+                completed = await committed_map(offsets, scenario.topic)
                 if completed is None:
                     return False
-                mapped = {o for o in range(position, completed.end) if completed.finished(o)}
-                return completed.accepted(0) == 1 and mapped == others
+                return completed.accepted(0) == 1 and finished(completed) == others
 
             await scenario.wait(half_sent_and_mapped, "the held order's first step mapped")
         finally:
@@ -139,3 +133,14 @@ async def test_kill_9_in_the_middle_of_an_order_resends_none_of_its_accepted_eve
         scenario.start_relay(**MODES[mode])
         # Every Klaviyo event stored once and sent once: the Placed Order is not sent again.
         await scenario.verdict()
+
+
+async def committed_map(offsets: GroupOffsets, topic: str) -> CompletedMap | None:
+    """The map of finished offsets in the group's commit of ``topic``'s one partition."""
+    commits = await asyncio.to_thread(offsets.commits, [topic])
+    [(position, metadata)] = commits.values()
+    return decode(position, metadata) if position >= 0 else None
+
+
+def finished(completed: CompletedMap) -> set[int]:
+    return {o for o in range(completed.position, completed.end) if completed.finished(o)}

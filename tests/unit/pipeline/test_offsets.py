@@ -243,10 +243,7 @@ def test_started_unfinished_offsets_are_mapped_as_possible_resends() -> None:
     offsets.start(1)
     offsets.start(3)
     offsets.finish(1)
-    commit = offsets.committable()
-    assert commit is not None
-    completed = decode(commit.position, commit.metadata)
-    assert completed is not None
+    completed = _committed_map(offsets)
     assert [o for o in range(5) if completed.started(o)] == [0, 3]  # 1 finished: not a resend
     assert [o for o in range(5) if completed.finished(o)] == [1]
 
