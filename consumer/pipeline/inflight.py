@@ -262,8 +262,9 @@ class InFlight:
             if remaining <= 0 or give_up():
                 return condition()
             self._progress.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), remaining)
+            with contextlib.suppress(TimeoutError):  # (not wait_for: see wait_commit_due)
+                async with asyncio.timeout(remaining):
+                    await self._progress.wait()
         return True
 
     # --- committing --------------------------------------------------------------------------
