@@ -19,6 +19,11 @@ The control port (never the API port, so the hot path is untouched) serves
 (password resets: a few per cent of the load), so a scenario can take the delay percentiles of
 the ones produced in a span of its choosing (the outage scenario's catch-up).
 
+With ``--trace``, ``/trace`` lists every event the store took, accepted or deduplicated:
+``[clock, fate, endpoint, metric, unique_id, job]`` (``job``: the bulk request's number, from 1;
+0 for a Create Event), which the kill -9 scenario attributes each resend to its cause with (off
+by default: it grows with the run).
+
 uvloop runs this process's event loop when it is installed (``--no-uvloop`` to compare): the
 sandbox shares the two cores with the relay, so every microsecond it saves goes to the relay.
 """
@@ -71,8 +76,9 @@ class CountingQuota(FixedWindowQuota):
 
 
 class Recorder:
-    def __init__(self, sandbox: Sandbox) -> None:
+    def __init__(self, sandbox: Sandbox, *, trace: bool = False) -> None:
         self.sandbox = sandbox
+        self.tracing = trace
         self.reset()
 
     def reset(self) -> None:
@@ -82,6 +88,17 @@ class Recorder:
         self.last = 0.0
         self.duplicates = 0
         self.tracked = array("d")  # occurred_at, delay, occurred_at, delay, ...
+        self.trace: list[tuple[float, str, str, str, str, int]] = []
+        self.jobs = 0  # bulk requests the store took events from
+        if self.tracing:
+            bulk = type(self.sandbox)._bulk_create_events
+            sandbox = self.sandbox
+
+            def bulk_create_events(request: Any, body: Any, headers: Any) -> web.Response:
+                self.jobs += 1
+                return bulk(sandbox, request, body, headers)
+
+            sandbox._bulk_create_events = bulk_create_events  # type: ignore[method-assign]
         limits = self.sandbox.options.rate_limits or {}
         self.sandbox.quotas = {name: CountingQuota(limit) for name, limit in limits.items()}
         state = self.sandbox.state
@@ -102,6 +119,11 @@ class Recorder:
                 self.last = now
             elif fate is EventFate.DUPLICATE:
                 self.duplicates += 1
+            if self.tracing:
+                metric = event["metric"]["data"]["attributes"]["name"]
+                unique_id = str(event.get("unique_id"))
+                job = self.jobs if endpoint == "bulk_create_events" else 0
+                self.trace.append((now, fate.value, endpoint, metric, unique_id, job))
             return fate
 
         state.record_event = record_event  # type: ignore[method-assign]
@@ -165,7 +187,7 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with running_sandbox(options, 0) as sb:
-        recorder = Recorder(sb.sandbox)
+        recorder = Recorder(sb.sandbox, trace=args.trace)
 
         async def summary(_: web.Request) -> web.Response:
             return web.Response(
@@ -191,6 +213,11 @@ async def serve(args: argparse.Namespace) -> None:
         control.router.add_get("/progress", progress)
         control.router.add_post("/reset", reset)
         control.router.add_get("/tracked", tracked)
+
+        async def trace(_: web.Request) -> web.Response:
+            return web.Response(body=orjson.dumps(recorder.trace), content_type="application/json")
+
+        control.router.add_get("/trace", trace)
         runner = web.AppRunner(control, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -213,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-scale", type=float, default=1.0)
     parser.add_argument("--latency-ms", default=None)
     parser.add_argument("--no-uvloop", action="store_true")
+    parser.add_argument("--trace", action="store_true", help="keep every event's fate (/trace)")
     args = parser.parse_args(argv)
     if not args.no_uvloop:
         try:

@@ -137,12 +137,19 @@ class InstrumentedSandbox(ChildProcess):
     """``python -m bench.sandbox_proc``: the sandbox with its measuring control port."""
 
     def __init__(
-        self, *, limits: dict[str, EndpointLimit] | None, latency_ms: str | None, log: Path
+        self,
+        *,
+        limits: dict[str, EndpointLimit] | None,
+        latency_ms: str | None,
+        log: Path,
+        trace: bool = False,
     ) -> None:
         args = [sys.executable, "-m", "bench.sandbox_proc"]
         args += ["--rate-limits", "none" if limits is None else rate_limits_json(limits)]
         if latency_ms:
             args += ["--latency-ms", latency_ms]
+        if trace:
+            args.append("--trace")
         self.limits = limits
         super().__init__(args, log)
         # Its one line on stdout, once it listens: {"base_url": ..., "control_url": ...}.
@@ -160,6 +167,12 @@ class InstrumentedSandbox(ChildProcess):
 
     def summary(self) -> dict[str, Any]:
         result: dict[str, Any] = _json_get(self.control_url + "/summary")
+        return result
+
+    def trace(self) -> list[list[Any]]:
+        """Every event the store took (``trace=True`` only): clock, fate, endpoint, metric,
+        unique_id."""
+        result: list[list[Any]] = _json_get(self.control_url + "/trace")
         return result
 
 

@@ -126,3 +126,16 @@ class Plan:
         if all(r.priority == priority and r.order == order for r in self.requests):
             return self
         return Plan(tuple(r.at_priority(priority, order) for r in self.requests), self.warnings)
+
+    def without_events(self, count: int) -> Plan:
+        """This plan without its first ``count`` Create Event steps (accepted already, by a
+        relay that crashed before the event finished); its other steps stay, in order."""
+        if count <= 0:
+            return self
+        kept = []
+        for request in self.requests:
+            if count and request.endpoint is Endpoint.CREATE_EVENT:
+                count -= 1
+            else:
+                kept.append(request)
+        return Plan(tuple(kept), self.warnings)

@@ -48,12 +48,14 @@ from consumer.pipeline.records import SourceRecord
 log = get_logger(__name__)
 
 Positions = dict[TopicPartitionKey, Commit]
-# A commit is due before its interval once this many events finished since the last one: what a
-# crash resends because it finished after the last commit stays about this many (or a tenth of a
-# second's worth, the commits' minimum spacing), however fast the relay goes (a burst of 350
-# events/s would otherwise leave up to 350 per second unmapped). At most ten commits a second
-# either way, a trifle for the broker; 100 here left ~100 resends per kill -9 (bench scenario 6).
-COMMIT_AFTER_FINISHED = 20
+# A commit is due as soon as an event finished since the last one: what a kill -9 resends
+# because it finished after the last commit is then what finished within the commits' spacing
+# (a tenth of a second, so at most ten commits a second: a trifle for the broker), not a batch
+# of finishes (waiting for 20 or 100 here before left ~20-100 resends per kill).
+# Once this many finished since the last commit (a bulk job's 202 finishes up to 1,000 events at
+# once), the shorter spacing applies: the job is mapped tens of milliseconds after its answer,
+# and a crash just after a job was accepted resends none of it (bench scenario 6).
+COMMIT_AT_ONCE = 100
 
 
 class Flow(Protocol):
@@ -76,6 +78,7 @@ class Work:
         "parked",
         "record",
         "remaining",
+        "skip",
         "started",
         "taken",
     )
@@ -91,6 +94,9 @@ class Work:
         self.remaining = 0  # batch mode: Create Event items not yet settled (sent or dropped)
         self.occurred_at: datetime | None = None
         self.account = "default"  # the Klaviyo account it goes to (consumer.accounts.routing)
+        # Its first Create Event steps an earlier owner got accepted (read again after a crash
+        # or a rebalance): not sent again.
+        self.skip = 0
 
 
 class InFlight:
@@ -156,9 +162,14 @@ class InFlight:
                 dropped += 1
                 REPLAY_SKIPPED.labels(record.topic).inc()
             else:
+                work = Work(record, tracker, now)
                 if earlier is Earlier.STARTED:
                     REPLAY_RESENT.labels(record.topic).inc()
-                taken.append(Work(record, tracker, now))
+                    # Still started as far as a commit goes, with the steps accepted so far:
+                    # another crash before it finishes must not lose them.
+                    work.skip = tracker.accepted_earlier(record.offset)
+                    tracker.start(record.offset, work.skip)
+                taken.append(work)
             crowded = crowded or tracker.crowded != was_crowded
         for topic, count in counts.items():
             EVENTS_CONSUMED.labels(topic).inc(count)
@@ -180,7 +191,7 @@ class InFlight:
         """``work`` is being processed: a revoke of its partition now waits for it."""
         work.started = True
         self._running[work.offsets] = self._running.get(work.offsets, 0) + 1
-        work.offsets.start(work.record.offset)
+        work.offsets.start(work.record.offset, work.skip)
 
     def finish(self, work: Work) -> None:
         """``work`` is finished (see the module's invariant); idempotent."""
@@ -198,16 +209,22 @@ class InFlight:
                 self._crowd()
         self._progress.set()
         self._finished_since_commit += 1
-        if self._finished_since_commit >= COMMIT_AFTER_FINISHED:
-            self._commit_due.set()
+        self._commit_due.set()
 
-    async def wait_commit_due(self, interval: float) -> None:
-        """Return after ``interval`` seconds, or as soon as :data:`COMMIT_AFTER_FINISHED` events
-        finished since the last return."""
+    async def wait_commit_due(self, interval: float) -> bool:
+        """Return after ``interval`` seconds, or as soon as an event finished since the last
+        return; whether :data:`COMMIT_AT_ONCE` events finished
+        meanwhile (the commit should not wait for the usual spacing)."""
+        # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that comes as the event
+        # is set (bpo-42130), and the event is set at every finish: the shutdown then waited
+        # for a commit loop that never ended.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._commit_due.wait(), interval)
+            async with asyncio.timeout(interval):
+                await self._commit_due.wait()
         self._commit_due.clear()
+        many = self._finished_since_commit >= COMMIT_AT_ONCE
         self._finished_since_commit = 0
+        return many
 
     def settle(self, work: Work) -> None:
         """Finish ``work`` once none of its items is in a bulk job any more and, when it was
@@ -247,8 +264,9 @@ class InFlight:
             if remaining <= 0 or give_up():
                 return condition()
             self._progress.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), remaining)
+            with contextlib.suppress(TimeoutError):  # (not wait_for: see wait_commit_due)
+                async with asyncio.timeout(remaining):
+                    await self._progress.wait()
         return True
 
     # --- committing --------------------------------------------------------------------------

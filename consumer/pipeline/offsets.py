@@ -88,7 +88,9 @@ class PartitionOffsets:
         self._pending: deque[int] = deque()  # taken, not yet below the watermark, in order
         self._taken_at: deque[float] = deque()  # when each of them was taken
         self._unfinished: set[int] = set()
-        self._started: set[int] = set()  # unfinished offsets whose event is being processed
+        # Unfinished offsets whose event is being processed → how many of its Create Event
+        # steps Klaviyo accepted so far (the first ones in plan order).
+        self._started: dict[int, int] = {}
         self.crowded = False  # too many pending: the source holds the partition paused
         # Kafka's position: the offset of the next record to read, i.e. what a commit stores.
         self.next_position: int | None = None
@@ -108,10 +110,24 @@ class PartitionOffsets:
             return Earlier.FINISHED
         return Earlier.STARTED if inherited.started(offset) else Earlier.UNSEEN
 
-    def start(self, offset: int) -> None:
-        """The event of ``offset`` is being processed: requests of it may reach Klaviyo."""
+    def accepted_earlier(self, offset: int) -> int:
+        """How many of ``offset``'s first Create Event steps the inherited map says Klaviyo
+        accepted (0 unless it was started by an earlier owner)."""
+        inherited = self._inherited
+        return 0 if inherited is None else inherited.accepted(offset)
+
+    def start(self, offset: int, steps: int = 0) -> None:
+        """The event of ``offset`` is being processed (``steps``: its first Create Event steps
+        accepted already, by an earlier owner): requests of it may reach Klaviyo."""
         if offset in self._unfinished:
-            self._started.add(offset)
+            self._started[offset] = max(steps, self._started.get(offset, 0))
+
+    def step_accepted(self, offset: int) -> None:
+        """One more Create Event step of ``offset``'s event was accepted (they are accepted in
+        plan order: the count is how many of its first steps need not be sent again)."""
+        if offset in self._started:
+            self._started[offset] += 1
+            self._version += 1
 
     def track(self, offset: int, now: float = 0.0) -> None:
         """Record that ``offset`` was taken at ``now``; offsets of a partition arrive in
@@ -134,7 +150,7 @@ class PartitionOffsets:
         if offset not in self._unfinished:
             return 0  # finished twice, or never taken in this assignment: nothing to do
         self._unfinished.remove(offset)
-        self._started.discard(offset)
+        self._started.pop(offset, None)
         self._version += 1
         released = 0
         while self._pending and self._pending[0] not in self._unfinished:
@@ -177,14 +193,17 @@ class PartitionOffsets:
         done = (o for o in self._pending if o not in self._unfinished)
         finished = _bitmap(done, position, end)
         started = _bitmap(self._started, position, end)
+        steps = {o - position: n for o, n in self._started.items() if n and position <= o < end}
         inherited = self._inherited
         if inherited is not None and inherited.end > end and inherited.position < limit:
             shift = inherited.position - position
-            tails = [t << shift if shift >= 0 else t >> -shift for t in inherited.above(last)]
+            tail_done, tail_begun, tail_steps = inherited.above(last)
+            tails = [t << shift if shift >= 0 else t >> -shift for t in (tail_done, tail_begun)]
             finished |= tails[0]
             started |= tails[1]
+            steps.update((i + shift, n) for i, n in tail_steps.items() if i + shift >= 0)
             end = inherited.end
-        commit = Commit(position, encode(end - position, finished, started))
+        commit = Commit(position, encode(end - position, finished, started, steps))
         self._offered = (self._version, commit)
         return commit
 

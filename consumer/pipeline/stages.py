@@ -77,6 +77,8 @@ class Stages:
         plan = await self.plan(work, now)
         if plan is None:
             return
+        # Read again after a crash: what the last owner got accepted is not sent twice.
+        plan = plan.without_events(work.skip)
         try:
             failure = await self._delivery.deliver(lane, work, plan)
         except UnboundStep as exc:

@@ -55,7 +55,9 @@ class Delivery(Protocol):
 
 
 def delivered(work: Work, request: KlaviyoRequest) -> None:
-    """Count a delivered Create Event (or profile step) and its end-to-end delay."""
+    """Count a delivered Create Event and its end-to-end delay, and record
+    the accepted step in its event's commit map (a crash resends only the steps after it)."""
+    work.offsets.step_accepted(work.record.offset)
     topic = work.record.topic
     _delivered_counter(topic, metric_name(request), work.account).inc()
     if work.occurred_at is not None:

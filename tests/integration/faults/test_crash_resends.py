@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.pipeline.completed import decode
+from consumer.pipeline.completed import CompletedMap, decode
 from dev.harness import GroupOffsets
 from dev.kafka_broker import KafkaBroker
 from tests.fixtures.relay_harness import sandbox_events, set_faults
@@ -59,13 +59,10 @@ async def test_kill_9_with_a_held_event_resends_nothing_klaviyo_accepted(
             async def accepted_and_mapped() -> bool:
                 delivered = await sandbox_events(scenario.base_url)
                 stored = {offset_of[base_id(e["unique_id"])] for e in delivered}
-                commits = await asyncio.to_thread(offsets.commits, [scenario.topic])
-                [(position, metadata)] = commits.values()
-                completed = decode(position, metadata) if position >= 0 else None
+                completed = await committed_map(offsets, scenario.topic)
                 if completed is None:
                     return False
-                mapped = {o for o in range(position, completed.end) if completed.finished(o)}
-                return len(stored) == EVENTS - len(waiting) and mapped == stored
+                return len(stored) == EVENTS - len(waiting) and finished(completed) == stored
 
             await scenario.wait(accepted_and_mapped, "the accepted events mapped in the commit")
             assert offsets.committed([scenario.topic]) == {(scenario.topic, 0): 0}
@@ -91,3 +88,59 @@ async def test_kill_9_with_a_held_event_resends_nothing_klaviyo_accepted(
         assert not second.logged("commit metadata ignored")
         # Every event stored once and sent once: no resend, not even one Klaviyo dedups.
         await scenario.verdict()
+
+
+ORDERS = 10
+ORDER_KEYS = 5
+
+
+@pytest.mark.parametrize("mode", ["realtime", "auto"])
+async def test_kill_9_in_the_middle_of_an_order_resends_none_of_its_accepted_events(
+    kafka_broker: KafkaBroker, tmp_path: Path, mode: str
+) -> None:
+    # An order is Placed Order, then one Ordered Product per item: the sandbox takes the first
+    # and answers 503 to the second. The commit maps the order as started with one accepted
+    # step; after the kill the next relay sends its Ordered Products, not its Placed Order again.
+    with Scenario(
+        kafka_broker, tmp_path, partitions=1, record_types=("shop.order.placed",)
+    ) as scenario:
+        events = scenario.events(ORDERS, keys=ORDER_KEYS)
+        held = events[0]
+        scenario.produce(events)
+        others = {offset for offset, e in enumerate(events) if e.key != held.key}
+        await scenario.start_sandbox()
+        await set_faults(scenario.base_url, {"fail_matching": {f"{held.event_id}:0": 503}})
+        first = scenario.start_relay(**MODES[mode], **RETRY_FOR_LONG)
+        offsets = GroupOffsets(scenario.bootstrap, scenario.group)
+        try:
+
+            async def half_sent_and_mapped() -> bool:
+                delivered = await sandbox_events(scenario.base_url)
+                if held.event_id not in {e["unique_id"] for e in delivered}:
+                    return False
+                completed = await committed_map(offsets, scenario.topic)
+                if completed is None:
+                    return False
+                return completed.accepted(0) == 1 and finished(completed) == others
+
+            await scenario.wait(half_sent_and_mapped, "the held order's first step mapped")
+        finally:
+            offsets.close()
+        first.kill()
+        scenario.relays.remove(first)
+
+        await set_faults(scenario.base_url, {"fail_matching": {}})
+        scenario.start_relay(**MODES[mode])
+        # Every Klaviyo event stored once and sent once: the Placed Order is not sent again.
+        await scenario.verdict()
+
+
+async def committed_map(offsets: GroupOffsets, topic: str) -> CompletedMap | None:
+    """The map of finished offsets in the group's commit of ``topic``'s one partition."""
+    commits = await asyncio.to_thread(offsets.commits, [topic])
+    [(position, metadata)] = commits.values()
+    return decode(position, metadata) if position >= 0 else None
+
+
+def finished(completed: CompletedMap) -> set[int]:
+    return {o for o in range(completed.position, completed.end) if completed.finished(o)}

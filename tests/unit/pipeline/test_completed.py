@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import random
+import zlib
 
 import pytest
 from hypothesis import given
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 from consumer.pipeline.completed import (
     MAX_METADATA_CHARS,
     MAX_SPAN,
+    MAX_STEPS,
     MalformedMap,
     decode,
     encode,
@@ -89,7 +92,7 @@ def test_nothing_to_say_is_empty_metadata() -> None:
 @pytest.mark.parametrize(
     "metadata",
     [
-        "fin2:8:eJxjAAAAAQAB",  # a later version
+        "fin3:8:eJxjAAAAAQAB",  # a later version
         "v1:0-3,7",  # the dlq replay's progress format
         "fin1:8",
         "fin1:x:eJxjAAAAAQAB",
@@ -116,6 +119,74 @@ def test_a_bitmap_longer_than_its_span_is_refused_not_inflated() -> None:
 def test_above_gives_the_finished_offsets_past_an_offset() -> None:
     completed = decode(10, encode(6, bitmap({11, 13, 15}, 10)))
     assert completed is not None
-    assert completed.above(12) == (bitmap({13, 15}, 10), 0)
-    assert completed.above(9) == (bitmap({11, 13, 15}, 10), 0)
-    assert completed.above(15) == (0, 0)
+    assert completed.above(12) == (bitmap({13, 15}, 10), 0, {})
+    assert completed.above(9) == (bitmap({11, 13, 15}, 10), 0, {})
+    assert completed.above(15) == (0, 0, {})
+
+
+@given(
+    st.integers(min_value=0, max_value=2**40),
+    st.integers(min_value=1, max_value=3_000),
+    st.data(),
+)
+def test_round_trip_keeps_the_accepted_steps_of_started_offsets(
+    position: int, span: int, data: st.DataObject
+) -> None:
+    offsets = st.sets(st.integers(min_value=position, max_value=position + span - 1))
+    finished = data.draw(offsets)
+    started = data.draw(offsets) - finished
+    counts = st.integers(min_value=0, max_value=300)
+    steps = {o: data.draw(counts) for o in started}
+    metadata = encode(
+        span,
+        bitmap(finished, position),
+        bitmap(started, position),
+        {o - position: n for o, n in steps.items()},
+    )
+    assert metadata.startswith("fin2:" if any(steps.values()) else "fin1:")
+    completed = decode(position, metadata)
+    assert completed is not None
+    window = range(position - 3, position + span + 3)
+    assert {o for o in window if completed.finished(o)} == finished
+    assert {o for o in window if completed.started(o)} == started
+    assert {o: completed.accepted(o) for o in window if completed.accepted(o)} == {
+        o: min(n, MAX_STEPS) for o, n in steps.items() if n
+    }
+
+
+def test_steps_of_offsets_not_started_are_not_written() -> None:
+    # Finished meanwhile (or never started): its count means nothing, and a reader before
+    # version 2 can still read a map without counts.
+    metadata = encode(4, 0b0010, 0b0001, {1: 2, 3: 1})
+    assert metadata.startswith("fin1:")
+    completed = decode(0, metadata)
+    assert completed is not None and completed.accepted(1) == completed.accepted(3) == 0
+
+
+def test_a_cut_map_keeps_the_steps_of_its_prefix() -> None:
+    span = 200_000
+    bits = random.Random(5).getrandbits(span) & ~1
+    metadata = encode(span, bits, 1, {0: 3})
+    completed = decode(0, metadata)
+    assert completed is not None and 0 < completed.span < span
+    assert completed.started(0) and completed.accepted(0) == 3
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes([0, 0b11]),  # two started offsets, no count
+        bytes([0, 0b1, 1, 1]),  # one started offset, two counts
+    ],
+)
+def test_step_counts_that_do_not_match_the_started_offsets_are_refused(raw: bytes) -> None:
+    payload = base64.urlsafe_b64encode(zlib.compress(raw)).rstrip(b"=").decode()
+    with pytest.raises(MalformedMap):
+        decode(0, f"fin2:8:{payload}")
+
+
+def test_above_gives_the_steps_of_the_started_offsets_past_an_offset() -> None:
+    completed = decode(10, encode(6, 0, bitmap({11, 14}, 10), {1: 2, 4: 1}))
+    assert completed is not None
+    assert completed.above(12) == (0, bitmap({14}, 10), {4: 1})
+    assert completed.above(10) == (0, bitmap({11, 14}, 10), {1: 2, 4: 1})

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.pipeline.completed import decode, encode
+from consumer.pipeline.completed import CompletedMap, decode, encode
 from consumer.pipeline.offsets import Commit, Earlier, OffsetTracker, PartitionOffsets
 
 
@@ -231,7 +231,8 @@ def test_an_inherited_map_below_the_start_is_ignored() -> None:
 
 
 def _map(position: int, *, span: int, finished: set[int], started: Iterable[int] = ()) -> str:
-    return encode(span, *(sum(1 << (o - position) for o in s) for s in (finished, started)))
+    done, begun = (sum(1 << (o - position) for o in s) for s in (finished, started))
+    return encode(span, done, begun)
 
 
 def test_started_unfinished_offsets_are_mapped_as_possible_resends() -> None:
@@ -242,9 +243,65 @@ def test_started_unfinished_offsets_are_mapped_as_possible_resends() -> None:
     offsets.start(1)
     offsets.start(3)
     offsets.finish(1)
+    completed = _committed_map(offsets)
+    assert [o for o in range(5) if completed.started(o)] == [0, 3]  # 1 finished: not a resend
+    assert [o for o in range(5) if completed.finished(o)] == [1]
+
+
+def test_accepted_steps_of_started_offsets_are_mapped_until_they_finish() -> None:
+    offsets = PartitionOffsets("t", 0)
+    for offset in range(3):
+        offsets.track(offset)
+    offsets.start(0)
+    offsets.start(1)
+    offsets.step_accepted(0)  # an order's Placed Order, then its first Ordered Product
+    offsets.step_accepted(0)
+    offsets.step_accepted(2)  # not started: nothing to count (a late verdict)
+    completed = _committed_map(offsets)
+    assert [completed.accepted(o) for o in range(3)] == [2, 0, 0]
+    offsets.step_accepted(1)
+    offsets.finish(0)
+    completed = _committed_map(offsets)
+    assert completed.position == 1 and completed.accepted(1) == 1
+    assert not completed.finished(0) and completed.accepted(0) == 0  # below the position
+
+
+def test_a_step_accepted_makes_a_commit_due() -> None:
+    offsets = PartitionOffsets("t", 0)
+    offsets.track(0)
+    offsets.track(1)
+    offsets.start(0)
+    offsets.finish(1)
+    commit = offsets.committable()
+    assert commit is not None
+    offsets.mark_committed(commit)
+    assert offsets.committable() is None
+    offsets.step_accepted(0)
+    assert _committed_map(offsets).accepted(0) == 1
+
+
+def test_inherited_steps_go_on_from_where_the_earlier_owner_stopped() -> None:
+    # The earlier owner had 2 steps of 10 and 1 of 13 accepted, and taken up to 13.
+    inherited = decode(10, encode(4, 0b0010, 0b1001, {0: 2, 3: 1}))
+    assert inherited is not None
+    offsets = PartitionOffsets("a", 0, inherited=inherited)
+    assert [offsets.accepted_earlier(o) for o in (9, 10, 11, 12, 13)] == [0, 2, 0, 0, 1]
+    offsets.track(10)
+    offsets.start(10, offsets.accepted_earlier(10))
+    offsets.step_accepted(10)  # the third step, sent by this owner
+    completed = _committed_map(offsets)
+    assert completed.accepted(10) == 3
+    assert completed.started(13) and completed.accepted(13) == 1  # carried on, not yet taken
+    offsets.track(11)
+    offsets.finish(11)
+    offsets.finish(10)
+    completed = _committed_map(offsets)
+    assert completed.position == 12 and completed.accepted(13) == 1
+
+
+def _committed_map(offsets: PartitionOffsets) -> CompletedMap:
     commit = offsets.committable()
     assert commit is not None
     completed = decode(commit.position, commit.metadata)
     assert completed is not None
-    assert [o for o in range(5) if completed.started(o)] == [0, 3]  # 1 finished: not a resend
-    assert [o for o in range(5) if completed.finished(o)] == [1]
+    return completed

@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
 from consumer.klaviyo.oauth import INVALID_GRANT, GrantRevoked
 from consumer.klaviyo.outcomes import Accepted, Fatal, KlaviyoError, Outcome, Permanent
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.pipeline.completed import decode, encode
-from consumer.pipeline.inflight import COMMIT_AFTER_FINISHED
+from consumer.pipeline.inflight import COMMIT_AT_ONCE
 from consumer.pipeline.offsets import Commit
 from consumer.pipeline.records import SourceRecord
 from consumer.pipeline.relay import EXIT_OK, Relay
@@ -202,13 +204,14 @@ async def test_records_an_earlier_owner_mapped_as_finished_are_skipped_not_sent(
         assert core.source.outstanding == 0
 
 
-async def test_a_commit_comes_before_its_interval_once_many_events_finished() -> None:
-    # What a crash resends because it finished after the last commit stays bounded by the count,
-    # not by the interval times the rate.
+@pytest.mark.parametrize("events", [1, COMMIT_AT_ONCE])
+async def test_a_commit_comes_before_its_interval_once_events_finished(events: int) -> None:
+    # What a crash resends because it finished after the last commit stays bounded by the
+    # commits' spacing, not by the interval times the rate.
     async with running(commit_interval_seconds=3600.0) as core:
         core.source.assign(P0)
-        core.source.feed([record(i, f"k{i}") for i in range(COMMIT_AFTER_FINISHED)])
-        await until(lambda: core.source.committed(P0) == COMMIT_AFTER_FINISHED)
+        core.source.feed([record(i, f"k{i}") for i in range(events)])
+        await until(lambda: core.source.committed(P0) == events)
 
 
 async def test_malformed_commit_metadata_is_ignored_and_nothing_skipped() -> None:
