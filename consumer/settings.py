@@ -254,7 +254,8 @@ class Settings(BaseSettings):
     account_max_in_flight: PositiveInt | None = Field(
         default=None,
         description="With KLAVIYO_ACCOUNTS: events one account may hold in flight before the "
-        "partitions its events came from pause (empty: max_in_flight ÷ accounts, at least 100).",
+        "partitions its events came from pause (empty: max_in_flight ÷ (accounts + 1), at "
+        "least 100).",
     )
     topic_priorities: dict[str, PriorityClass] = Field(
         default_factory=lambda: dict(DEFAULT_TOPIC_PRIORITIES),

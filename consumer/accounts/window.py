@@ -12,7 +12,10 @@ accounts, a waiting account slows that partition (Kafka keeps a partition's orde
 records cannot be read past the ones waiting without an overflow topic).
 
 An account may go over its window by what one ``consume`` fetched before the pause took
-effect (at most the source's batch); the shared window still bounds the whole.
+effect. So with several accounts a fetch takes at most one account's window
+(:func:`fetch_batch`), and the default window is ``MAX_IN_FLIGHT ÷ (accounts + 1)``: one waiting
+account then holds at most twice its window less one, and with two accounts the other still has
+its whole window free.
 
 :class:`AccountBook` is the book of work in flight (:class:`~consumer.pipeline.inflight.InFlight`)
 of a relay with several accounts: it counts each taken event against its account's window and
@@ -37,13 +40,21 @@ MIN_ACCOUNT_WINDOW = 100
 
 
 def account_window(settings: Settings, accounts: int) -> int:
-    """ACCOUNT_MAX_IN_FLIGHT, or its default: an equal split of MAX_IN_FLIGHT (so that every
-    account waiting at once still fits in the shared window), at least
+    """ACCOUNT_MAX_IN_FLIGHT, or its default: MAX_IN_FLIGHT split into ``accounts + 1`` (the
+    extra share is the room a fetch that overshoots needs, see the module), at least
     :data:`MIN_ACCOUNT_WINDOW`, never more than MAX_IN_FLIGHT."""
     if settings.account_max_in_flight is not None:
         return min(settings.account_max_in_flight, settings.max_in_flight)
-    split = settings.max_in_flight // max(1, accounts)
+    split = settings.max_in_flight // (accounts + 1)
     return min(settings.max_in_flight, max(MIN_ACCOUNT_WINDOW, split))
+
+
+def fetch_batch(settings: Settings, batch: int) -> int:
+    """The most records one ``consume`` may take: ``batch``, and with several accounts at most
+    one account's window (what it may overshoot by before its pause takes effect)."""
+    if not settings.klaviyo_accounts:
+        return batch
+    return min(batch, account_window(settings, len(settings.klaviyo_accounts)))
 
 
 class AccountWindows:

@@ -46,6 +46,7 @@ from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from consumer.accounts.window import fetch_batch
 from consumer.coordinator import committed
 from consumer.observability.logging import LibrdkafkaLogFilter, RepeatSummary, get_logger
 from consumer.observability.metrics import (
@@ -151,6 +152,7 @@ class KafkaSource:
         self._listener = listener
         self._loop = loop
         self._max = settings.max_in_flight
+        self._batch = fetch_batch(settings, _CONSUME_BATCH)  # several accounts: see there
         self._resume_mark = max(1, int(settings.max_in_flight * settings.resume_below))
         self._revoke_timeout = settings.drain_timeout_seconds + 10.0
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -370,7 +372,7 @@ class KafkaSource:
         """Records the next ``consume`` may take: what fits in the window, so that a deferral
         is never undone by a batch that already overfilled it (at least one: ``consume`` keeps
         serving rebalances, and a paused or held source gets nothing anyway)."""
-        return max(1, min(_CONSUME_BATCH, self._max - self._outstanding))
+        return max(1, min(self._batch, self._max - self._outstanding))
 
     def _prefer_urgent(self) -> None:
         """Pause the partitions admission defers now, and resume those it no longer does."""

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.accounts.window import MIN_ACCOUNT_WINDOW, AccountWindows, account_window
+from consumer.accounts.window import (
+    MIN_ACCOUNT_WINDOW,
+    AccountWindows,
+    account_window,
+    fetch_batch,
+)
 from consumer.observability.metrics import REGISTRY
 from consumer.settings import Settings
 from tests.fixtures.fakes import FakeKlaviyo, Gate, until
@@ -19,7 +24,7 @@ A0, A1, B0 = ("a.topic", 0), ("a.topic", 1), ("b.topic", 0)
 @pytest.mark.parametrize(
     ("max_in_flight", "explicit", "accounts", "window"),
     [
-        (2000, None, 2, 1000),  # an equal split of the shared window
+        (2000, None, 2, 666),  # the shared window split in accounts + 1
         (2000, None, 40, MIN_ACCOUNT_WINDOW),  # never below the floor
         (50, None, 2, 50),  # nor above the shared window
         (2000, 300, 2, 300),  # ACCOUNT_MAX_IN_FLIGHT wins
@@ -31,6 +36,12 @@ def test_the_window_of_an_account(
 ) -> None:
     settings = Settings(max_in_flight=max_in_flight, account_max_in_flight=explicit)
     assert account_window(settings, accounts) == window
+
+
+def test_a_fetch_takes_at_most_one_accounts_window() -> None:
+    assert fetch_batch(Settings(max_in_flight=2000), 1000) == 1000  # one account: as before
+    several = Settings(max_in_flight=2000, klaviyo_accounts=["a", "b"])
+    assert fetch_batch(several, 1000) == 666
 
 
 def test_a_full_account_holds_its_partitions_until_below_the_resume_mark() -> None:
