@@ -14,9 +14,9 @@ records cannot be read past the ones waiting without an overflow topic).
 An account may go over its window by what one ``consume`` fetched before the pause took
 effect. So with several accounts the source hands each fetch over in step (it fetches again only
 once the loop took the last one, and so applies a pause first), a fetch takes at most one
-account's window (:func:`fetch_batch`), and the default window is ``MAX_IN_FLIGHT ÷ (accounts + 1)``: one waiting
-account then holds at most twice its window less one, and with two accounts the other still has
-its whole window free.
+account's window (:func:`fetch_batch`), and the default window is
+``MAX_IN_FLIGHT ÷ (accounts + 1)``: one waiting account then holds at most twice its window less
+one, and with two accounts the other still has its whole window free.
 
 :class:`AccountBook` is the book of work in flight (:class:`~consumer.pipeline.inflight.InFlight`)
 of a relay with several accounts: it counts each taken event against its account's window and
