@@ -28,11 +28,14 @@ from __future__ import annotations
 
 from consumer.accounts.config import Accounts
 from consumer.accounts.routing import route
+from consumer.observability.logging import get_logger
 from consumer.observability.metrics import ACCOUNT_EVENTS_IN_FLIGHT
 from consumer.pipeline.inflight import Flow, InFlight, Work
 from consumer.pipeline.offsets import TopicPartitionKey
 from consumer.pipeline.records import SourceRecord
 from consumer.settings import Settings
+
+log = get_logger(__name__)
 
 # The default window never goes below this: an account alone must still keep enough requests
 # in flight to use its quota (Create Event's burst is 350/s at a few hundred ms a request: about
@@ -119,6 +122,10 @@ class AccountWindows:
     def paused(self) -> frozenset[TopicPartitionKey]:
         return frozenset().union(*self._held.values())
 
+    def holding(self, account: str) -> bool:
+        """Whether ``account`` is at its window (its partitions paused)."""
+        return account in self._held
+
 
 class AccountBook(InFlight):
     """The book of work in flight with a window per account (see the module)."""
@@ -144,7 +151,11 @@ class AccountBook(InFlight):
             if name is None or name not in self._accounts.settings:
                 continue  # dead-lettered unknown_account at once: no account waits for it
             self._counted[work] = name
+            was_holding = self._windows.holding(name)
             changed = self._windows.add(name, (record.topic, record.partition)) or changed
+            if not was_holding and self._windows.holding(name):
+                # The source's own line says "too many events wait": this names the cause.
+                log.info("account at its in-flight window: its partitions paused", account=name)
             ACCOUNT_EVENTS_IN_FLIGHT.labels(name).set(self._windows.in_flight(name))
         if changed:
             self.crowd_merged()
@@ -159,6 +170,8 @@ class AccountBook(InFlight):
             ACCOUNT_EVENTS_IN_FLIGHT.labels(name).set(self._windows.in_flight(name))
             if changed:
                 self.crowd_merged()
+                if not self._windows.holding(name):
+                    log.info("account below its in-flight window: partitions resumed", account=name)
 
     def detach(self, partitions: list[TopicPartitionKey]) -> None:
         super().detach(partitions)

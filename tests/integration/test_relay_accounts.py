@@ -251,6 +251,8 @@ async def test_an_account_whose_events_wait_never_holds_back_another(
                 await wait_for(delivered, what=f"b's round {round_} delivered")
             assert await sandbox_events(sandbox_a.base_url) == []  # a's still all refused
             assert await in_flight_of(port, "a") <= 20  # its window, plus at most one fetch
+            paused = relay.line_with("account at its in-flight window")
+            assert paused is not None and '"account":"a"' in paused
 
             await set_faults(sandbox_a.base_url, {"error_rates": {}})
             await wait_committed_to_end(bootstrap, group, topics, len(to_a) + len(b_ids))
