@@ -60,13 +60,48 @@ def batch(factory: EventFactory, topic: str, handler: str, tag: str, count: int)
     return [factory.event(topic, handler, f"{tag}-{i % 7}", i) for i in range(count)]
 
 
-async def halted_by_account(port: int) -> dict[str, float]:
+async def by_account(port: int, metric: str) -> dict[str, float]:
+    """A relay's ``metric`` by account, scraped (empty before its first series)."""
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
         session.get(f"http://127.0.0.1:{port}/metrics") as response,
     ):
         families = metric_families(await response.text())
-    return {s.labels["account"]: s.value for s in families["klaviyo_relay_halted"].samples}
+    family = families.get(metric)
+    return {s.labels["account"]: s.value for s in (family.samples if family else [])}
+
+
+async def halted_by_account(port: int) -> dict[str, float]:
+    return await by_account(port, "klaviyo_relay_halted")
+
+
+def two_accounts_env(
+    bootstrap: str,
+    sandboxes: tuple[str, str],
+    topics: dict[str, str],
+    group: str,
+    dlq: str,
+    *,
+    account_topics: dict[str, str],
+    **overrides: str,
+) -> dict[str, str]:
+    """The relay's environment for accounts a and b, each on its own sandbox (no default)."""
+    url_a, url_b = sandboxes
+    return relay_env(
+        bootstrap,
+        url_a,
+        topics,
+        group,
+        dlq,
+        KLAVIYO_API_KEY="",  # no top-level key: no default account
+        KLAVIYO_ACCOUNTS='["a", "b"]',
+        KLAVIYO_ACCOUNT_TOPICS=json.dumps(account_topics),
+        KLAVIYO_ACCOUNT_A_API_KEY="pk_a",
+        KLAVIYO_ACCOUNT_A_BASE_URL=url_a,
+        KLAVIYO_ACCOUNT_B_API_KEY="pk_b",
+        KLAVIYO_ACCOUNT_B_BASE_URL=url_b,
+        **overrides,
+    )
 
 
 async def test_two_accounts_routing_isolation_and_replay_after_a_halt(
@@ -84,20 +119,8 @@ async def test_two_accounts_routing_isolation_and_replay_after_a_halt(
         running_sandbox(sandbox("pk_a")) as sandbox_a,
         running_sandbox(sandbox("pk_b")) as sandbox_b,
     ):
-        env = relay_env(
-            bootstrap,
-            sandbox_a.base_url,
-            topics,
-            group,
-            dlq,
-            KLAVIYO_API_KEY="",  # no top-level key: no default account
-            KLAVIYO_ACCOUNTS='["a", "b"]',
-            KLAVIYO_ACCOUNT_TOPICS=json.dumps({orders: "b"}),
-            KLAVIYO_ACCOUNT_A_API_KEY="pk_a",
-            KLAVIYO_ACCOUNT_A_BASE_URL=sandbox_a.base_url,
-            KLAVIYO_ACCOUNT_B_API_KEY="pk_b",
-            KLAVIYO_ACCOUNT_B_BASE_URL=sandbox_b.base_url,
-        )
+        urls = (sandbox_a.base_url, sandbox_b.base_url)
+        env = two_accounts_env(bootstrap, urls, topics, group, dlq, account_topics={orders: "b"})
         # --- one run: the header wins, then the topic map; no account → dead letter ---------
         to_a = batch(factory, signups, "shop.account.created", "a1", 60)
         to_a += batch(factory, orders, "shop.order.placed", "a1o", 20)  # header over topic
@@ -185,14 +208,8 @@ async def _ids(base_url: str, wanted: set[str]) -> bool:
 
 
 async def in_flight_of(port: int, account: str) -> float:
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        families = metric_families(await response.text())
-    family = families.get("klaviyo_relay_account_events_in_flight")
-    samples = family.samples if family is not None else []
-    return next((s.value for s in samples if s.labels["account"] == account), 0.0)
+    in_flight = await by_account(port, "klaviyo_relay_account_events_in_flight")
+    return in_flight.get(account, 0.0)
 
 
 async def test_an_account_whose_events_wait_never_holds_back_another(
@@ -214,19 +231,13 @@ async def test_an_account_whose_events_wait_never_holds_back_another(
         running_sandbox(sandbox("pk_a")) as sandbox_a,
         running_sandbox(sandbox("pk_b")) as sandbox_b,
     ):
-        env = relay_env(
+        env = two_accounts_env(
             bootstrap,
-            sandbox_a.base_url,
+            (sandbox_a.base_url, sandbox_b.base_url),
             topics,
             group,
             dlq,
-            KLAVIYO_API_KEY="",
-            KLAVIYO_ACCOUNTS='["a", "b"]',
-            KLAVIYO_ACCOUNT_TOPICS=json.dumps({a_topic: "a", b_topic: "b"}),
-            KLAVIYO_ACCOUNT_A_API_KEY="pk_a",
-            KLAVIYO_ACCOUNT_A_BASE_URL=sandbox_a.base_url,
-            KLAVIYO_ACCOUNT_B_API_KEY="pk_b",
-            KLAVIYO_ACCOUNT_B_BASE_URL=sandbox_b.base_url,
+            account_topics={a_topic: "a", b_topic: "b"},
             MAX_IN_FLIGHT="40",
             ACCOUNT_MAX_IN_FLIGHT="10",
             RETRY_CAP_SECONDS="0.5",
