@@ -46,10 +46,11 @@ MIN_ACCOUNT_WINDOW = 100
 def account_window(settings: Settings, accounts: int) -> int:
     """ACCOUNT_MAX_IN_FLIGHT, or its default: MAX_IN_FLIGHT split into ``accounts + 1`` (the
     extra share is the room a fetch that overshoots needs, see the module), at least
-    :data:`MIN_ACCOUNT_WINDOW`, never more than MAX_IN_FLIGHT."""
+    :data:`MIN_ACCOUNT_WINDOW`, never more than MAX_IN_FLIGHT; one account alone (nothing to
+    isolate it from) keeps the whole shared window."""
     if settings.account_max_in_flight is not None:
         return min(settings.account_max_in_flight, settings.max_in_flight)
-    split = settings.max_in_flight // (accounts + 1)
+    split = settings.max_in_flight // (accounts + 1) if accounts > 1 else settings.max_in_flight
     return min(settings.max_in_flight, max(MIN_ACCOUNT_WINDOW, split))
 
 

@@ -25,6 +25,7 @@ A0, A1, B0 = ("a.topic", 0), ("a.topic", 1), ("b.topic", 0)
     ("max_in_flight", "explicit", "accounts", "window"),
     [
         (2000, None, 2, 666),  # the shared window split in accounts + 1
+        (2000, None, 1, 2000),  # one named account: nothing to isolate, the whole window
         (2000, None, 40, MIN_ACCOUNT_WINDOW),  # never below the floor
         (50, None, 2, 50),  # nor above the shared window
         (2000, 300, 2, 300),  # ACCOUNT_MAX_IN_FLIGHT wins
