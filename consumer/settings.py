@@ -257,6 +257,12 @@ class Settings(BaseSettings):
         description="Offsets a partition may hold behind an unfinished event before it pauses "
         "(empty: 5 × max_in_flight).",
     )
+    account_max_in_flight: PositiveInt | None = Field(
+        default=None,
+        description="With KLAVIYO_ACCOUNTS: events one account may hold in flight before the "
+        "partitions its events came from pause (empty: max_in_flight ÷ (accounts + 1), at "
+        "least 100).",
+    )
     topic_priorities: dict[str, PriorityClass] = Field(
         default_factory=lambda: dict(DEFAULT_TOPIC_PRIORITIES),
         description="Topic → priority class (urgent, high, normal, low, lowest) for a short "

@@ -15,8 +15,8 @@ offsets become committable once the dead letters are acknowledged, like any othe
 The record is written as it came (headers and topic), so a ``dlq replay`` after the key is
 fixed routes it back to the same account.
 
-The in-flight window (MAX_IN_FLIGHT) is shared by all accounts: see the README's "Several
-accounts" for what an account that holds its events (an outage, a 429 storm) does to it.
+Each account has its own in-flight window inside the shared MAX_IN_FLIGHT (see
+:mod:`consumer.accounts.window`): an account whose events wait pauses only its partitions.
 """
 
 from __future__ import annotations

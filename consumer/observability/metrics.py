@@ -93,6 +93,13 @@ EVENTS_IN_FLIGHT = Gauge(
     "Events taken from Kafka and not yet finished (accepted or dead-lettered).",
     registry=REGISTRY,
 )
+ACCOUNT_EVENTS_IN_FLIGHT = Gauge(
+    "klaviyo_relay_account_events_in_flight",
+    "With several accounts: the account's events taken from Kafka and not yet finished (at"
+    " ACCOUNT_MAX_IN_FLIGHT the partitions they came from pause).",
+    ["account"],
+    registry=REGISTRY,
+)
 PARTITIONS_PAUSED = Gauge(
     "klaviyo_relay_partitions_paused",
     "Assigned partitions paused for back-pressure.",

@@ -30,6 +30,7 @@ from typing import Any
 
 from consumer.accounts.config import DEFAULT_ACCOUNT, accounts_from
 from consumer.accounts.router import AccountRouter, AccountStack, probe_all
+from consumer.accounts.window import account_book
 from consumer.codec import Decoder
 from consumer.handlers.registry import HandlerRegistry
 from consumer.klaviyo.oauth import OAUTH_REFUSALS
@@ -95,7 +96,11 @@ class Relay:
         self._open_dead_letters = dead_letters
         self._catch_up = catch_up  # run --until-caught-up: stop once the start's backlog is in
         self.state = RelayState()
-        self._book = InFlight(settings.pending_bound)
+        self._book = (
+            account_book(settings, self._accounts)
+            if self._accounts.named
+            else InFlight(settings.pending_bound)
+        )
         self._halt = Halt(self._on_halt)
         self._tasks: set[asyncio.Task[None]] = set()
         self._exit_code = EXIT_OK

@@ -46,6 +46,7 @@ from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from consumer.accounts.window import fetch_batch
 from consumer.coordinator import committed
 from consumer.observability.logging import LibrdkafkaLogFilter, RepeatSummary, get_logger
 from consumer.observability.metrics import (
@@ -75,6 +76,9 @@ _CONSUME_BATCH = 1000
 # Far below max.poll.interval.ms (5 min by default); long enough for a full window to drain.
 _SOFT_HOLD_SECONDS = 2.0
 _CONSUME_TIMEOUT = 0.05
+# Several accounts: how long a hand-over waits for the loop to take the records (bounded: the
+# loop may be closing, and a busy loop must not stall rebalances).
+_IN_STEP_SECONDS = 5.0
 _STATS_INTERVAL_MS = 5000
 # A revoke waits this long for the loop to apply the smaller quota share (see pipeline.share).
 _SHARE_APPLY_SECONDS = 2.0
@@ -151,6 +155,8 @@ class KafkaSource:
         self._listener = listener
         self._loop = loop
         self._max = settings.max_in_flight
+        self._batch = fetch_batch(settings, _CONSUME_BATCH)  # several accounts: see there
+        self._in_step = bool(settings.klaviyo_accounts)  # see _hand_over_in_step
         self._resume_mark = max(1, int(settings.max_in_flight * settings.resume_below))
         self._revoke_timeout = settings.drain_timeout_seconds + 10.0
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -305,7 +311,25 @@ class KafkaSource:
             return
         with self._lock:
             self._outstanding += len(records)
-        self._to_loop(self._listener.on_records, records)
+        if self._in_step:
+            self._hand_over_in_step(records)
+        else:
+            self._to_loop(self._listener.on_records, records)
+
+    def _hand_over_in_step(self, records: list[SourceRecord]) -> None:
+        """Several accounts: fetch no more until the loop took these records, and with them
+        named the partitions of an account at its window (consumer.accounts.window): the next
+        turn applies that pause before it fetches, instead of fetching past the window."""
+        taken = threading.Event()
+
+        def take() -> None:
+            try:
+                self._listener.on_records(records)
+            finally:
+                taken.set()
+
+        self._to_loop(take)
+        taken.wait(_IN_STEP_SECONDS)
 
     def _soft_hold(self) -> None:
         """At the in-flight bound, wait a little for capacity before pausing (see module doc)."""
@@ -370,7 +394,7 @@ class KafkaSource:
         """Records the next ``consume`` may take: what fits in the window, so that a deferral
         is never undone by a batch that already overfilled it (at least one: ``consume`` keeps
         serving rebalances, and a paused or held source gets nothing anyway)."""
-        return max(1, min(_CONSUME_BATCH, self._max - self._outstanding))
+        return max(1, min(self._batch, self._max - self._outstanding))
 
     def _prefer_urgent(self) -> None:
         """Pause the partitions admission defers now, and resume those it no longer does."""

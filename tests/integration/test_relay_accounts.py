@@ -11,6 +11,7 @@ them: none lost, none twice."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
 from pathlib import Path
@@ -59,13 +60,48 @@ def batch(factory: EventFactory, topic: str, handler: str, tag: str, count: int)
     return [factory.event(topic, handler, f"{tag}-{i % 7}", i) for i in range(count)]
 
 
-async def halted_by_account(port: int) -> dict[str, float]:
+async def by_account(port: int, metric: str) -> dict[str, float]:
+    """A relay's ``metric`` by account, scraped (empty before its first series)."""
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
         session.get(f"http://127.0.0.1:{port}/metrics") as response,
     ):
         families = metric_families(await response.text())
-    return {s.labels["account"]: s.value for s in families["klaviyo_relay_halted"].samples}
+    family = families.get(metric)
+    return {s.labels["account"]: s.value for s in (family.samples if family else [])}
+
+
+async def halted_by_account(port: int) -> dict[str, float]:
+    return await by_account(port, "klaviyo_relay_halted")
+
+
+def two_accounts_env(
+    bootstrap: str,
+    sandboxes: tuple[str, str],
+    topics: dict[str, str],
+    group: str,
+    dlq: str,
+    *,
+    account_topics: dict[str, str],
+    **overrides: str,
+) -> dict[str, str]:
+    """The relay's environment for accounts a and b, each on its own sandbox (no default)."""
+    url_a, url_b = sandboxes
+    return relay_env(
+        bootstrap,
+        url_a,
+        topics,
+        group,
+        dlq,
+        KLAVIYO_API_KEY="",  # no top-level key: no default account
+        KLAVIYO_ACCOUNTS='["a", "b"]',
+        KLAVIYO_ACCOUNT_TOPICS=json.dumps(account_topics),
+        KLAVIYO_ACCOUNT_A_API_KEY="pk_a",
+        KLAVIYO_ACCOUNT_A_BASE_URL=url_a,
+        KLAVIYO_ACCOUNT_B_API_KEY="pk_b",
+        KLAVIYO_ACCOUNT_B_BASE_URL=url_b,
+        **overrides,
+    )
 
 
 async def test_two_accounts_routing_isolation_and_replay_after_a_halt(
@@ -83,20 +119,8 @@ async def test_two_accounts_routing_isolation_and_replay_after_a_halt(
         running_sandbox(sandbox("pk_a")) as sandbox_a,
         running_sandbox(sandbox("pk_b")) as sandbox_b,
     ):
-        env = relay_env(
-            bootstrap,
-            sandbox_a.base_url,
-            topics,
-            group,
-            dlq,
-            KLAVIYO_API_KEY="",  # no top-level key: no default account
-            KLAVIYO_ACCOUNTS='["a", "b"]',
-            KLAVIYO_ACCOUNT_TOPICS=json.dumps({orders: "b"}),
-            KLAVIYO_ACCOUNT_A_API_KEY="pk_a",
-            KLAVIYO_ACCOUNT_A_BASE_URL=sandbox_a.base_url,
-            KLAVIYO_ACCOUNT_B_API_KEY="pk_b",
-            KLAVIYO_ACCOUNT_B_BASE_URL=sandbox_b.base_url,
-        )
+        urls = (sandbox_a.base_url, sandbox_b.base_url)
+        env = two_accounts_env(bootstrap, urls, topics, group, dlq, account_topics={orders: "b"})
         # --- one run: the header wins, then the topic map; no account → dead letter ---------
         to_a = batch(factory, signups, "shop.account.created", "a1", 60)
         to_a += batch(factory, orders, "shop.order.placed", "a1o", 20)  # header over topic
@@ -181,3 +205,77 @@ def reasons(letters: list[Message]) -> list[str]:
 
 async def _ids(base_url: str, wanted: set[str]) -> bool:
     return base_ids(await sandbox_events(base_url)) == wanted
+
+
+async def in_flight_of(port: int, account: str) -> float:
+    in_flight = await by_account(port, "klaviyo_relay_account_events_in_flight")
+    return in_flight.get(account, 0.0)
+
+
+async def test_an_account_whose_events_wait_never_holds_back_another(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    """Account a's Klaviyo answers 503 to everything, with a backlog far over the relay's whole
+    window (MAX_IN_FLIGHT 40); a and b on topics of their own. a stops at its own window (10):
+    b's events keep being delivered while a's wait, and once a's Klaviyo recovers all of a's
+    are delivered, none lost. (Today's one shared window: a's backlog fills it and b waits.)"""
+    bootstrap = kafka_broker.bootstrap_servers
+    a_topic = topic_factory("win-a", partitions=2)
+    b_topic = topic_factory("win-b", partitions=2)
+    topics = {a_topic: "shop.account.created", b_topic: "shop.account.created"}
+    dlq = topic_factory("dlq")
+    group = f"relay-{uuid.uuid4().hex[:8]}"
+    factory = EventFactory()
+
+    async with (
+        running_sandbox(sandbox("pk_a")) as sandbox_a,
+        running_sandbox(sandbox("pk_b")) as sandbox_b,
+    ):
+        env = two_accounts_env(
+            bootstrap,
+            (sandbox_a.base_url, sandbox_b.base_url),
+            topics,
+            group,
+            dlq,
+            account_topics={a_topic: "a", b_topic: "b"},
+            MAX_IN_FLIGHT="40",
+            ACCOUNT_MAX_IN_FLIGHT="10",
+            RETRY_CAP_SECONDS="0.5",
+            RETRY_MAX_ELAPSED_SECONDS="2",
+        )
+        await set_faults(sandbox_a.base_url, {"error_rates": {"503": 1.0}})
+        to_a = batch(factory, a_topic, "shop.account.created", "wa", 120)
+        produce_with(bootstrap, to_a, None)
+        relay = RelayProcess(env, tmp_path / "relay.log")
+        try:
+            await wait_for(lambda: metrics_port(relay) is not None, what="the relay started")
+            port = metrics_port(relay)
+            assert port is not None
+            await wait_for(lambda: _at_least(port, "a", 10), what="a's events wait at its window")
+            # Rounds of b's events while a's Klaviyo still fails: each round is delivered.
+            b_ids: set[str] = set()
+            for round_ in range(3):
+                to_b = batch(factory, b_topic, "shop.account.created", f"wb{round_}", 30)
+                produce_with(bootstrap, to_b, None)
+                b_ids |= {e.event_id for e in to_b}
+                delivered = functools.partial(_ids, sandbox_b.base_url, set(b_ids))
+                await wait_for(delivered, what=f"b's round {round_} delivered")
+            assert await sandbox_events(sandbox_a.base_url) == []  # a's still all refused
+            assert await in_flight_of(port, "a") <= 20  # its window, plus at most one fetch
+            paused = relay.line_with("account at its in-flight window")
+            assert paused is not None and '"account":"a"' in paused
+
+            await set_faults(sandbox_a.base_url, {"error_rates": {}})
+            await wait_committed_to_end(bootstrap, group, topics, len(to_a) + len(b_ids))
+            a_ids = {e.event_id for e in to_a}
+            await wait_for(lambda: _ids(sandbox_a.base_url, a_ids), what="a's events delivered")
+            seen_a = await sandbox_events(sandbox_a.base_url)
+            assert base_ids(seen_a) == a_ids and once(seen_a)
+            seen_b = await sandbox_events(sandbox_b.base_url)
+            assert base_ids(seen_b) == b_ids and once(seen_b)
+        finally:
+            assert relay.stop(grace=30) == 0
+
+
+async def _at_least(port: int, account: str, count: int) -> bool:
+    return await in_flight_of(port, account) >= count
