@@ -130,3 +130,12 @@ class AccountWindow:
             return math.inf
         time_left = excess * self.steady_seconds / ((1.0 - share) * self.steady_requests)
         return max(now, self.resets_at - time_left)
+
+    def pace_used(self, now: float) -> float:
+        """The account's use of its window so far, over the pace that would use all of it by
+        the reset (capped at 1; 0 when nothing is known yet)."""
+        elapsed = self.steady_seconds - (self.resets_at - now)
+        if elapsed <= 0 or self.steady_requests <= 0:
+            return 0.0
+        pace = self.steady_requests * min(1.0, elapsed / self.steady_seconds)
+        return min(1.0, (self.steady_requests - self.remaining) / pace)

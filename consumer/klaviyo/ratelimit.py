@@ -292,13 +292,19 @@ class EndpointBudget:
         self.probing = False
 
     def saturation(self, now: float) -> float:
-        """Share of this replica's steady window in use (0 when unlimited or idle)."""
+        """Share of this replica's steady window in use (0 when unlimited or idle). Borrowing,
+        at least the account's: a quiet replica is saturated too when the busy ones use what it
+        leaves (another pod would add nothing then)."""
         if self.steady is None:
             return 0.0
         used = self.steady.used(now)
         if used == 0:
             return 0.0
-        return 1.0 if self.steady.limit == 0 else min(1.0, used / self.steady.limit)
+        local = 1.0 if self.steady.limit == 0 else min(1.0, used / self.steady.limit)
+        account = self._borrowing()
+        if account is None or not account.current(now):
+            return local
+        return max(local, account.pace_used(now))
 
     def rescale(self, share: float, *, probe: bool = False) -> None:
         """Apply a new share, keeping the windows' history (what this replica sent lately still

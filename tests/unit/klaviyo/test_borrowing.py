@@ -153,6 +153,21 @@ def test_without_figures_the_local_windows_hold_as_before() -> None:
     assert budget.ready_at(3.0) == pytest.approx(60.0)  # the first place frees
 
 
+def test_the_account_pace_counts_in_a_borrowing_replicas_saturation() -> None:
+    account = window(remaining=1750, at=30.0, reset=30.0)  # half used at half time
+    assert account.pace_used(30.0) == pytest.approx(1.0)
+    assert window(remaining=2625, at=30.0, reset=30.0).pace_used(30.0) == pytest.approx(0.5)
+    assert window(remaining=3500, at=0.0, reset=60.0).pace_used(0.0) == 0.0
+    budget = borrowing_budget(0.5)
+    budget.grant(30.0)
+    budget.observe_server(30.0, remaining=300, reset=30.0)  # the others used half the window
+    budget.done(30.0)
+    assert budget.steady is not None and budget.steady.limit == 300
+    assert budget.saturation(30.0) == pytest.approx(1.0)  # its own window: 1 of 300
+    budget.borrow = False
+    assert budget.saturation(30.0) == pytest.approx(1 / 300)
+
+
 # A simulation: replicas (budgets) with their own demand, one server counting fixed windows.
 
 LATENCY = 0.1
