@@ -65,6 +65,29 @@ async def scraped_share(relay: RelayProcess) -> float | None:
     return None if values is None else values[""]
 
 
+def group_env(
+    bootstrap: str,
+    base_url: str,
+    topics: dict[str, str],
+    group: str,
+    dlq: str,
+    *,
+    limits: dict[str, EndpointLimit],
+) -> dict[str, str]:
+    """A realtime relay under ``limits`` whose share the group decides (and which borrows)."""
+    env = relay_env(
+        bootstrap,
+        base_url,
+        topics,
+        group,
+        dlq,
+        SEND_MODE="realtime",
+        RATE_LIMITS=rate_limits_json(limits),
+    )
+    env.pop("RATE_LIMIT_SHARE", None)
+    return env
+
+
 class ShareWatch:
     """Samples both relays' shares while a rebalance runs. The member whose share may grow is
     read first: it grows only after the other shrank, so a pair read in that order can only
@@ -108,16 +131,7 @@ async def test_shares_follow_the_group_across_a_rebalance(
         def delivered() -> bool:
             return base_ids(sandbox.state.events) >= sent
 
-        env = relay_env(
-            bootstrap,
-            sandbox.base_url,
-            topics,
-            group,
-            dlq,
-            SEND_MODE="realtime",
-            RATE_LIMITS=rate_limits_json(DEFAULT_RATE_LIMITS),  # the published limits
-        )
-        env.pop("RATE_LIMIT_SHARE", None)  # unset: the group decides
+        env = group_env(bootstrap, sandbox.base_url, topics, group, dlq, limits=DEFAULT_RATE_LIMITS)
         first = RelayProcess(env, tmp_path / "first.log")
         second: RelayProcess | None = None
         try:
@@ -234,16 +248,7 @@ async def test_a_busy_relay_borrows_what_a_quiet_one_leaves_of_the_window(
     async with running_sandbox(options) as sandbox:
         counting = WindowCount(options.rate_limits["create_event"])  # type: ignore[index]
         sandbox.sandbox.quotas["create_event"] = counting
-        env = relay_env(
-            bootstrap,
-            sandbox.base_url,
-            topics,
-            group,
-            dlq,
-            SEND_MODE="realtime",
-            RATE_LIMITS=rate_limits_json(limits),
-        )
-        env.pop("RATE_LIMIT_SHARE", None)  # unset: the group decides, and borrowing is on
+        env = group_env(bootstrap, sandbox.base_url, topics, group, dlq, limits=limits)
         relays = [RelayProcess(env, tmp_path / f"relay{n}.log") for n in (1, 2)]
         try:
 
