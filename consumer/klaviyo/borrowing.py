@@ -23,11 +23,15 @@ replica may claim, without any coordination between replicas:
    window``: it borrows what the others did *not* use in the elapsed part of the window, and the
    rest as the window ends (the reserve shrinks to 0 at the reset). A replica within its own share
    claims from all of ``remaining``.
-3. **Figures go stale.** A claim is only as good as the moment it was answered: the other replicas
-   spend the remainder meanwhile. A claim older than :data:`FRESH_SECONDS` (a replica that was
-   idle), one from a window that has ended, or one from before a larger share (see
-   ``EndpointBudget.rescale``) is not spent; one request goes alone and its answer re-bases the
-   claim. A replica that keeps sending gets answers continuously and never needs that.
+3. **Figures go stale.** A figure is only as good as the moment it was answered: the other
+   replicas spend the remainder meanwhile, at most at their burst windows' rate (the burst
+   window stays local, and their shares of it add up to ``1 − share``). So a figure's
+   ``remaining`` is discounted by ``(1 − share) × burst rate × its age``. A replica that keeps
+   sending gets answers every round trip, and a quiet replica's figure keeps enough while the
+   account has plenty left; once the discount leaves nothing, one request goes alone and its
+   answer re-bases the claim. So does the first request of a window (no figure for it yet) and
+   one after a larger share (see ``EndpointBudget.rescale``). A replica alone (share 1) has nobody
+   to discount for.
 
 What remains is the error of figures that cannot see requests still on their way from the other
 replicas (a round trip's worth) and of reordered answers: a few requests at the end of a
@@ -44,11 +48,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-# How long an answer's figures may be spent on without asking again. A replica that sends gets an
-# answer every round trip (≈0.1 s); an older figure belongs to a replica that was idle while the
-# others may have spent what it saw, so its first request goes alone (one round trip of delay).
-FRESH_SECONDS = 1.0
 
 
 def reserve(share: float, steady_requests: int, steady_seconds: float, time_left: float) -> float:
@@ -69,6 +68,7 @@ class AccountWindow:
 
     steady_requests: int
     steady_seconds: float
+    burst_rate: float = 0.0  # the account's burst limit per second (what others may spend)
     reset_slack: float = 1.0
     remaining: int = 0  # the lowest RateLimit-Remaining answered in this window
     # Earliest (answer + RateLimit-Reset): the server's window ends by then if it rounds the
@@ -83,8 +83,11 @@ class AccountWindow:
     def current(self, now: float) -> bool:
         return now < self.deadline
 
-    def fresh(self, now: float) -> bool:
-        return self.current(now) and now - self.seen_at <= FRESH_SECONDS
+    def _left(self, share: float, now: float, *, aged: bool) -> float:
+        """``remaining``, less what the others may have spent since it was answered (``aged``)."""
+        if not aged:
+            return self.remaining
+        return self.remaining - (1.0 - share) * self.burst_rate * max(0.0, now - self.seen_at)
 
     def observe(self, now: float, remaining: int, reset: float, in_flight: int) -> None:
         """An answer received at ``now``, with ``in_flight`` requests (itself included) out."""
@@ -106,21 +109,21 @@ class AccountWindow:
         if self.current(now):
             self.pending += 1
 
-    def own_claim(self, share: float) -> int:
+    def own_claim(self, share: float, now: float, *, aged: bool = True) -> int:
         """Claim of a replica within its own share: its share of all that remains."""
-        return claim(share, self.remaining, self.pending)
+        return claim(share, self._left(share, now, aged=aged), self.pending)
 
-    def borrowing_claim(self, share: float, now: float) -> int:
+    def borrowing_claim(self, share: float, now: float, *, aged: bool = True) -> int:
         """Claim of a replica past its own share: its share of what exceeds the others' pace."""
         held = reserve(share, self.steady_requests, self.steady_seconds, self.resets_at - now)
-        return claim(share, self.remaining - held, self.pending)
+        return claim(share, self._left(share, now, aged=aged) - held, self.pending)
 
     def borrow_at(self, share: float, now: float) -> float:
-        """Earliest time (≥ now) the borrowing claim reaches one request as the reserve shrinks;
-        ``inf``: not in this window (until an answer re-bases it)."""
+        """Earliest time (≥ now) the figure as answered (not aged) lets a borrowing claim reach
+        one request as the reserve shrinks; ``inf``: not in this window."""
         if share <= 0:
             return math.inf
-        if self.borrowing_claim(share, now) >= 1:
+        if self.borrowing_claim(share, now, aged=False) >= 1:
             return now
         if share >= 1 or self.steady_requests <= 0:
             return math.inf  # no reserve to shrink

@@ -183,7 +183,10 @@ class EndpointBudget:
             probing=probe,
             borrow=probe,
             account=AccountWindow(
-                limit.steady.requests, limit.steady.seconds, reset_slack=reset_slack
+                limit.steady.requests,
+                limit.steady.seconds,
+                burst_rate=limit.burst.requests / limit.burst.seconds,
+                reset_slack=reset_slack,
             ),
         )
 
@@ -219,21 +222,29 @@ class EndpointBudget:
         steady window only tells whether this replica is within its own share."""
         if self.share <= 0:
             return math.inf  # no partitions: nothing goes (set_share wakes the waiters)
-        if self.probing or not account.fresh(now):
-            # No figure for this window, an old one, or one from before a larger share: one
-            # request asks. A figure that left nothing for us holds (counts only fall within a
-            # window) until its reserve has shrunk enough, or the window ends.
-            if self.in_flight > 0:
-                return math.inf
-            if account.current(now) and account.own_claim(self.share) < 1:
-                return min(account.borrow_at(self.share, now), account.deadline)
-            return now
-        at = account.borrow_at(self.share, now)
-        if account.own_claim(self.share) >= 1 and self.steady is not None:
+        ask = math.inf if self.in_flight > 0 else now  # one request alone, whose answer tells
+        if self.probing or not account.current(now):
+            # No figure for this window yet, or one from before a larger share. Alone, the
+            # replica's own window is the account's (as without borrowing).
+            if self.share >= 1 and not self.probing and self.steady is not None:
+                return min(ask, self.steady.free_at(now))
+            return ask
+        at = self._room_at(account, now, aged=True)
+        if at <= now + _EPSILON or self.in_flight > 0:
+            return at  # inf: an answer on its way re-bases the claim (release wakes the queue)
+        # Nothing in flight and no room on the aged figure: once the figure as answered has
+        # room (the reserve shrank, a local place freed), one request asks again; used up, the
+        # window's end.
+        return min(self._room_at(account, now, aged=False), account.deadline)
+
+    def _room_at(self, account: AccountWindow, now: float, *, aged: bool) -> float:
+        if aged:
+            at = now if account.borrowing_claim(self.share, now) >= 1 else math.inf
+        else:
+            at = account.borrow_at(self.share, now)
+        if account.own_claim(self.share, now, aged=aged) >= 1 and self.steady is not None:
             at = min(at, self.steady.free_at(now))
-        if at == math.inf and self.in_flight == 0:
-            return account.deadline  # used up: the next window
-        return at  # inf: an answer on its way re-bases the claim (release wakes the queue)
+        return at
 
     def grant(self, now: float) -> None:
         if self.account is not None:
@@ -248,7 +259,7 @@ class EndpointBudget:
         """Requests left in the current steady window as we see it (None: unlimited)."""
         account = self._borrowing()
         if account is not None and account.current(now):
-            return max(0, account.own_claim(self.share))
+            return max(0, account.own_claim(self.share, now))
         left = self.steady.left(now) if self.steady is not None else None
         if self._server_capped(now):
             allowance = max(0, self.server_allowance)

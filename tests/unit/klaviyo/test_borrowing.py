@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from consumer.klaviyo.borrowing import FRESH_SECONDS, AccountWindow, claim, reserve
+from consumer.klaviyo.borrowing import AccountWindow, claim, reserve
 from consumer.klaviyo.ratelimit import EndpointBudget
 from consumer.settings import EndpointLimit, WindowLimit
 
@@ -58,12 +58,12 @@ def test_within_a_window_the_lowest_figure_counts_and_late_answers_are_ignored()
 
 def test_grants_count_against_the_claim_until_the_next_answer() -> None:
     account = window(remaining=100)
-    assert account.own_claim(0.5) == 50
+    assert account.own_claim(0.5, 0.0) == 50
     for _ in range(10):
         account.granted(0.5)
-    assert account.own_claim(0.5) == 40
+    assert account.own_claim(0.5, 0.5) == 40
     account.observe(0.6, 90, 59.4, in_flight=10)  # the first of them answered, nine out
-    assert account.own_claim(0.5) == 45 - 9
+    assert account.own_claim(0.5, 0.6) == 45 - 9
 
 
 def test_borrowing_waits_for_the_others_pace_to_lapse() -> None:
@@ -72,7 +72,7 @@ def test_borrowing_waits_for_the_others_pace_to_lapse() -> None:
     account = window(remaining=1750, at=30.0, reset=30.0)
     assert account.borrowing_claim(0.25, 30.0) == math.floor(0.25 * (1750 - 1312.5))
     # Within its own share it claims from all that remains.
-    assert account.own_claim(0.25) == math.floor(0.25 * 1750)
+    assert account.own_claim(0.25, 30.0) == math.floor(0.25 * 1750)
     # With the others' pace using it all, borrowing starts as the window runs out.
     busy = window(remaining=2625, at=0.0, reset=60.0)
     assert busy.borrowing_claim(0.25, 0.0) == 0
@@ -89,10 +89,14 @@ def test_nothing_to_borrow_when_the_account_is_used_up() -> None:
     assert window(remaining=0).borrow_at(1.0, 0.0) == math.inf
 
 
-def test_figures_go_stale_and_end_with_their_window() -> None:
-    account = window(remaining=100, at=10.0, reset=50.0)
-    assert account.fresh(10.0 + FRESH_SECONDS)
-    assert not account.fresh(10.0 + FRESH_SECONDS + 0.01)
+def test_a_figure_ages_by_what_the_others_may_spend_at_their_burst_rate() -> None:
+    account = AccountWindow(3500, 60.0, burst_rate=350.0)
+    account.observe(10.0, 1000, 50.0, in_flight=1)
+    assert account.own_claim(0.5, 10.0) == 500
+    # Two seconds on, the other half of the group may have sent 2 × 175 of what it saw.
+    assert account.own_claim(0.5, 12.0) == math.floor(0.5 * (1000 - 350))
+    assert account.own_claim(0.5, 12.0, aged=False) == 500
+    assert account.own_claim(1.0, 30.0) == 1000  # alone: nobody else spends it
     assert account.current(60.9) and not account.current(61.0)  # reset + one second of slack
 
 
@@ -108,13 +112,16 @@ def borrowing_budget(share: float) -> EndpointBudget:
     return budget
 
 
-def test_a_stale_figure_sends_one_request_alone() -> None:
+def test_an_aged_out_figure_sends_one_request_alone() -> None:
     budget = borrowing_budget(0.5)
     budget.grant(0.0)
     budget.observe_server(0.1, remaining=600, reset=59.9)
     budget.done(0.1)
-    assert budget.ready_at(0.2) == 0.2
-    later = 0.1 + FRESH_SECONDS + 0.5
+    for at in (0.2, 2.0):  # plenty left, even after the others' burst rate for 1.9 s
+        assert budget.ready_at(at) == at
+        budget.grant(at)
+        budget.done(at)
+    later = 5.0  # 4.9 s at the others' 175/s could have spent all 600
     assert budget.ready_at(later) == later
     budget.grant(later)
     assert budget.ready_at(later) == math.inf  # its answer tells what is left now
