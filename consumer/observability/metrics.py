@@ -185,8 +185,7 @@ QUOTA_SHARE = Gauge(
 QUOTA_SATURATION = Gauge(
     "klaviyo_relay_quota_saturation",
     "Fraction of this replica's steady rate-limit window in use (in flight or answered within"
-    " the window), as of its last request; borrowing, at least the account's window used over"
-    " its pace; near 1 the quota, not the pod, limits throughput.",
+    " the window), as of its last request; near 1 the quota, not the pod, limits throughput.",
     ["endpoint"],
     registry=REGISTRY,
 )
