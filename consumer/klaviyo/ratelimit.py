@@ -26,11 +26,14 @@ window) so replicas whose shares add up to at most 1 stay under the account's qu
 together, for any number of them; the server's remaining count is scaled the same way (each
 replica takes its part of what the account has left, so they never claim the same requests
 twice). The share moves with the consumer group (:meth:`RateLimiter.set_share`, see
-:mod:`consumer.pipeline.share`). A replica never sends past its own steady window on the
-strength of a high remaining count (what idle replicas leave unused): that count lags the other
-replicas' requests in flight, so two replicas could spend the same spare requests. Replicas do
-not coordinate, so with more replicas than a window's limit a few of them can still land in the
-same server second: Klaviyo then answers 429 and every replica pauses for its Retry-After.
+:mod:`consumer.pipeline.share`). While it does (``RATE_LIMIT_SHARE`` unset) and Klaviyo's answers
+carry the figures, the steady limit is Klaviyo's own count instead of the local steady window: a
+replica claims its share of what the account has left, re-based on every answer, and past its own
+share only what the others did not use at their shares' pace (:mod:`consumer.klaviyo.borrowing`),
+so the shares idle replicas leave unused are spent. The burst window stays local. An explicit
+share never borrows. Replicas do not coordinate, so with more replicas than a window's limit a
+few of them can still land in the same server second: Klaviyo then answers 429 and every replica
+pauses for its Retry-After.
 
 Waiting is ordered per endpoint by priority, then arrival (a heap): when the quota is short, a
 waiting request is never passed by a less urgent one, nor by a later one of its own class (see
@@ -55,6 +58,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Histogram
 
+from consumer.klaviyo.borrowing import AccountWindow
 from consumer.klaviyo.classify import parse_retry_after
 from consumer.observability.metrics import (
     QUOTA_SATURATION,
@@ -153,6 +157,10 @@ class EndpointBudget:
     limit: EndpointLimit | None = None
     # Until the next answer, at most one request in flight (see rescale).
     probing: bool = False
+    # The share follows the group: spend what Klaviyo's figures show the others leave unused
+    # (consumer.klaviyo.borrowing), past the local steady window.
+    borrow: bool = False
+    account: AccountWindow | None = None
 
     @classmethod
     def from_limit(
@@ -173,6 +181,13 @@ class EndpointBudget:
             reset_slack=reset_slack,
             limit=limit,
             probing=probe,
+            borrow=probe,
+            account=AccountWindow(
+                limit.steady.requests,
+                limit.steady.seconds,
+                burst_rate=limit.burst.requests / limit.burst.seconds,
+                reset_slack=reset_slack,
+            ),
         )
 
     def _windows(self) -> tuple[SlidingWindow, ...]:
@@ -181,9 +196,19 @@ class EndpointBudget:
     def _server_capped(self, now: float) -> bool:
         return now < self.server_deadline
 
+    def _borrowing(self) -> AccountWindow | None:
+        if self.borrow and self.account is not None and self.account.speaks:
+            return self.account
+        return None
+
     def ready_at(self, now: float) -> float:
         """Earliest time (≥ now) at which one more request may be sent."""
         at = max(now, self.paused_until)
+        account = self._borrowing()
+        if account is not None:
+            if self.burst is not None:
+                at = max(at, self.burst.free_at(now))
+            return max(at, self._shared_ready_at(account, now))
         for window in self._windows():
             at = max(at, window.free_at(now))
         if self._server_capped(now) and self.server_allowance <= 0:
@@ -192,7 +217,38 @@ class EndpointBudget:
             at = math.inf  # the answer in flight tells what the account has left
         return at
 
+    def _shared_ready_at(self, account: AccountWindow, now: float) -> float:
+        """When the account's figures let one more request go (borrowing mode). The local
+        steady window only tells whether this replica is within its own share."""
+        if self.share <= 0:
+            return math.inf  # no partitions: nothing goes (set_share wakes the waiters)
+        ask = math.inf if self.in_flight > 0 else now  # one request alone, whose answer tells
+        if self.probing or not account.current(now):
+            # No figure for this window yet, or one from before a larger share. Alone, the
+            # replica's own window is the account's (as without borrowing).
+            if self.share >= 1 and not self.probing and self.steady is not None:
+                return min(ask, self.steady.free_at(now))
+            return ask
+        at = self._room_at(account, now, aged=True)
+        if at <= now + _EPSILON or self.in_flight > 0:
+            return at  # inf: an answer on its way re-bases the claim (release wakes the queue)
+        # Nothing in flight and no room on the aged figure: once the figure as answered has
+        # room (the reserve shrank, a local place freed), one request asks again; used up, the
+        # window's end.
+        return min(self._room_at(account, now, aged=False), account.deadline)
+
+    def _room_at(self, account: AccountWindow, now: float, *, aged: bool) -> float:
+        if aged:
+            at = now if account.borrowing_claim(self.share, now) >= 1 else math.inf
+        else:
+            at = account.borrow_at(self.share, now)
+        if account.own_claim(self.share, now, aged=aged) >= 1 and self.steady is not None:
+            at = min(at, self.steady.free_at(now))
+        return at
+
     def grant(self, now: float) -> None:
+        if self.account is not None:
+            self.account.granted(now)
         for window in self._windows():
             window.take()
         if self._server_capped(now):
@@ -201,6 +257,9 @@ class EndpointBudget:
 
     def remaining(self, now: float) -> int | None:
         """Requests left in the current steady window as we see it (None: unlimited)."""
+        account = self._borrowing()
+        if account is not None and account.current(now):
+            return max(0, account.own_claim(self.share, now))
         left = self.steady.left(now) if self.steady is not None else None
         if self._server_capped(now):
             allowance = max(0, self.server_allowance)
@@ -216,6 +275,8 @@ class EndpointBudget:
         Call before the answering request leaves ``in_flight``: every other request still in
         flight may reach the server's count after this answer was computed.
         """
+        if self.account is not None:
+            self.account.observe(now, remaining, reset, self.in_flight)
         deadline = now + reset + self.reset_slack
         allowance = math.floor(remaining * self.share) - max(0, self.in_flight - 1)
         if self._server_capped(now) and not self.probing:
@@ -229,6 +290,11 @@ class EndpointBudget:
         self.server_deadline = deadline
         self.server_allowance = allowance
 
+    def silent(self) -> None:
+        """An answer came without the figures: back to the local windows until one has them."""
+        if self.account is not None:
+            self.account.speaks = False
+
     def done(self, now: float) -> None:
         """The request granted earlier was answered (or given up) at ``now``."""
         for window in self._windows():
@@ -237,13 +303,19 @@ class EndpointBudget:
         self.probing = False
 
     def saturation(self, now: float) -> float:
-        """Share of this replica's steady window in use (0 when unlimited or idle)."""
+        """Share of this replica's steady window in use (0 when unlimited or idle). Borrowing,
+        at least the account's: a quiet replica is saturated too when the busy ones use what it
+        leaves (another pod would add nothing then)."""
         if self.steady is None:
             return 0.0
         used = self.steady.used(now)
         if used == 0:
             return 0.0
-        return 1.0 if self.steady.limit == 0 else min(1.0, used / self.steady.limit)
+        local = 1.0 if self.steady.limit == 0 else min(1.0, used / self.steady.limit)
+        account = self._borrowing()
+        if account is None or not account.current(now):
+            return local
+        return max(local, account.pace_used(now))
 
     def rescale(self, share: float, *, probe: bool = False) -> None:
         """Apply a new share, keeping the windows' history (what this replica sent lately still
@@ -396,6 +468,8 @@ class RateLimiter:
         reset = _leading_number(headers.get("RateLimit-Reset"))
         if remaining is not None and reset is not None:
             queue.budget.observe_server(now, int(remaining), reset)
+        elif status is not None and status != 429:  # a 429 carries Retry-After instead
+            queue.budget.silent()
         queue.budget.done(now)
         self._report(permit.endpoint, queue, now)
         if queue.waiters:
@@ -446,6 +520,7 @@ class RateLimiter:
         now = asyncio.get_running_loop().time()
         for endpoint, queue in self._queues.items():
             queue.budget.rescale(share, probe=first)
+            queue.budget.borrow = True
             self._report(endpoint, queue, now)
             if queue.waiters:
                 self._wake(queue)

@@ -9,11 +9,11 @@ remaining member holds every partition: share 1.0.
 
 Every partition weighs the same, whatever its topic: topics with more partitions were given
 them because they carry more traffic, so weighing each topic equally would starve the busy
-ones. Partitions with no traffic (an idle topic) still hold their share, and the others do not
-borrow it: Klaviyo's ``RateLimit-Remaining`` shows the account's spare requests, but it lags the
-other replicas' requests in flight, so two replicas could spend the same spare requests (see
-:mod:`consumer.klaviyo.ratelimit`). The limiter does cap each replica at its share of that
-count, which covers other users of the account's quota.
+ones. The load per partition is still uneven (an idle topic, a quiet key range): what a replica
+leaves of its share, the others borrow from Klaviyo's ``RateLimit-Remaining`` (each claims its
+share of what the account has left, and past its own share only what the others did not use at
+their shares' pace; see :mod:`consumer.klaviyo.borrowing`). The share is what a replica is owed,
+not all it may send.
 
 During a rebalance the sum must not pass 1 either. With the cooperative protocol a partition is
 revoked from its old owner (which drains it, commits, and only then gives it up) before the

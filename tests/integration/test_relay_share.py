@@ -2,22 +2,25 @@
 sandbox (published limits), scaled 1 → 2 → 1. Each relay's share, read from its own /metrics,
 is 1.0 alone, and with two members both hold some share and together never more than 1 — also
 while the partitions move. Events produced while the share moves are all delivered with no
-429."""
+429. With uneven demand, the busy relay borrows what the quiet one leaves of the account's
+window (counted per window at the sandbox)."""
 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.settings import DEFAULT_RATE_LIMITS
+from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, WindowLimit
 from dev.harness import rate_limits_json
 from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
-from klaviyo_sandbox.facts import PUBLISHED_LIMITS
+from klaviyo_sandbox.facts import PUBLISHED_LIMITS, Limit
+from klaviyo_sandbox.fixed_windows import FixedWindowQuota
 from tests.conftest import TopicFactory
 from tests.fixtures.relay_harness import (
     EventFactory,
@@ -60,6 +63,29 @@ async def scraped(relay: RelayProcess, name: str) -> dict[str, float] | None:
 async def scraped_share(relay: RelayProcess) -> float | None:
     values = await scraped(relay, SHARE)
     return None if values is None else values[""]
+
+
+def group_env(
+    bootstrap: str,
+    base_url: str,
+    topics: dict[str, str],
+    group: str,
+    dlq: str,
+    *,
+    limits: dict[str, EndpointLimit],
+) -> dict[str, str]:
+    """A realtime relay under ``limits`` whose share the group decides (and which borrows)."""
+    env = relay_env(
+        bootstrap,
+        base_url,
+        topics,
+        group,
+        dlq,
+        SEND_MODE="realtime",
+        RATE_LIMITS=rate_limits_json(limits),
+    )
+    env.pop("RATE_LIMIT_SHARE", None)
+    return env
 
 
 class ShareWatch:
@@ -105,16 +131,7 @@ async def test_shares_follow_the_group_across_a_rebalance(
         def delivered() -> bool:
             return base_ids(sandbox.state.events) >= sent
 
-        env = relay_env(
-            bootstrap,
-            sandbox.base_url,
-            topics,
-            group,
-            dlq,
-            SEND_MODE="realtime",
-            RATE_LIMITS=rate_limits_json(DEFAULT_RATE_LIMITS),  # the published limits
-        )
-        env.pop("RATE_LIMIT_SHARE", None)  # unset: the group decides
+        env = group_env(bootstrap, sandbox.base_url, topics, group, dlq, limits=DEFAULT_RATE_LIMITS)
         first = RelayProcess(env, tmp_path / "first.log")
         second: RelayProcess | None = None
         try:
@@ -190,3 +207,79 @@ async def test_rate_limit_share_set_explicitly_wins_over_the_group(
         finally:
             relay.stop()
     assert not relay.logged("quota share")
+
+
+class WindowCount(FixedWindowQuota):
+    """The sandbox's quota for one endpoint, also counting admissions per steady window."""
+
+    def __init__(self, limit: Limit) -> None:
+        super().__init__(limit)
+        self.admitted: Counter[int] = Counter()
+
+    def take(self, now: float) -> int | None:
+        retry_after = super().take(now)
+        if retry_after is None:
+            self.admitted[int(now // self.steady.seconds)] += 1
+        return retry_after
+
+
+# Short windows so a backlog spans several: 40 Create Events per 10 s, for the account.
+SMALL = EndpointLimit(
+    burst=WindowLimit(requests=50, seconds=1.0), steady=WindowLimit(requests=40, seconds=10.0)
+)
+
+
+async def test_a_busy_relay_borrows_what_a_quiet_one_leaves_of_the_window(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    # One partition each: the two relays hold half the share each, but all the load is on one.
+    busy_topic = topic_factory("borrow-orders", partitions=1)
+    quiet_topic = topic_factory("borrow-resets", partitions=1)
+    topics = {
+        busy_topic: "shop.order.placed",
+        quiet_topic: "shop.account.password-reset-requested",
+    }
+    dlq = topic_factory("dlq")
+    group = f"relay-{uuid.uuid4().hex[:8]}"
+    factory = EventFactory()
+    limits = {"create_event": SMALL}
+    options = SandboxOptions(rate_limits={"create_event": Limit.model_validate(SMALL.model_dump())})
+    async with running_sandbox(options) as sandbox:
+        counting = WindowCount(options.rate_limits["create_event"])  # type: ignore[index]
+        sandbox.sandbox.quotas["create_event"] = counting
+        env = group_env(bootstrap, sandbox.base_url, topics, group, dlq, limits=limits)
+        relays = [RelayProcess(env, tmp_path / f"relay{n}.log") for n in (1, 2)]
+        try:
+
+            async def halves() -> bool:
+                shares = [await scraped_share(relay) for relay in relays]
+                return shares == [0.5, 0.5]
+
+            await wait_for(halves, what="both relays at half the share")
+            busy = make_events(factory, {busy_topic: topics[busy_topic]}, 200, 50, seed=4)
+            quiet = make_events(factory, {quiet_topic: topics[quiet_topic]}, 5, 5, seed=5)
+            produce_events(bootstrap, busy + quiet)
+            sent = {e.event_id for e in busy + quiet}
+
+            def delivered() -> bool:
+                return base_ids(sandbox.state.events) >= sent
+
+            # 205 requests: ~6 windows at the account's limit, ~11 at one relay's half.
+            await wait_for(delivered, within=240, what="the backlog delivered")
+            for relay in relays:
+                relay.terminate()
+            for relay in relays:
+                assert await relay.wait_exit() == 0
+        finally:
+            for relay in relays:
+                relay.stop()
+        throttled = dict(sandbox.sandbox.throttled)
+    assert sum(throttled.values()) == 0, throttled
+    windows = sorted(counting.admitted)
+    # Full windows: after the first admission's and before the last's.
+    full = [counting.admitted[w] for w in range(windows[0] + 1, windows[-1])]
+    assert full, counting.admitted
+    # One relay's own half would be 20 a window; borrowing, the pair uses most of each window.
+    assert min(full) >= 0.75 * SMALL.steady.requests, counting.admitted
+    assert max(counting.admitted.values()) <= SMALL.steady.requests
