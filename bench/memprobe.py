@@ -5,7 +5,11 @@
 ``OUT.jsonl`` every ``MEMPROBE_INTERVAL`` seconds (default 2) with, side by side:
 
 - ``rss_mb``, ``hwm_mb``, ``threads``: the kernel's view (``/proc/self/status``);
-- ``py_blocks``, ``gc``: the Python heap (``sys.getallocatedblocks``, objects per generation);
+- ``py_blocks``, ``gc``: the Python heap (``sys.getallocatedblocks``; ``gc.get_count()``, the
+  collector's counters per generation). Not ``len(gc.get_objects(n))``: from this thread it can
+  hand out a tuple the event loop is still building, and the relay then fails with
+  ``SystemError: Objects/tupleobject.c:927: bad argument to internal function`` (it did once,
+  2026-12-02, in ``tuple(genexpr)`` inside prometheus_client's ``labels``);
 - ``malloc``: glibc's allocator (``mallinfo2``): ``arena`` (bytes taken with brk/arenas),
   ``mmap`` (large blocks mapped on their own), ``used``, ``free`` (held, not in use);
 - ``kafka``: the totals of librdkafka's latest statistics document (``msg_cnt``/``msg_size``:
@@ -122,7 +126,7 @@ class Probe:
     def sample(self) -> dict[str, Any]:
         line: dict[str, Any] = {"t": round(time.monotonic() - self.began, 2), **_status()}
         line["py_blocks"] = sys.getallocatedblocks()
-        line["gc"] = [len(gc.get_objects(generation)) for generation in range(3)]
+        line["gc"] = list(gc.get_count())
         if self.mallinfo is not None:
             info = self.mallinfo()
             line["malloc"] = {
