@@ -5,7 +5,11 @@
 ``OUT.jsonl`` every ``MEMPROBE_INTERVAL`` seconds (default 2) with, side by side:
 
 - ``rss_mb``, ``hwm_mb``, ``threads``: the kernel's view (``/proc/self/status``);
-- ``py_blocks``, ``gc``: the Python heap (``sys.getallocatedblocks``, objects per generation);
+- ``py_blocks``, ``gc``: the Python heap (``sys.getallocatedblocks``; ``gc.get_count()``, the
+  collector's counters per generation). Not ``len(gc.get_objects(n))``: from this thread it can
+  hand out a tuple the event loop is still building, and the relay then fails with
+  ``SystemError: Objects/tupleobject.c:927: bad argument to internal function`` (it did once,
+  2026-12-02, in ``tuple(genexpr)`` inside prometheus_client's ``labels``);
 - ``malloc``: glibc's allocator (``mallinfo2``): ``arena`` (bytes taken with brk/arenas),
   ``mmap`` (large blocks mapped on their own), ``used``, ``free`` (held, not in use);
 - ``kafka``: the totals of librdkafka's latest statistics document (``msg_cnt``/``msg_size``:
@@ -22,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import itertools
 import os
 import sys
 import threading
@@ -32,6 +37,7 @@ from typing import Any
 import orjson
 
 MB = 1024 * 1024
+PYMALLOC_EVERY = 15  # samples between two dumps of sys._debugmallocstats
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -63,6 +69,28 @@ def _mallinfo() -> Any:
     return function
 
 
+def _smaps() -> dict[str, float]:
+    """Resident MB by kind of mapping: ``heap`` (glibc's main arena), ``anon`` (pymalloc's
+    arenas, glibc's other arenas and large blocks, thread stacks: the kernel merges adjacent
+    anonymous mappings, so they cannot be told apart here), ``file`` (code and data of the
+    interpreter and the libraries)."""
+    kinds = dict.fromkeys(("heap", "anon", "file"), 0)
+    kind = "anon"
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5 and ":" in head[3]:
+            name = head[5] if len(head) > 5 else ""
+            if name == "[heap]":
+                kind = "heap"
+            elif name.startswith("/"):
+                kind = "file"
+            else:
+                kind = "anon"
+        elif head[0] == "Rss:":
+            kinds[kind] += int(head[1])
+    return {name: round(kb / 1024, 1) for name, kb in kinds.items()}
+
+
 def _status() -> dict[str, float]:
     wanted = {"VmRSS": "rss_mb", "VmHWM": "hwm_mb", "Threads": "threads"}
     out: dict[str, float] = {}
@@ -80,6 +108,7 @@ class Probe:
         self.out = out
         self.interval = interval
         self.kafka: dict[str, int] = {}
+        self.trim_ms: list[float] = []  # the relay's heap trims since the last sample
         self.mallinfo = _mallinfo()
         self.began = time.monotonic()
 
@@ -97,7 +126,7 @@ class Probe:
     def sample(self) -> dict[str, Any]:
         line: dict[str, Any] = {"t": round(time.monotonic() - self.began, 2), **_status()}
         line["py_blocks"] = sys.getallocatedblocks()
-        line["gc"] = [len(gc.get_objects(generation)) for generation in range(3)]
+        line["gc"] = list(gc.get_count())
         if self.mallinfo is not None:
             info = self.mallinfo()
             line["malloc"] = {
@@ -107,13 +136,24 @@ class Probe:
                 "free_mb": round(info.fordblks / MB, 1),
             }
         line["kafka"] = self.kafka
+        trims, self.trim_ms = self.trim_ms, []
+        if trims:
+            line["trim_ms"] = {"n": len(trims), "max": round(max(trims), 1)}
         return line
 
     def run(self) -> None:
         with self.out.open("ab") as out:
-            while True:
-                out.write(orjson.dumps(self.sample()) + b"\n")
+            for n in itertools.count():
+                line = self.sample()
+                out.write(orjson.dumps(line) + b"\n")
                 out.flush()
+                if n % PYMALLOC_EVERY == 0:
+                    out.write(orjson.dumps({"t": line["t"], "smaps": _smaps()}) + b"\n")
+                    out.flush()
+                    # pymalloc's own arenas (mapped by Python, not glibc: outside ``malloc``)
+                    # go to stderr, the relay's log, after a marker with the sample's time.
+                    os.write(2, f"memprobe pymalloc t={line['t']}\n".encode())
+                    sys._debugmallocstats()
                 time.sleep(self.interval)
 
 
@@ -124,6 +164,7 @@ def main(argv: list[str]) -> None:
     if middle := os.environ.get("MEMPROBE_GC_MIDDLE"):
         young, _, old = gc.get_threshold()
         gc.set_threshold(young, int(middle), old)
+    from consumer.cli import allocator  # noqa: PLC0415
     from consumer.pipeline import source  # noqa: PLC0415  (after the probe exists)
 
     record = source.record_kafka_stats  # type: ignore[attr-defined]
@@ -133,6 +174,16 @@ def main(argv: list[str]) -> None:
         record(stats_json)
 
     source.record_kafka_stats = on_stats  # type: ignore[attr-defined]
+    trim = allocator.HeapTrimmer.trim
+
+    def timed_trim(self: allocator.HeapTrimmer) -> bool:
+        began = time.perf_counter()
+        try:
+            return trim(self)
+        finally:
+            probe.trim_ms.append((time.perf_counter() - began) * 1000)
+
+    allocator.HeapTrimmer.trim = timed_trim  # type: ignore[method-assign]
     threading.Thread(target=probe.run, name="memprobe", daemon=True).start()
     from consumer.cli import main as relay_main  # noqa: PLC0415
 

@@ -10,6 +10,7 @@ import sys
 import click
 
 from consumer.cli import settings_from
+from consumer.cli.allocator import tune_allocator
 from consumer.cli.preflight import preflight
 from consumer.klaviyo.token_store import TokenStoreError
 from consumer.observability.health import OperationsPortError
@@ -62,6 +63,8 @@ def run(ctx: click.Context, until_caught_up: bool, max_duration: float | None) -
     if problems:
         sys.exit(2)
     configure_logging(settings)
+    # Before the Kafka clients start their threads (bench/README.md, "Memory: what grew").
+    tune_allocator()
     catch_up = None
     if until_caught_up:
         catch_up = CatchUp(
