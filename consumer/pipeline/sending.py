@@ -97,6 +97,16 @@ class Sender:
         self._on_reachable = on_reachable
         self._rng = rng or random.Random()
 
+    def wrapped(self, wrap: Callable[[Send], Send]) -> Sender:
+        """A sender like this one whose sends go through ``wrap`` (e.g. auto's bulk gate)."""
+        return Sender(
+            wrap(self._send),
+            self._policy,
+            self._halt,
+            on_reachable=self._on_reachable,
+            rng=self._rng,
+        )
+
     async def settle(
         self, request: KlaviyoRequest, permit: Permit | None = None
     ) -> Accepted | Permanent:

@@ -135,8 +135,8 @@ async def test_auto_switches_to_bulk_under_a_short_quota_and_back_keeping_each_k
     assert sum(taken == {REALTIME, BULK} for taken in paths.values()) > 0
 
 
-async def routed_to_bulk(relay: RelayProcess) -> float:
-    """Create Events the relay put into bulk jobs so far (every reason), from its /metrics."""
+async def metric_sum(relay: RelayProcess, family_name: str, labels: dict[str, str]) -> float:
+    """The sum of a counter's samples with ``labels``, from the relay's /metrics."""
     port = metrics_port(relay)
     if port is None:
         return 0.0
@@ -148,10 +148,22 @@ async def routed_to_bulk(relay: RelayProcess) -> float:
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
-        if family.name == "klaviyo_relay_auto_route"
+        if family.name == family_name
         for sample in family.samples
-        if sample.name.endswith("_total") and sample.labels["path"] == "bulk"
+        if sample.name.endswith("_total")
+        and all(sample.labels.get(k) == v for k, v in labels.items())
     )
+
+
+async def routed_to_bulk(relay: RelayProcess) -> float:
+    """Create Events the relay put into bulk jobs so far (every reason), from its /metrics."""
+    return await metric_sum(relay, "klaviyo_relay_auto_route", {"path": "bulk"})
+
+
+async def bulk_failed(relay: RelayProcess) -> float:
+    """Bulk Create Events requests answered 5xx so far."""
+    labels = {"endpoint": BULK, "status_class": "5xx"}
+    return await metric_sum(relay, "klaviyo_relay_klaviyo_requests", labels)
 
 
 async def test_auto_events_sent_realtime_during_an_outage_fall_over_into_bulk_jobs(
@@ -203,3 +215,66 @@ async def test_auto_events_sent_realtime_during_an_outage_fall_over_into_bulk_jo
     for event in events:
         by_key[event.key].append(position[event.event_id])
     assert {key: seen for key, seen in by_key.items() if seen != sorted(seen)} == {}
+
+
+async def test_auto_during_an_outage_bulk_jobs_go_one_at_a_time_not_each_spending_places(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    # Before, every bulk job retried on its own during an outage, each attempt taking a place
+    # of Bulk Create Events' 150/min window: when Klaviyo came back the window was spent and
+    # the backlog (password resets behind it) waited for places. Now, once the relay knows
+    # Klaviyo fails, one bulk request probes at a time and the other jobs wait, unsent; the
+    # first accepted answer (here a fresh event's Create Event probe) lets them all go.
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = topic_factory("accounts-outage-bulk", partitions=2)
+    dlq = topic_factory("dlq")
+    group = f"relay-{uuid.uuid4().hex[:8]}"
+    factory = EventFactory()
+    jobs, per_job = 12, 5
+    first = factory.event(topic, HANDLER, "cust-first", 0)
+    backlog = [factory.event(topic, HANDLER, f"cust-{seq}", seq) for seq in range(jobs * per_job)]
+    last = factory.event(topic, HANDLER, "cust-last", 0)
+
+    async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
+        await set_faults(sandbox.base_url, {"error_rates": {"503": 1.0}})  # Klaviyo is down
+        env = relay_env(
+            bootstrap,
+            sandbox.base_url,
+            {topic: HANDLER},
+            group,
+            dlq,
+            AUTO_REALTIME_FALLOVER_SECONDS="1",
+            BATCH_MAX_EVENTS=str(per_job),  # full jobs go at once, without a linger
+            # The probe's retries come seconds apart: its next one is not in this test's window.
+            RETRY_BASE_SECONDS="20",
+            RETRY_CAP_SECONDS="60",
+        )
+        relay = RelayProcess(env, tmp_path / "relay.log")
+        try:
+            await wait_for(lambda: relay.logged("partitions assigned"), what="partitions")
+            produce_events(bootstrap, [first])
+            await wait_for(
+                lambda: relay.logged("create event failing: fresh events go to bulk jobs"),
+                what="fall-over",
+            )
+            produce_events(bootstrap, backlog)
+
+            async def all_in_jobs_and_one_refused() -> bool:
+                in_jobs = await routed_to_bulk(relay) >= 1 + len(backlog)
+                return in_jobs and await bulk_failed(relay) > 0
+
+            # Twelve full jobs are due at once, and the first fallen-over event's job was sent.
+            await wait_for(all_in_jobs_and_one_refused, what="the jobs filled, one answered 503")
+            await set_faults(sandbox.base_url, {"error_rates": {}})  # Klaviyo is back
+            failed = await bulk_failed(relay)
+            produce_events(bootstrap, [last])
+            await wait_committed_to_end(bootstrap, group, [topic], 2 + len(backlog))
+        finally:
+            relay.stop()
+        received = list(sandbox.state.events)
+
+    # Before: every one of the twelve jobs was sent into the outage.
+    assert failed <= 2
+    assert not relay.logged("event dead-lettered")
+    sent = [first, *backlog, last]
+    assert {str(e["unique_id"]) for e in received} >= {event.event_id for event in sent}

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import assert_never
 
 from consumer.klaviyo.ratelimit import Permit
-from consumer.pipeline.delivery.auto import AutoDelivery, Room
+from consumer.pipeline.delivery.auto import AutoDelivery, Breaker, BulkGate, Room
 from consumer.pipeline.delivery.base import Delivery, Reject, Spawn
 from consumer.pipeline.delivery.batch import BatchDelivery
 from consumer.pipeline.delivery.realtime import RealtimeDelivery
@@ -30,7 +30,7 @@ def delivery_for(
 ) -> Delivery:
     """The delivery strategy of ``settings.send_mode`` (a new mode without one fails mypy)."""
 
-    def batch() -> BatchDelivery:
+    def batch(sender: Sender = sender) -> BatchDelivery:
         return BatchDelivery(
             sender,
             book,
@@ -49,13 +49,17 @@ def delivery_for(
         case SendMode.BATCH:
             return batch()
         case SendMode.AUTO:
+            # Every send feeds the breaker, and bulk requests wait on it during an outage.
+            breaker = Breaker(settings.auto_realtime_fallover_seconds)
+            gated = sender.wrapped(BulkGate(breaker, give_back).wrap)
             return AutoDelivery(
-                batch(),
-                sender,
+                batch(gated),
+                gated,
                 room,
                 give_back=give_back,
                 max_wait=settings.auto_realtime_max_wait_seconds,
                 fallover=settings.auto_realtime_fallover_seconds,
+                breaker=breaker,
             )
         case unknown:
             assert_never(unknown)

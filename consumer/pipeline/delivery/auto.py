@@ -47,6 +47,7 @@ from typing import Generic, TypeVar
 
 from prometheus_client import Counter
 
+from consumer.klaviyo.outcomes import Accepted, Outcome, Retryable
 from consumer.klaviyo.ratelimit import Permit
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest, Plan
 from consumer.observability.logging import get_logger
@@ -55,11 +56,15 @@ from consumer.pipeline.delivery.batch import BatchDelivery
 from consumer.pipeline.delivery.realtime import send_create_event
 from consumer.pipeline.dispatch import Lane
 from consumer.pipeline.inflight import Work
-from consumer.pipeline.sending import Sender, StepFailure
+from consumer.pipeline.sending import Send, Sender, StepFailure
+from consumer.priorities import PriorityClass
 
 P = TypeVar("P")
 
 log = get_logger(__name__)
+
+# Classes up to this rank (urgent, high) are never stale for the realtime path (see ``route``).
+URGENT_RANK = PriorityClass.HIGH.rank
 
 # A rate-limit permit for an endpoint if it has room right now, for a request of a priority
 # rank (``Klaviyo.try_acquire``).
@@ -86,19 +91,36 @@ class Route(Generic[P]):
 
 
 class Breaker:
-    """Whether Create Event is failing, from the realtime sends' fate (a circuit breaker).
+    """Whether Klaviyo is failing, from the sends' fate (a circuit breaker).
 
-    Closed: every fresh event may try Create Event. A fall-over opens it for ``rest`` seconds;
-    then it is half-open: the next realtime send is a probe, and while the probe is out the
-    other events go to bulk jobs. An answer (to the probe or to any realtime send) closes it; a
-    fall-over opens it again. Without the half-open step, every event of the seconds after a
-    rest went realtime during a long outage and waited out a whole fall-over (measured: 770 of
-    a 180 s outage's events)."""
+    Closed: every fresh event may try Create Event. A fall-over (or a bulk request whose whole
+    retry budget went by unanswered or answered 5xx) opens it for ``rest`` seconds and marks an
+    *outage* (see :class:`BulkGate`); then it is half-open: the next realtime send is a probe,
+    and while the probe is out the other events go to bulk jobs. An answer to a Create Event
+    (the probe or any realtime send) closes it; an accepted answer on another endpoint (a bulk
+    job, a profile step) ends the outage and the rest at once, so the probe goes now: waiting
+    out the rest and a probe already failing kept fresh events, password resets among them, in
+    slow bulk jobs for seconds after an outage (measured: ~700 events). It stays a probe, not a
+    close: while Create Event alone fails, bulk jobs are accepted all the time, and closing on
+    them would make every fresh event wait out a fall-over. A fall-over opens it again. Without
+    the half-open step, every event of the seconds after a rest went realtime during a long
+    outage and waited out a whole fall-over (measured: 770 of a 180 s outage's events)."""
 
     def __init__(self, rest: float) -> None:
         self._rest = rest
         self._open_until: float | None = None  # None: closed
         self._probing = False
+        self.outage = False  # Klaviyo failed lately and has not accepted anything since
+        self._changed = asyncio.Event()  # set (and replaced) when the outage ends
+
+    async def changed(self) -> None:
+        """Return once the outage ends (or :meth:`nudge` is called)."""
+        await self._changed.wait()
+
+    def nudge(self) -> None:
+        """Wake everyone waiting in :meth:`changed`."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def failing(self, now: float) -> bool:
         """Whether a fresh event must not try Create Event now."""
@@ -112,15 +134,90 @@ class Breaker:
             self._probing = True
 
     def answered(self) -> None:
+        """Create Event answered."""
         self._open_until = None
         self._probing = False
+        self._back()
+
+    def accepted_elsewhere(self, now: float) -> None:
+        """Another endpoint accepted a request: Klaviyo is back; Create Event is probed now."""
+        if self._open_until is not None and not self._probing:
+            self._open_until = min(self._open_until, now)
+        self._back()
 
     def fell_over(self, now: float) -> bool:
-        """A realtime send was abandoned; True when this opened a closed breaker."""
+        """A send was abandoned or failed; True when this opened a closed breaker."""
         closed = self._open_until is None
         self._open_until = now + self._rest
         self._probing = False
+        self.outage = True
+        if closed:  # once per failing spell
+            log.warning("create event failing: fresh events go to bulk jobs", seconds=self._rest)
         return closed
+
+    def _back(self) -> None:
+        if self.outage:
+            self.outage = False
+            self.nudge()
+
+
+class BulkGate:
+    """During an outage, Bulk Create Events requests go one at a time.
+
+    During an outage every bulk job retried on its own, and each attempt took a place in Bulk
+    Create Events' 150/min window: when Klaviyo came back the window was spent, places came
+    back at 2.5/s, the in-flight window stayed full for 5-10 s and password resets waited in
+    Kafka behind it (measured: p99 9.4 s). Now while the breaker marks an outage one bulk
+    request (the probe) is out at a time, and the others wait for it to finish or for the
+    outage to end (any accepted answer), handing back a place they took; the window is nearly
+    whole when Klaviyo returns. Every answer a send gets also feeds the breaker
+    (:meth:`observe`).
+    """
+
+    def __init__(
+        self,
+        breaker: Breaker,
+        give_back: Callable[[Permit], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._breaker = breaker
+        self._give_back = give_back
+        self._clock = clock
+        self._probe_out = False
+
+    def wrap(self, send: Send) -> Send:
+        async def gated(request: KlaviyoRequest, permit: Permit | None = None) -> Outcome:
+            if request.endpoint is not Endpoint.BULK_CREATE_EVENTS:
+                return self.observe(request, await send(request, permit))
+            while self._breaker.outage and self._probe_out:
+                if permit is not None:  # a place must not sit idle while it waits
+                    self._give_back(permit)
+                    permit = None
+                await self._breaker.changed()
+            probe = self._breaker.outage
+            self._probe_out = self._probe_out or probe
+            try:
+                outcome = await send(request, permit)
+            finally:
+                if probe:
+                    self._probe_out = False
+                    self._breaker.nudge()  # the next waiter may probe
+            return self.observe(request, outcome)
+
+        return gated
+
+    def observe(self, request: KlaviyoRequest, outcome: Outcome) -> Outcome:
+        """Feed the breaker: an accepted answer ends an outage; a bulk request whose retry
+        budget was spent without an answer or on 5xx starts one (429 is a quota, no outage)."""
+        bulk = request.endpoint is Endpoint.BULK_CREATE_EVENTS
+        if isinstance(outcome, Accepted):
+            if request.endpoint is Endpoint.CREATE_EVENT:
+                self._breaker.answered()
+            else:
+                self._breaker.accepted_elsewhere(self._clock())
+        elif isinstance(outcome, Retryable) and bulk and (outcome.status or 500) >= 500:
+            self._breaker.fell_over(self._clock())
+        return outcome
 
 
 def route(
@@ -130,13 +227,17 @@ def route(
     joins_open_job: bool,
     take_room: Callable[[], P | None],
     failing: bool = False,
+    urgent: bool = False,
 ) -> Route[P]:
     """Which path one Create Event takes. ``take_room`` is asked last, and only for an event
     that may go realtime: a permit it gives takes a place in the Create Event windows.
-    ``failing``: a realtime send fell over lately."""
+    ``failing``: a realtime send fell over lately. ``urgent`` (a password reset's or an
+    account notice's class): never stale, it takes Create Event whenever that has room; its
+    quota is separate from bulk's, and a bulk job adds its linger and Klaviyo's job processing
+    to a reset that has already waited."""
     if joins_open_job:
         return Route(Why.ORDER, None)
-    if waited > max_wait:
+    if waited > max_wait and not urgent:
         return Route(Why.STALE, None)
     if failing:
         return Route(Why.FAILING, None)
@@ -157,9 +258,11 @@ class AutoDelivery:
         max_wait: float,
         fallover: float,
         clock: Callable[[], float] = time.monotonic,  # the clock of ``Work.taken``
+        breaker: Breaker | None = None,
     ) -> None:
         """``bulk``: where events without room go (its jobs, verdicts and pacing are reused);
-        ``give_back``: hands back the permit of a send abandoned before it went out."""
+        ``give_back``: hands back the permit of a send abandoned before it went out;
+        ``breaker``: shared with the senders' :class:`BulkGate` (see ``delivery_for``)."""
         self._bulk = bulk
         self._sender = sender
         self._room = room
@@ -167,7 +270,7 @@ class AutoDelivery:
         self._max_wait = max_wait
         self._fallover = fallover
         self._clock = clock
-        self._breaker = Breaker(fallover)
+        self._breaker = Breaker(fallover) if breaker is None else breaker
 
     def submitted(self) -> None:
         self._bulk.submitted()
@@ -195,6 +298,7 @@ class AutoDelivery:
                 joins_open_job=self._bulk.is_open(lane.last_ticket),
                 take_room=functools.partial(self._room, Endpoint.CREATE_EVENT, request.priority),
                 failing=self._breaker.failing(self._clock()),
+                urgent=request.priority <= URGENT_RANK,
             )
             _routes(chosen.path, chosen.reason).inc()
             if chosen.permit is None:
@@ -207,11 +311,7 @@ class AutoDelivery:
             except TimeoutError:
                 # Abandoned (see the module's doc); a permit it never used goes back.
                 self._give_back(chosen.permit)
-                if self._breaker.fell_over(self._clock()):  # once per failing spell
-                    log.warning(
-                        "create event failing: fresh events go to bulk jobs",
-                        seconds=self._fallover,
-                    )
+                self._breaker.fell_over(self._clock())
                 _routes("bulk", Why.FALLOVER).inc()
                 return await into_job(request)
             self._breaker.answered()

@@ -1,10 +1,11 @@
-"""Priority admission: less urgent partitions wait only while the in-flight window is full and
+"""Priority admission: less urgent partitions wait only while the in-flight window is (all but
+its urgent reserve) full and
 slow to turn over, until it falls below the resume mark; a fast window, or one class alone,
 is never deferred."""
 
 from __future__ import annotations
 
-from consumer.pipeline.admission import SAMPLE_SECONDS, Admission
+from consumer.pipeline.admission import SAMPLE_SECONDS, URGENT_RESERVE, Admission
 from consumer.pipeline.offsets import TopicPartitionKey
 from consumer.priorities import Priorities, PriorityClass
 
@@ -16,6 +17,7 @@ PRIORITIES = Priorities(
     {"resets": PriorityClass.URGENT, "orders": PriorityClass.NORMAL, "leads": PriorityClass.LOWEST}
 )
 WINDOW, RESUME = 100, 50
+RESERVE = int(WINDOW * URGENT_RESERVE)
 
 
 class Clock:
@@ -67,8 +69,13 @@ def test_a_window_that_speeds_up_releases_the_deferred_partitions() -> None:
     assert c.after_a_sample(WINDOW, rate=1000) == set()
 
 
-def test_a_window_that_is_not_full_is_never_deferred() -> None:
-    assert clock().after_a_sample(WINDOW - 1, rate=0) == set()
+def test_a_window_short_of_its_urgent_reserve_is_never_deferred() -> None:
+    assert clock().after_a_sample(WINDOW - RESERVE - 1, rate=0) == set()
+
+
+def test_a_slow_window_defers_before_it_is_full_keeping_the_reserve_for_urgent_events() -> None:
+    # Deferred only once full, a reset fetched meanwhile waited for places to free.
+    assert clock().after_a_sample(WINDOW - RESERVE, rate=0) == {ORDERS, *LEADS}
 
 
 def test_one_class_alone_has_nothing_to_prefer() -> None:

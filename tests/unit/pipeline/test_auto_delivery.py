@@ -54,6 +54,32 @@ def test_a_stale_event_goes_to_bulk_without_taking_a_place() -> None:
     assert room.asked == 0
 
 
+def test_an_urgent_event_is_never_stale_it_takes_create_event_when_that_has_room() -> None:
+    # A reset that waited behind its key gained nothing from a bulk job's linger and processing.
+    chosen = route(
+        waited=2.5, max_wait=2.0, joins_open_job=False, take_room=Room(True), urgent=True
+    )
+    assert (chosen.path, chosen.reason) == ("realtime", Why.ROOM)
+    no_room = route(
+        waited=2.5, max_wait=2.0, joins_open_job=False, take_room=Room(False), urgent=True
+    )
+    assert no_room.reason is Why.QUOTA
+
+
+def test_an_urgent_event_keeps_its_keys_order_and_the_breaker() -> None:
+    joins = route(waited=0.0, max_wait=2.0, joins_open_job=True, take_room=Room(True), urgent=True)
+    assert joins.reason is Why.ORDER
+    failing = route(
+        waited=0.0,
+        max_wait=2.0,
+        joins_open_job=False,
+        take_room=Room(True),
+        failing=True,
+        urgent=True,
+    )
+    assert failing.reason is Why.FAILING
+
+
 def test_an_event_behind_its_keys_open_job_joins_it_without_taking_a_place() -> None:
     room = Room(grant=True)
     chosen = route(waited=0.0, max_wait=2.0, joins_open_job=True, take_room=room)
@@ -201,8 +227,12 @@ async def test_auto_an_event_stale_after_waiting_behind_its_key_goes_to_bulk() -
     gate.hold("a")
     bound = 1.0
     stale_before = routed("bulk", "stale")
+    # A lead-tracking class: an urgent event is never stale (see the next test).
     async with running(
-        gate, batch_linger_seconds=0.01, auto_realtime_max_wait_seconds=bound
+        gate,
+        batch_linger_seconds=0.01,
+        auto_realtime_max_wait_seconds=bound,
+        topic_priorities={"shop.account.created": "lowest"},
     ) as core:
         core.source.assign(P0)
         core.source.feed([record(0, "a"), record(1, "a")])
