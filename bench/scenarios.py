@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,9 +137,14 @@ class InstrumentedSandbox(ChildProcess):
     """``python -m bench.sandbox_proc``: the sandbox with its measuring control port."""
 
     def __init__(
-        self, *, limits: dict[str, EndpointLimit] | None, latency_ms: str | None, log: Path
+        self,
+        *,
+        limits: dict[str, EndpointLimit] | None,
+        latency_ms: str | None,
+        log: Path,
+        more: Sequence[str] = (),
     ) -> None:
-        args = [sys.executable, "-m", "bench.sandbox_proc"]
+        args = [sys.executable, "-m", "bench.sandbox_proc", *more]
         args += ["--rate-limits", "none" if limits is None else rate_limits_json(limits)]
         if latency_ms:
             args += ["--latency-ms", latency_ms]
