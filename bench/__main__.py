@@ -2,6 +2,7 @@
 
 ``--only 6``: the kill -9 scenario (:mod:`bench.crash`), not run by default.
 ``--only 7``: two accounts in one relay (:mod:`bench.accounts`), not run by default.
+``--only 8 [--oauth-soak SECONDS]``: the OAuth soak (:mod:`bench.oauthsoak`), not run by default.
 
 Starts a Kafka broker (unless ``--bootstrap``), creates the contract's topics, runs the
 scenarios and writes ``<out>/full.md`` (or ``quick.md``) and its JSON beside it.
@@ -16,7 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench import accounts, crash, more, report
+from bench import accounts, crash, more, oauthsoak, report
 from bench.scenarios import (
     DLQ_TOPIC,
     FULL,
@@ -57,6 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", type=float, default=0, help="also soak for SECONDS")
     parser.add_argument("--soak-rate", type=float, default=2000, help="soak events/s")
     parser.add_argument("--soak-mode", default="batch", choices=("batch", "realtime"))
+    parser.add_argument(
+        "--oauth-soak",
+        type=float,
+        help="scenario 8's length in seconds (default 30 with --quick, else 600)",
+    )
+    parser.add_argument(
+        "--oauth-token-lifetime",
+        type=int,
+        default=oauthsoak.LIFETIME_S,
+        help="scenario 8: the sandbox's access-token lifetime in seconds",
+    )
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     if args.events:
@@ -85,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
             more.not_available(skipped),
             *crash.run(bench, only),
             *accounts.run(bench, only, more.modes(args.accounts_modes)),
+            *oauthsoak.run(
+                bench,
+                only,
+                args.oauth_soak or (30 if args.quick else 600),
+                args.oauth_token_lifetime,
+                args.out,
+            ),
         ]
     finally:
         broker.stop()

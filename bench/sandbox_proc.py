@@ -47,6 +47,7 @@ from klaviyo_sandbox.app import Sandbox
 from klaviyo_sandbox.cli import parse_latency, parse_rate_limits
 from klaviyo_sandbox.facts import Limit
 from klaviyo_sandbox.fixed_windows import FixedWindowQuota
+from klaviyo_sandbox.oauth import OAuthOptions
 from klaviyo_sandbox.store import EventFate
 
 # The Klaviyo SDK (klaviyo-api 25) sends this revision; the relay sends an older one, which a
@@ -181,6 +182,7 @@ async def serve(args: argparse.Namespace) -> None:
         latency_ms=parse_latency(args.latency_ms),
         keep_events=False,
         seed=1,
+        oauth=_oauth(args),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -234,6 +236,19 @@ async def serve(args: argparse.Namespace) -> None:
             await runner.cleanup()
 
 
+def _oauth(args: argparse.Namespace) -> OAuthOptions | None:
+    """The token endpoint (scenario 8) when ``--oauth-client ID:SECRET`` is given."""
+    if not args.oauth_client:
+        return None
+    client_id, _, secret = args.oauth_client.partition(":")
+    return OAuthOptions(
+        clients={client_id: secret},
+        refresh_tokens=(args.oauth_refresh_token,),
+        token_lifetime=args.oauth_token_lifetime,
+        rotate=args.oauth_rotate,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sandbox_proc")
     parser.add_argument("--rate-limits", default="none")
@@ -241,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", default=None)
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument("--trace", action="store_true", help="keep every event's fate (/trace)")
+    parser.add_argument("--oauth-client", help="ID:SECRET: serve /oauth/token (scenario 8)")
+    parser.add_argument("--oauth-refresh-token", default="rt_sandbox")
+    parser.add_argument("--oauth-token-lifetime", type=int, default=3600)
+    parser.add_argument("--oauth-rotate", action="store_true")
     args = parser.parse_args(argv)
     if not args.no_uvloop:
         try:

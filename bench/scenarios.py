@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,8 +143,9 @@ class InstrumentedSandbox(ChildProcess):
         latency_ms: str | None,
         log: Path,
         trace: bool = False,
+        more: Sequence[str] = (),
     ) -> None:
-        args = [sys.executable, "-m", "bench.sandbox_proc"]
+        args = [sys.executable, "-m", "bench.sandbox_proc", *more]
         args += ["--rate-limits", "none" if limits is None else rate_limits_json(limits)]
         if latency_ms:
             args += ["--latency-ms", latency_ms]
