@@ -229,14 +229,21 @@ class KlaviyoClient:
         # Debug: requests in flight across a token change do this together (counted as 401s).
         _log.debug("klaviyo_token_renewed_after_401", endpoint=request.endpoint.value)
         outcome = await self._http(request, payload, extra_headers, renewed)
-        if (
-            isinstance(outcome, Fatal)
-            and outcome.status == 401
-            and not self._credentials.refused_for_good(renewed)
-        ):
+        if not (isinstance(outcome, Fatal) and outcome.status == 401):
+            return outcome
+        if not self._credentials.refused_for_good(renewed):
             # The renewed token aged out on the way (a slow path, a short-lived token): the
             # next attempt takes a newer one. Only a fresh token refused means a bad grant.
             return Retryable(status=401, reason="oauth_token_expired")
+        # A fresh token refused. It may have come from a refresh made before the grant was
+        # revoked (another caller's, ahead of expiry): ask the token endpoint once more, so a
+        # revoked grant halts as invalid_grant, not as a refused key.
+        try:
+            await self._credentials.renew(renewed)
+        except GrantRevoked as exc:
+            return exc.outcome()
+        except TokenUnavailable as exc:
+            return exc.retryable()
         return outcome
 
     async def _http(

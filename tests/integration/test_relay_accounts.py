@@ -20,6 +20,8 @@ import aiohttp
 import pytest
 from confluent_kafka import Message
 
+from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, WindowLimit
+from dev.harness import rate_limits_json
 from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
@@ -40,6 +42,14 @@ from tests.fixtures.relay_harness import (
     set_faults,
     wait_committed_to_end,
     wait_for,
+)
+from tests.integration.test_relay_oauth import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    FIRST_REFRESH_TOKEN,
+    oauth_sandbox,
+    refreshes,
+    secrets_in,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -279,3 +289,112 @@ async def test_an_account_whose_events_wait_never_holds_back_another(
 
 async def _at_least(port: int, account: str, count: int) -> bool:
     return await in_flight_of(port, account) >= count
+
+
+# Account a's pace in the OAuth test: its first batch takes several token lifetimes to send.
+PACED_A = {
+    name: EndpointLimit(
+        burst=WindowLimit(requests=50, seconds=1), steady=WindowLimit(requests=3000, seconds=60)
+    )
+    for name in DEFAULT_RATE_LIMITS
+}
+
+
+async def test_a_revoked_oauth_grant_halts_only_its_account(
+    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    """Account a on OAuth (tokens living two seconds, the refresh token rotated at every
+    refresh), b on a private key. a's grant is revoked mid-run (the merchant uninstalled the
+    app): the next refresh answers invalid_grant and a alone halts with that reason. b's events
+    go on being delivered; a's are parked ``account_halted``; every event is either at its
+    account's Klaviyo or parked, none lost."""
+    bootstrap = kafka_broker.bootstrap_servers
+    a_topic = topic_factory("grant-a", partitions=2)
+    b_topic = topic_factory("grant-b", partitions=2)
+    topics = {a_topic: "shop.account.created", b_topic: "shop.account.created"}
+    dlq = topic_factory("dlq")
+    group = f"relay-{uuid.uuid4().hex[:8]}"
+    factory = EventFactory()
+
+    async with (
+        running_sandbox(oauth_sandbox(2, rotate=True)) as sandbox_a,
+        running_sandbox(sandbox("pk_b")) as sandbox_b,
+    ):
+        oauth = sandbox_a.sandbox.oauth
+        assert oauth is not None
+        url_a, url_b = sandbox_a.base_url, sandbox_b.base_url
+        env = two_accounts_env(
+            bootstrap,
+            (url_a, url_b),
+            topics,
+            group,
+            dlq,
+            account_topics={a_topic: "a", b_topic: "b"},
+            SEND_MODE="realtime",  # one request per event: a's pace stretches over tokens
+        )
+        env.update(
+            KLAVIYO_ACCOUNT_A_API_KEY="",  # a has the OAuth app instead
+            KLAVIYO_ACCOUNT_A_OAUTH_CLIENT_ID=CLIENT_ID,
+            KLAVIYO_ACCOUNT_A_OAUTH_CLIENT_SECRET=CLIENT_SECRET,
+            KLAVIYO_ACCOUNT_A_OAUTH_REFRESH_TOKEN=FIRST_REFRESH_TOKEN,
+            KLAVIYO_ACCOUNT_A_OAUTH_TOKEN_URL=f"{url_a}/oauth/token",
+            KLAVIYO_ACCOUNT_A_OAUTH_TOKEN_STORE=str(tmp_path / "a-refresh-token"),
+            KLAVIYO_ACCOUNT_A_RATE_LIMITS=rate_limits_json(PACED_A),
+        )
+        to_a = batch(factory, a_topic, "shop.account.created", "ga", 250)
+        to_b = batch(factory, b_topic, "shop.account.created", "gb", 60)
+        produce_with(bootstrap, to_a + to_b, None)  # routed by the topic map
+        relay = RelayProcess(env, tmp_path / "relay.log")
+        try:
+            # a's paced events outlast its first token: refreshed (and rotated) before revoking.
+            await wait_for(lambda: oauth.counts.granted >= 2, what="a's token refreshed once")
+            granted_before = oauth.counts.granted
+            issued = [*oauth.refresh_tokens, *oauth.access_tokens]
+            oauth.update({"revoke": True})  # the merchant uninstalled the app
+            b_at_revocation = len(await sandbox_events(url_b))
+            await wait_for(lambda: metrics_port(relay) is not None, what="the metrics port")
+            port = metrics_port(relay)
+            assert port is not None
+            await wait_for(
+                lambda: _halted_is(port, {"a": 1.0, "b": 0.0}), what="a halted, b running"
+            )
+
+            # --- after the halt: b's events are delivered, a's parked -----------------------
+            later_a = batch(factory, a_topic, "shop.account.created", "la", 30)
+            later_b = batch(factory, b_topic, "shop.account.created", "lb", 60)
+            produce_with(bootstrap, later_a + later_b, None)
+            b_ids = {e.event_id for e in to_b + later_b}
+            await wait_for(lambda: _ids(url_b, b_ids), what="b's events delivered after the halt")
+            produced = len(to_a) + len(to_b) + len(later_a) + len(later_b)
+            await wait_committed_to_end(bootstrap, group, topics, produced)
+
+            seen_b = await sandbox_events(url_b)
+            assert len(seen_b) > b_at_revocation and base_ids(seen_b) == b_ids and once(seen_b)
+            assert await halted_by_account(port) == {"a": 1.0, "b": 0.0}
+            assert (await readiness(port))["ready"] is True  # the relay itself is not halted
+            # Every one of a's events is at a's Klaviyo or parked, never both; the later all
+            # parked (a was refreshed, then refused for good: nothing resent).
+            seen_a = await sandbox_events(url_a)
+            delivered_a = base_ids(seen_a)
+            a_ids = {e.event_id for e in to_a + later_a}
+            id_of: dict[bytes | None, str] = {e.value: e.event_id for e in to_a + later_a}
+            letters = await asyncio.to_thread(read_all, bootstrap, dlq, len(later_a))
+            assert set(reasons(letters)) == {"account_halted"}
+            parked = [id_of[m.value()] for m in letters]
+            assert len(parked) == len(set(parked))  # each parked once
+            assert delivered_a | set(parked) == a_ids and not delivered_a & set(parked)
+            assert {e.event_id for e in later_a} <= set(parked) and once(seen_a)
+            assert granted_before >= 2
+            counted = await refreshes(port)
+            assert counted.get("ok", 0) >= 2 and counted.get("invalid_grant", 0) >= 1
+            halt_line = relay.line_with("account halted")
+            assert halt_line is not None and '"account":"a"' in halt_line
+            assert "invalid_grant" in halt_line and "uninstalled" in halt_line
+            assert "pk_b" not in relay.log_text()
+            assert secrets_in(relay, *issued) == []
+        finally:
+            assert relay.stop(grace=30) == 0
+
+
+async def _halted_is(port: int, wanted: dict[str, float]) -> bool:
+    return await halted_by_account(port) == wanted

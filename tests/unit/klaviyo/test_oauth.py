@@ -293,6 +293,7 @@ class Api:
     seen: list[str] = field(default_factory=list)
     refuse: set[str] = field(default_factory=set)
     on_request: Callable[[], None] = lambda: None
+    before_answer: Callable[[], Awaitable[None]] | None = None  # once, at the first request
 
 
 API = web.AppKey("api", Api)
@@ -306,6 +307,9 @@ async def api() -> AsyncIterator[Api]:
         auth = request.headers.get("Authorization", "")
         state.seen.append(auth)
         state.on_request()
+        if state.before_answer is not None:
+            before, state.before_answer = state.before_answer, None
+            await before()
         if auth.removeprefix("Bearer ") in state.refuse:
             error = {"status": 401, "code": "authentication_failed", "detail": "expired"}
             return web.Response(
@@ -370,6 +374,30 @@ async def test_a_401_to_a_fresh_token_still_halts(api: Api, token_server: TokenS
     async with oauth_client(api, token_server) as client:
         outcome = await client.send(EVENT)
     assert isinstance(outcome, Fatal) and outcome.status == 401
+    assert api.seen == ["Bearer at_1", "Bearer at_2"]
+
+
+async def test_a_grant_revoked_just_after_a_refresh_halts_with_invalid_grant(
+    api: Api, token_server: TokenServer
+) -> None:
+    """A request goes out with at_1; while it is in flight the token is refreshed ahead (at_2)
+    and then the grant revoked, which kills both tokens. The 401 to at_1 finds at_2 newer and
+    retries with it; at_2 is refused while young. Before halting, the token endpoint is asked:
+    the halt says invalid_grant (the app uninstalled), not a refused key."""
+    provider = provider_for(token_server)
+    settings = load_settings(
+        klaviyo_base_url=api.url, retry_base_seconds=0.01, retry_max_attempts=1
+    )
+
+    async def refreshed_then_revoked() -> None:
+        assert (await provider.renew("at_1")).value == "at_2"
+        token_server.script += [refuse(INVALID_GRANT)] * 3
+        api.refuse.update({"at_1", "at_2"})
+
+    api.before_answer = refreshed_then_revoked
+    async with KlaviyoClient(settings, credentials=OAuthCredentials(provider)) as client:
+        outcome = await client.send(EVENT)
+    assert isinstance(outcome, Fatal) and outcome.errors[0].code == INVALID_GRANT
     assert api.seen == ["Bearer at_1", "Bearer at_2"]
 
 
