@@ -217,6 +217,17 @@ async def _ids(base_url: str, wanted: set[str]) -> bool:
     return base_ids(await sandbox_events(base_url)) == wanted
 
 
+def topic_per_account(
+    topic_factory: TopicFactory, prefix: str
+) -> tuple[str, str, dict[str, str], str, str]:
+    """A topic for account a and one for b (handler shop.account.created), a dead-letter topic
+    and a fresh group."""
+    a_topic = topic_factory(f"{prefix}-a", partitions=2)
+    b_topic = topic_factory(f"{prefix}-b", partitions=2)
+    topics = {a_topic: "shop.account.created", b_topic: "shop.account.created"}
+    return a_topic, b_topic, topics, topic_factory("dlq"), f"relay-{uuid.uuid4().hex[:8]}"
+
+
 async def in_flight_of(port: int, account: str) -> float:
     in_flight = await by_account(port, "klaviyo_relay_account_events_in_flight")
     return in_flight.get(account, 0.0)
@@ -230,11 +241,7 @@ async def test_an_account_whose_events_wait_never_holds_back_another(
     b's events keep being delivered while a's wait, and once a's Klaviyo recovers all of a's
     are delivered, none lost. (Today's one shared window: a's backlog fills it and b waits.)"""
     bootstrap = kafka_broker.bootstrap_servers
-    a_topic = topic_factory("win-a", partitions=2)
-    b_topic = topic_factory("win-b", partitions=2)
-    topics = {a_topic: "shop.account.created", b_topic: "shop.account.created"}
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
+    a_topic, b_topic, topics, dlq, group = topic_per_account(topic_factory, "win")
     factory = EventFactory()
 
     async with (
@@ -309,11 +316,7 @@ async def test_a_revoked_oauth_grant_halts_only_its_account(
     go on being delivered; a's are parked ``account_halted``; every event is either at its
     account's Klaviyo or parked, none lost."""
     bootstrap = kafka_broker.bootstrap_servers
-    a_topic = topic_factory("grant-a", partitions=2)
-    b_topic = topic_factory("grant-b", partitions=2)
-    topics = {a_topic: "shop.account.created", b_topic: "shop.account.created"}
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
+    a_topic, b_topic, topics, dlq, group = topic_per_account(topic_factory, "grant")
     factory = EventFactory()
 
     async with (
