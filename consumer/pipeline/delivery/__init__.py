@@ -30,7 +30,7 @@ def delivery_for(
 ) -> Delivery:
     """The delivery strategy of ``settings.send_mode`` (a new mode without one fails mypy)."""
 
-    def batch(sender: Sender = sender) -> BatchDelivery:
+    def batch(sender: Sender = sender, room: Room = room) -> BatchDelivery:
         return BatchDelivery(
             sender,
             book,
@@ -51,9 +51,10 @@ def delivery_for(
         case SendMode.AUTO:
             # Every send feeds the breaker, and bulk requests wait on it during an outage.
             breaker = Breaker(settings.auto_realtime_fallover_seconds)
-            gated = sender.wrapped(BulkGate(breaker, give_back).wrap)
+            gate = BulkGate(breaker, give_back)
+            gated = sender.wrapped(gate.wrap)
             return AutoDelivery(
-                batch(gated),
+                batch(gated, gate.room(room)),  # no job is sealed while the gate holds
                 gated,
                 room,
                 give_back=give_back,

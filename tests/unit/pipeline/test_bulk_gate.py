@@ -147,3 +147,37 @@ async def test_an_accepted_create_event_closes_the_breaker_through_the_gate() ->
     klaviyo.answer(Accepted(202))
     await sent
     assert not in_outage(breaker) and not breaker.failing(0.0)
+
+
+async def test_while_the_probe_is_held_bulk_has_no_room_so_the_open_job_keeps_growing() -> None:
+    # A free place with the gate closed sealed a small job every linger during an outage; at
+    # recovery ~100 of them queued for Bulk Create Events' 10/s and held their keys' lanes.
+    breaker = Breaker(rest=5.0)
+    klaviyo = Klaviyo()
+    gate, _ = gate_for(breaker)
+    send = gate.wrap(klaviyo)
+    asked: list[tuple[Endpoint, int]] = []
+
+    def room(endpoint: Endpoint, rank: int) -> Permit | None:
+        asked.append((endpoint, rank))
+        return Permit(endpoint.value, 0.0)
+
+    gated = gate.room(room)
+    assert gated(Endpoint.BULK_CREATE_EVENTS, 0) is not None  # no outage: room as the limiter says
+    breaker.fell_over(0.0)
+    assert gated(Endpoint.BULK_CREATE_EVENTS, 0) is not None  # an outage, no probe out yet
+    probe = asyncio.ensure_future(send(BULK))
+    await until(lambda: len(klaviyo.pending) == 1, "the probe is out")
+    asked.clear()
+    assert gated(Endpoint.BULK_CREATE_EVENTS, 0) is None
+    assert asked == []  # no place was taken from the limiter for it
+    assert gated(Endpoint.CREATE_EVENT, 0) is not None  # Create Event is the breaker's matter
+    klaviyo.answer(DOWN)  # the probe gave up: the next job may go as the probe
+    await probe
+    assert gated(Endpoint.BULK_CREATE_EVENTS, 0) is not None
+    again = asyncio.ensure_future(send(BULK))
+    await until(lambda: len(klaviyo.pending) == 1, "the next probe is out")
+    assert gated(Endpoint.BULK_CREATE_EVENTS, 0) is None
+    klaviyo.answer(Accepted(202))  # Klaviyo is back: jobs go as the limiter allows
+    await again
+    assert gated(Endpoint.BULK_CREATE_EVENTS, 0) is not None
