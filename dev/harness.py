@@ -7,8 +7,9 @@ outside: one harness for the tests, the demo (``dev.demo``) and the benchmarks (
   setting the caller may have exported (a real ``KLAVIYO_API_KEY`` must never meet a sandbox);
   :data:`UNLIMITED_RATE_LIMITS` for runs where the relay must not throttle itself;
 - the processes: :class:`ChildProcess` (log in a file, log tail, exit, stop: SIGTERM then
-  SIGKILL), :class:`RelayProcess` (ready once it logs its metrics port) and
-  :class:`SandboxProcess` (ready once it prints its listening line);
+  SIGKILL), :class:`RelayProcess` (ready once it logs its metrics port; its metrics scraped:
+  :meth:`RelayProcess.metric`, parsed by :func:`metric_sum`) and :class:`SandboxProcess` (ready
+  once it prints its listening line);
 - waiting on a condition with a deadline, never a bare sleep: :func:`wait_for` (async) and
   :func:`wait_until` (sync, for the bench's threads);
 - offsets: :class:`GroupOffsets` (end offsets, a group's committed offsets and their metadata,
@@ -37,6 +38,8 @@ from typing import Any
 
 import aiohttp
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from consumer.coordinator import committed
 from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, Settings, WindowLimit
@@ -223,6 +226,93 @@ class RelayProcess(ChildProcess):
             if line.get("message") == "relay started":
                 return int(line["metrics_port"])
         return None
+
+    async def get(self, path: str = "/metrics") -> tuple[int, str]:
+        """``path`` (``/metrics``, ``/healthz``, ``/readyz``) from its metrics port: the status
+        and the body. :class:`RelayNotServing` before it logged the port, and once the port is
+        closed (a stopping relay closes it last, after it left the group)."""
+        port = self.metrics_port()
+        if port is None:
+            raise RelayNotServing(f"{self.log_path.name}: no metrics port logged yet")
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+                session.get(f"http://127.0.0.1:{port}{path}") as response,
+            ):
+                return response.status, await response.text()
+        except aiohttp.ClientConnectionError as error:
+            raise RelayNotServing(f"{self.log_path.name}: {error!r}") from error
+
+    async def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float:
+        """:func:`metric_sum` of its /metrics now; 0 while it serves none (not started yet, or
+        stopped), as a counter that has counted nothing."""
+        text = await self._metrics_text()
+        return 0.0 if text is None else metric_sum(text, name, labels)
+
+    async def metric_by(
+        self, name: str, label: str, labels: Mapping[str, str] | None = None
+    ) -> dict[str, float]:
+        """:func:`metric_sums_by` of its /metrics now; empty while it serves none."""
+        text = await self._metrics_text()
+        return {} if text is None else metric_sums_by(text, name, label, labels)
+
+    async def _metrics_text(self) -> str | None:
+        try:
+            status, text = await self.get("/metrics")
+        except RelayNotServing:
+            return None
+        if status != 200:
+            raise RuntimeError(f"{self.log_path.name}: GET /metrics answered {status}: {text}")
+        return text
+
+
+class RelayNotServing(ConnectionError):
+    """The relay has no metrics port to ask: not logged yet, or no longer listening."""
+
+
+# The sample names a family of each type holds, as suffixes of its name: the parser names a
+# counter ``x`` for its samples ``x_total`` (and ``x_created``), and ``x`` itself is no sample.
+_SAMPLE_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "gaugehistogram": ("_bucket", "_gcount", "_gsum"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("_info",),
+}
+
+
+def _samples(text: str, name: str, labels: Mapping[str, str] | None) -> list[Sample]:
+    """The samples named ``name`` (``x_total`` for a counter, ``x_count`` of a histogram...)
+    whose labels include ``labels``. A name no family declares is a test's mistake (a typo, a
+    renamed metric): LookupError, not the zero a labelled counter shows before it counted."""
+    wanted = (labels or {}).items()
+    declared = False
+    found = []
+    for family in text_string_to_metric_families(text):
+        if name not in {family.name + s for s in _SAMPLE_SUFFIXES.get(family.type, ("",))}:
+            continue
+        declared = True
+        found += [s for s in family.samples if s.name == name and wanted <= s.labels.items()]
+    if not declared:
+        raise LookupError(f"no metric family declares {name!r}")
+    return found
+
+
+def metric_sum(text: str, name: str, labels: Mapping[str, str] | None = None) -> float:
+    """The sum of the samples of the exposition ``text`` named ``name`` whose labels include
+    ``labels`` (all of them by default); 0 when none has yet."""
+    return sum(sample.value for sample in _samples(text, name, labels))
+
+
+def metric_sums_by(
+    text: str, name: str, label: str, labels: Mapping[str, str] | None = None
+) -> dict[str, float]:
+    """:func:`metric_sum` per value of ``label`` ("" for samples without it)."""
+    sums: dict[str, float] = {}
+    for sample in _samples(text, name, labels):
+        key = sample.labels.get(label, "")
+        sums[key] = sums.get(key, 0.0) + sample.value
+    return sums
 
 
 class SandboxProcess(ChildProcess):

@@ -16,7 +16,6 @@ import json
 import uuid
 from pathlib import Path
 
-import aiohttp
 import pytest
 from confluent_kafka import Message
 
@@ -26,7 +25,6 @@ from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.conftest import TopicFactory
 from tests.fixtures.cli import run_cli
-from tests.fixtures.metrics import metric_families
 from tests.fixtures.relay_harness import (
     Event,
     EventFactory,
@@ -70,19 +68,8 @@ def batch(factory: EventFactory, topic: str, handler: str, tag: str, count: int)
     return [factory.event(topic, handler, f"{tag}-{i % 7}", i) for i in range(count)]
 
 
-async def by_account(port: int, metric: str) -> dict[str, float]:
-    """A relay's ``metric`` by account, scraped (empty before its first series)."""
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        families = metric_families(await response.text())
-    family = families.get(metric)
-    return {s.labels["account"]: s.value for s in (family.samples if family else [])}
-
-
-async def halted_by_account(port: int) -> dict[str, float]:
-    return await by_account(port, "klaviyo_relay_halted")
+async def halted_by_account(relay: RelayProcess) -> dict[str, float]:
+    return await relay.metric_by("klaviyo_relay_halted", "account")
 
 
 def two_accounts_env(
@@ -173,7 +160,7 @@ async def test_two_accounts_routing_isolation_and_replay_after_a_halt(
             assert base_ids(await sandbox_events(sandbox_a.base_url)) == a_ids  # nothing new
             port = metrics_port(relay)
             assert port is not None
-            assert await halted_by_account(port) == {"a": 1.0, "b": 0.0}
+            assert await halted_by_account(relay) == {"a": 1.0, "b": 0.0}
             assert (await readiness(port))["ready"] is True  # the relay itself is not halted
             halt_line = relay.line_with("klaviyo refused the API key: account halted")
             assert halt_line is not None and '"account":"a"' in halt_line
@@ -228,8 +215,8 @@ def topic_per_account(
     return a_topic, b_topic, topics, topic_factory("dlq"), f"relay-{uuid.uuid4().hex[:8]}"
 
 
-async def in_flight_of(port: int, account: str) -> float:
-    in_flight = await by_account(port, "klaviyo_relay_account_events_in_flight")
+async def in_flight_of(relay: RelayProcess, account: str) -> float:
+    in_flight = await relay.metric_by("klaviyo_relay_account_events_in_flight", "account")
     return in_flight.get(account, 0.0)
 
 
@@ -268,7 +255,7 @@ async def test_an_account_whose_events_wait_never_holds_back_another(
             await wait_for(lambda: metrics_port(relay) is not None, what="the relay started")
             port = metrics_port(relay)
             assert port is not None
-            await wait_for(lambda: _at_least(port, "a", 10), what="a's events wait at its window")
+            await wait_for(lambda: _at_least(relay, "a", 10), what="a's events wait at its window")
             # Rounds of b's events while a's Klaviyo still fails: each round is delivered.
             b_ids: set[str] = set()
             for round_ in range(3):
@@ -278,7 +265,7 @@ async def test_an_account_whose_events_wait_never_holds_back_another(
                 delivered = functools.partial(_ids, sandbox_b.base_url, set(b_ids))
                 await wait_for(delivered, what=f"b's round {round_} delivered")
             assert await sandbox_events(sandbox_a.base_url) == []  # a's still all refused
-            assert await in_flight_of(port, "a") <= 20  # its window, plus at most one fetch
+            assert await in_flight_of(relay, "a") <= 20  # its window, plus at most one fetch
             paused = relay.line_with("account at its in-flight window")
             assert paused is not None and '"account":"a"' in paused
 
@@ -294,8 +281,8 @@ async def test_an_account_whose_events_wait_never_holds_back_another(
             assert relay.stop(grace=30) == 0
 
 
-async def _at_least(port: int, account: str, count: int) -> bool:
-    return await in_flight_of(port, account) >= count
+async def _at_least(relay: RelayProcess, account: str, count: int) -> bool:
+    return await in_flight_of(relay, account) >= count
 
 
 # Account a's pace in the OAuth test: its first batch takes several token lifetimes to send.
@@ -359,7 +346,7 @@ async def test_a_revoked_oauth_grant_halts_only_its_account(
             port = metrics_port(relay)
             assert port is not None
             await wait_for(
-                lambda: _halted_is(port, {"a": 1.0, "b": 0.0}), what="a halted, b running"
+                lambda: _halted_is(relay, {"a": 1.0, "b": 0.0}), what="a halted, b running"
             )
 
             # --- after the halt: b's events are delivered, a's parked -----------------------
@@ -373,7 +360,7 @@ async def test_a_revoked_oauth_grant_halts_only_its_account(
 
             seen_b = await sandbox_events(url_b)
             assert len(seen_b) > b_at_revocation and base_ids(seen_b) == b_ids and once(seen_b)
-            assert await halted_by_account(port) == {"a": 1.0, "b": 0.0}
+            assert await halted_by_account(relay) == {"a": 1.0, "b": 0.0}
             assert (await readiness(port))["ready"] is True  # the relay itself is not halted
             # Every one of a's events is at a's Klaviyo or parked, never both; the later all
             # parked (a was refreshed, then refused for good: nothing resent).
@@ -388,7 +375,7 @@ async def test_a_revoked_oauth_grant_halts_only_its_account(
             assert delivered_a | set(parked) == a_ids and not delivered_a & set(parked)
             assert {e.event_id for e in later_a} <= set(parked) and once(seen_a)
             assert granted_before >= 2
-            counted = await refreshes(port)
+            counted = await refreshes(relay)
             assert counted.get("ok", 0) >= 2 and counted.get("invalid_grant", 0) >= 1
             halt_line = relay.line_with("account halted")
             assert halt_line is not None and '"account":"a"' in halt_line
@@ -399,5 +386,5 @@ async def test_a_revoked_oauth_grant_halts_only_its_account(
             assert relay.stop(grace=30) == 0
 
 
-async def _halted_is(port: int, wanted: dict[str, float]) -> bool:
-    return await halted_by_account(port) == wanted
+async def _halted_is(relay: RelayProcess, wanted: dict[str, float]) -> bool:
+    return await halted_by_account(relay) == wanted

@@ -12,9 +12,7 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
@@ -25,7 +23,6 @@ from tests.fixtures.relay_harness import (
     EventFactory,
     RelayProcess,
     create_event_limited,
-    metrics_port,
     produce_events,
     relay_env,
     set_faults,
@@ -135,35 +132,15 @@ async def test_auto_switches_to_bulk_under_a_short_quota_and_back_keeping_each_k
     assert sum(taken == {REALTIME, BULK} for taken in paths.values()) > 0
 
 
-async def metric_sum(relay: RelayProcess, family_name: str, labels: dict[str, str]) -> float:
-    """The sum of a counter's samples with ``labels``, from the relay's /metrics."""
-    port = metrics_port(relay)
-    if port is None:
-        return 0.0
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        text = await response.text()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == family_name
-        for sample in family.samples
-        if sample.name.endswith("_total")
-        and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
-
-
 async def routed_to_bulk(relay: RelayProcess) -> float:
     """Create Events the relay put into bulk jobs so far (every reason), from its /metrics."""
-    return await metric_sum(relay, "klaviyo_relay_auto_route", {"path": "bulk"})
+    return await relay.metric("klaviyo_relay_auto_route_total", {"path": "bulk"})
 
 
 async def bulk_failed(relay: RelayProcess) -> float:
     """Bulk Create Events requests answered 5xx so far."""
     labels = {"endpoint": BULK, "status_class": "5xx"}
-    return await metric_sum(relay, "klaviyo_relay_klaviyo_requests", labels)
+    return await relay.metric("klaviyo_relay_klaviyo_requests_total", labels)
 
 
 async def test_auto_events_sent_realtime_during_an_outage_fall_over_into_bulk_jobs(

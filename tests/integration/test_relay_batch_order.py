@@ -11,10 +11,8 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-import aiohttp
 import pytest
 from confluent_kafka import KafkaException
-from prometheus_client.parser import text_string_to_metric_families
 
 from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
@@ -25,7 +23,6 @@ from tests.fixtures.relay_harness import (
     RelayProcess,
     committed_offsets,
     end_offsets,
-    metrics_port,
     produce_events,
     relay_env,
     wait_for,
@@ -41,22 +38,6 @@ DUPLICATE_SHARE = 0.1
 
 def base_id(unique_id: str) -> str:
     return unique_id.split(":", 1)[0]
-
-
-async def bulk_duplicates(port: int) -> float:
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        text = await response.text()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "klaviyo_relay_bulk_duplicates"
-        for sample in family.samples
-        if sample.name.endswith("_total")
-    )
 
 
 def committed_at(bootstrap: str, group: str, topic: str, ends: dict[tuple[str, int], int]) -> bool:
@@ -117,9 +98,8 @@ async def test_batch_mode_keeps_each_customers_order_and_sends_duplicates_once(
                 what="group offsets at the end offsets",
                 interval=0.5,
             )
-            port = metrics_port(relay)
-            assert port is not None
-            skipped = await bulk_duplicates(port)
+            assert relay.metrics_port() is not None
+            skipped = await relay.metric("klaviyo_relay_bulk_duplicates_total")
             relay.terminate()
             assert await relay.wait_exit() == 0
         finally:

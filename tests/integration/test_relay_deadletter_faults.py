@@ -14,7 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
@@ -35,7 +34,6 @@ from tests.fixtures.relay_harness import (
     committed_offsets,
     end_offsets,
     headers_dict,
-    metrics_port,
     produce,
     produce_events,
     read_all,
@@ -53,19 +51,6 @@ def produce_big(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 1_048_588})
     producer.produce(topic, value, key)
     assert producer.flush(WAIT) == 0
-
-
-async def scraped_write_failures(port: int) -> float:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        text = await response.text()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("klaviyo_relay_dead_letter_write_failures_total{")
-    )
 
 
 async def test_a_1mb_poison_record_is_parked_once_as_a_marker_and_the_relay_goes_on(
@@ -165,14 +150,13 @@ async def test_a_dead_letter_topic_deleted_mid_run_holds_its_records_until_it_is
                 lambda: committed_offsets(bootstrap, group, [topic]) == first_ends,
                 what="first events committed",
             )
-            port = metrics_port(relay)
-            assert port is not None
+            assert relay.metrics_port() is not None
             admin.delete_topics([dlq])[dlq].result(timeout=WAIT)
             produce(bootstrap, [(topic, b"k", b"garbage, not Avro")])
             produce_events(bootstrap, later)
 
             async def failures_counted() -> bool:
-                return await scraped_write_failures(port) > 0
+                return await relay.metric("klaviyo_relay_dead_letter_write_failures_total") > 0
 
             await wait_for(failures_counted, what="failed dead-letter writes counted")
             # Held: nothing committed past the record whose dead letter is not written.

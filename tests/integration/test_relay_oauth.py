@@ -9,7 +9,6 @@ import json
 import uuid
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, WindowLimit
@@ -18,7 +17,6 @@ from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
 from klaviyo_sandbox.oauth import OAuthOptions
 from tests.conftest import TopicFactory
-from tests.fixtures.metrics import metric_families
 from tests.fixtures.relay_harness import (
     EventFactory,
     RelayProcess,
@@ -85,16 +83,9 @@ def oauth_relay_env(
     )
 
 
-async def refreshes(port: int) -> dict[str, float]:
+async def refreshes(relay: RelayProcess) -> dict[str, float]:
     """``klaviyo_relay_oauth_refreshes_total`` by result, scraped from the relay."""
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        families = metric_families(await response.text())
-    family = families.get("klaviyo_relay_oauth_refreshes_total")
-    samples = family.samples if family is not None else []
-    return {s.labels["result"]: s.value for s in samples if s.name.endswith("_total")}
+    return await relay.metric_by("klaviyo_relay_oauth_refreshes_total", "result")
 
 
 def secrets_in(relay: RelayProcess, *tokens: str) -> list[str]:
@@ -157,7 +148,7 @@ async def test_short_lived_rotating_tokens_and_a_crash_lose_nothing(
             counted: dict[str, float] = {}
 
             async def every_grant_counted() -> bool:
-                counted.update(await refreshes(port))
+                counted.update(await refreshes(last))
                 return counted.get("ok", 0) == oauth.counts.granted - granted_before
 
             await wait_for(every_grant_counted, what="the relay's refreshes match the grants")
@@ -221,7 +212,7 @@ async def test_a_revoked_grant_halts_with_the_reason(
             missing = body["missing"]
             assert isinstance(missing, list)
             assert any("uninstalled" in reason for reason in missing), body
-            assert (await refreshes(port)).get("invalid_grant") == 1
+            assert (await refreshes(relay)).get("invalid_grant") == 1
             line = relay.line_with("invalid_grant")
             assert line is not None and json.loads(line)["level"] == "error"
             assert not delivered_ids(sandbox.state.events) & {e.event_id for e in after}

@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import phonenumbers
 import pytest
 
@@ -133,15 +132,6 @@ def values_by(
     return out
 
 
-async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.get(f"http://127.0.0.1:{port}{path}") as response,
-    ):
-        return response.status, await response.text()
-
-
 def _gauges_of_partitions(text: str, ends: dict[tuple[str, int], int]) -> bool:
     """librdkafka's statistics have caught up: each partition with records shows its end
     offset committed and no lag."""
@@ -208,12 +198,12 @@ async def test_running_relay_exposes_every_metric_and_logs_no_personal_data(
             ends = await wait_committed_to_end(bootstrap, group, topics, len(produced))
 
             async def gauges_current() -> bool:
-                return _gauges_of_partitions((await scrape(port))[1], ends)
+                return _gauges_of_partitions((await relay.get("/metrics"))[1], ends)
 
             await wait_for(gauges_current, what="lag and committed-offset gauges up to date")
-            status, text = await scrape(port)
+            status, text = await relay.get("/metrics")
             assert status == 200
-            assert (await scrape(port, "/healthz"))[0] == 200
+            assert (await relay.get("/healthz"))[0] == 200
             assert (await readiness(port))["status"] == 200
             dead_letters = check_metrics(text, records, refused, ours, ends)
 

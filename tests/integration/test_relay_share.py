@@ -11,9 +11,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, WindowLimit
 from dev.harness import rate_limits_json
@@ -27,7 +25,6 @@ from tests.fixtures.relay_harness import (
     RelayProcess,
     base_ids,
     make_events,
-    metrics_port,
     produce_events,
     relay_env,
     wait_for,
@@ -37,32 +34,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 SHARE = "klaviyo_relay_quota_share"
 SATURATION = "klaviyo_relay_quota_saturation"
-
-
-async def scraped(relay: RelayProcess, name: str) -> dict[str, float] | None:
-    """The relay's gauge ``name`` by its endpoint label ("" when unlabelled); None until it
-    serves /metrics, and once it stopped serving it (a stopping relay closes /metrics last,
-    after it left the group)."""
-    port = metrics_port(relay)
-    if port is None:
-        return None
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-            session.get(f"http://127.0.0.1:{port}/metrics") as response,
-        ):
-            text = await response.text()
-    except aiohttp.ClientConnectionError:
-        return None
-    for family in text_string_to_metric_families(text):
-        if family.name == name:
-            return {s.labels.get("endpoint", ""): float(s.value) for s in family.samples}
-    raise AssertionError(f"{name} not exported")
-
-
-async def scraped_share(relay: RelayProcess) -> float | None:
-    values = await scraped(relay, SHARE)
-    return None if values is None else values[""]
 
 
 def group_env(
@@ -91,7 +62,8 @@ def group_env(
 class ShareWatch:
     """Samples both relays' shares while a rebalance runs. The member whose share may grow is
     read first: it grows only after the other shrank, so a pair read in that order can only
-    under-count the sum (never show a sum above 1 that never was)."""
+    under-count the sum (never show a sum above 1 that never was). A relay that serves no
+    /metrics (not started yet, or stopped: it closes /metrics last) reads 0."""
 
     def __init__(self, grower: RelayProcess, shrinker: RelayProcess) -> None:
         self.grower, self.shrinker = grower, shrinker
@@ -99,8 +71,8 @@ class ShareWatch:
         self.last: tuple[float, float] = (0.0, 0.0)
 
     async def sample(self) -> tuple[float, float]:
-        grows = await scraped_share(self.grower) or 0.0
-        shrinks = await scraped_share(self.shrinker) or 0.0
+        grows = await self.grower.metric(SHARE)
+        shrinks = await self.shrinker.metric(SHARE)
         self.sums.append(grows + shrinks)
         self.last = (grows, shrinks)
         return self.last
@@ -138,11 +110,11 @@ async def test_shares_follow_the_group_across_a_rebalance(
             produce(40, seed=1)
 
             async def first_alone() -> bool:
-                return await scraped_share(first) == 1.0
+                return await first.metric(SHARE) == 1.0
 
             await wait_for(first_alone, what="the only member's share to be 1.0")
             await wait_for(delivered, what="the first events delivered")
-            saturation = await scraped(first, SATURATION) or {}
+            saturation = await first.metric_by(SATURATION, "endpoint")
             assert 0 < saturation["create_event"] <= 1  # its steady window holds those sends
 
             second = RelayProcess(env, tmp_path / "second.log")
@@ -201,7 +173,7 @@ async def test_rate_limit_share_set_explicitly_wins_over_the_group(
         try:
             await wait_for(lambda: relay.logged("partitions assigned"), what="an assignment")
             # Alone in its group it holds every partition, yet keeps the share it was given.
-            assert await scraped_share(relay) == 0.25
+            assert await relay.metric(SHARE) == 0.25
             relay.terminate()
             assert await relay.wait_exit() == 0
         finally:
@@ -253,7 +225,7 @@ async def test_a_busy_relay_borrows_what_a_quiet_one_leaves_of_the_window(
         try:
 
             async def halves() -> bool:
-                shares = [await scraped_share(relay) for relay in relays]
+                shares = [await relay.metric(SHARE) for relay in relays]
                 return shares == [0.5, 0.5]
 
             await wait_for(halves, what="both relays at half the share")

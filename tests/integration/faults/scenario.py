@@ -24,9 +24,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
-
 from dev.kafka_broker import KafkaBroker
 from tests.fixtures.relay_harness import (
     WAIT,
@@ -298,18 +295,3 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-async def metric_samples(port: int, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    """The samples of one metric from the relay's /metrics: sorted labels → value."""
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        text = await response.text()
-    return {
-        tuple(sorted(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    }

@@ -12,8 +12,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from dev.kafka_broker import KafkaBroker
-from tests.fixtures.relay_harness import metrics_port, sandbox_stats
-from tests.integration.faults.scenario import Poison, Scenario, metric_samples, rss_bytes
+from tests.fixtures.relay_harness import sandbox_stats
+from tests.integration.faults.scenario import Poison, Scenario, rss_bytes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 
@@ -43,8 +43,7 @@ async def test_one_stuck_event_with_20000_records_behind_it(
             KAFKA_EXTRA_CONFIG=json.dumps(kafka_config),
         )
         await scenario.wait(lambda: relay.logged("partitions assigned"), "the relay to start")
-        port = metrics_port(relay)
-        assert port is not None
+        assert relay.metrics_port() is not None
         # The dead-letter topic existed at start-up; now it is gone.
         admin = AdminClient({"bootstrap.servers": scenario.bootstrap})
         admin.delete_topics([scenario.dlq])[scenario.dlq].result(timeout=60)
@@ -53,12 +52,11 @@ async def test_one_stuck_event_with_20000_records_behind_it(
         )
 
         async def failed_writes() -> float:
-            samples = await metric_samples(port, "klaviyo_relay_dead_letter_write_failures_total")
-            return sum(samples.values())
+            return await relay.metric("klaviyo_relay_dead_letter_write_failures_total")
 
         async def crowded() -> bool:
-            paused = await metric_samples(port, "klaviyo_relay_partitions_paused_pending")
-            return sum(paused.values()) >= 1 and await failed_writes() >= 1
+            paused = await relay.metric("klaviyo_relay_partitions_paused_pending")
+            return paused >= 1 and await failed_writes() >= 1
 
         await scenario.wait(crowded, "the partition paused behind its unfinished event")
         seen = await failed_writes()
@@ -68,8 +66,7 @@ async def test_one_stuck_event_with_20000_records_behind_it(
 
         # Still stuck a while later (the write retried, refused again): still bounded.
         await scenario.wait(retried, "the dead-letter write retried")
-        consumed = await metric_samples(port, "klaviyo_relay_events_consumed_total")
-        assert sum(consumed.values()) <= TAKEN_AT_MOST
+        assert await relay.metric("klaviyo_relay_events_consumed_total") <= TAKEN_AT_MOST
         assert (await sandbox_stats(scenario.base_url))["events"] <= TAKEN_AT_MOST
         assert rss_bytes(relay.process.pid) <= RSS_AT_MOST
 
