@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
-from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
 from klaviyo_sandbox.facts import Limit, Window
-from tests.conftest import TopicFactory
 from tests.fixtures.relay_harness import (
     Event,
-    EventFactory,
+    RelayCase,
     RelayProcess,
     create_event_limited,
     produce_events,
-    relay_env,
     set_faults,
     wait_committed_to_end,
     wait_for,
@@ -51,13 +46,10 @@ def sandbox_limits() -> dict[str, Limit]:
 
 
 async def test_auto_switches_to_bulk_under_a_short_quota_and_back_keeping_each_keys_order(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+    relay_case: RelayCase,
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
-    topic = topic_factory("accounts-auto", partitions=3)
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
-    factory = EventFactory()
+    bootstrap, factory = relay_case.bootstrap, relay_case.factory
+    topic = relay_case.topic("accounts-auto", HANDLER, partitions=3)
     rng = random.Random(13)
     backlog = [
         factory.event(topic, HANDLER, f"cust-{rng.randrange(KEYS)}", seq) for seq in range(BACKLOG)
@@ -65,42 +57,35 @@ async def test_auto_switches_to_bulk_under_a_short_quota_and_back_keeping_each_k
     produce_events(bootstrap, backlog)  # waiting before the relay starts: a backlog
 
     async with running_sandbox(SandboxOptions(rate_limits=sandbox_limits())) as sandbox:
-        env = relay_env(
-            bootstrap,
+        env = relay_case.env(
             sandbox.base_url,
-            {topic: HANDLER},
-            group,
-            dlq,
             RATE_LIMITS=create_event_limited(BURST, STEADY),
             BATCH_LINGER_SECONDS="0.2",
         )  # no SEND_MODE: the default is what is tested
-        relay = RelayProcess(env, tmp_path / "relay.log")
-        try:
-            await wait_committed_to_end(bootstrap, group, [topic], BACKLOG)
-            drained = len(sandbox.state.events)
-            # Backlog gone: single new events, each once the previous one arrived, until the
-            # Create Event windows have refilled and three in a row went there.
-            fresh: list[Event] = []
+        relay = relay_case.start(env)
+        await wait_committed_to_end(bootstrap, relay_case.group, [topic], BACKLOG)
+        drained = len(sandbox.state.events)
+        # Backlog gone: single new events, each once the previous one arrived, until the
+        # Create Event windows have refilled and three in a row went there.
+        fresh: list[Event] = []
 
-            def endpoints_of_fresh() -> list[str]:
-                by_id = {e["unique_id"]: e["endpoint"] for e in sandbox.state.events[drained:]}
-                return [by_id.get(event.event_id, "") for event in fresh]
+        def endpoints_of_fresh() -> list[str]:
+            by_id = {e["unique_id"]: e["endpoint"] for e in sandbox.state.events[drained:]}
+            return [by_id.get(event.event_id, "") for event in fresh]
 
-            async def three_realtime_in_a_row() -> bool:
-                arrived = endpoints_of_fresh()
-                if arrived[-3:] == [REALTIME] * 3:
-                    return True
-                if not fresh or arrived[-1]:
-                    event = factory.event(topic, HANDLER, f"cust-{len(fresh) % KEYS}", len(fresh))
-                    fresh.append(event)
-                    await asyncio.to_thread(produce_events, bootstrap, [event])
-                return False
+        async def three_realtime_in_a_row() -> bool:
+            arrived = endpoints_of_fresh()
+            if arrived[-3:] == [REALTIME] * 3:
+                return True
+            if not fresh or arrived[-1]:
+                event = factory.event(topic, HANDLER, f"cust-{len(fresh) % KEYS}", len(fresh))
+                fresh.append(event)
+                await asyncio.to_thread(produce_events, bootstrap, [event])
+            return False
 
-            await wait_for(three_realtime_in_a_row, what="new events back on Create Event")
-            relay.terminate()
-            assert await relay.wait_exit() == 0
-        finally:
-            relay.stop()
+        await wait_for(three_realtime_in_a_row, what="new events back on Create Event")
+        relay.terminate()
+        assert await relay.wait_exit() == 0
         received = list(sandbox.state.events)
         throttled = dict(sandbox.sandbox.throttled)
 
@@ -144,43 +129,33 @@ async def bulk_failed(relay: RelayProcess) -> float:
 
 
 async def test_auto_events_sent_realtime_during_an_outage_fall_over_into_bulk_jobs(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+    relay_case: RelayCase,
 ) -> None:
     # Before, an event that went realtime stayed on Create Event, retrying, for the whole
     # outage and the backoffs after it; its key's later events waited behind it. Now it falls
     # over into a bulk job: with Klaviyo down, every event ends up in one, and arrives there
     # (in each key's order) once Klaviyo is back.
-    bootstrap = kafka_broker.bootstrap_servers
-    topic = topic_factory("accounts-outage", partitions=2)
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
-    factory = EventFactory()
+    bootstrap = relay_case.bootstrap
+    topic = relay_case.topic("accounts-outage", HANDLER, partitions=2)
+    factory = relay_case.factory
     events = [factory.event(topic, HANDLER, f"cust-{seq % 6}", seq) for seq in range(30)]
 
     async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
         await set_faults(sandbox.base_url, {"error_rates": {"503": 1.0}})  # Klaviyo is down
-        env = relay_env(
-            bootstrap,
-            sandbox.base_url,
-            {topic: HANDLER},
-            group,
-            dlq,
-            AUTO_REALTIME_FALLOVER_SECONDS="1",
-            BATCH_LINGER_SECONDS="0.2",
+        env = relay_case.env(
+            sandbox.base_url, AUTO_REALTIME_FALLOVER_SECONDS="1", BATCH_LINGER_SECONDS="0.2"
         )
-        relay = RelayProcess(env, tmp_path / "relay.log")
-        try:
-            await wait_for(lambda: relay.logged("partitions assigned"), what="partitions")
-            produce_events(bootstrap, events)
+        relay = relay_case.start(env)
+        await wait_for(lambda: relay.logged("partitions assigned"), what="partitions")
+        produce_events(bootstrap, events)
 
-            async def all_in_bulk_jobs() -> bool:
-                return await routed_to_bulk(relay) >= len(events)
+        async def all_in_bulk_jobs() -> bool:
+            return await routed_to_bulk(relay) >= len(events)
 
-            await wait_for(all_in_bulk_jobs, what="every event in a bulk job, Klaviyo down")
-            await set_faults(sandbox.base_url, {"error_rates": {}})  # Klaviyo is back
-            await wait_committed_to_end(bootstrap, group, [topic], len(events))
-        finally:
-            relay.stop()
+        await wait_for(all_in_bulk_jobs, what="every event in a bulk job, Klaviyo down")
+        await set_faults(sandbox.base_url, {"error_rates": {}})  # Klaviyo is back
+        await wait_committed_to_end(bootstrap, relay_case.group, [topic], len(events))
+        relay.stop()
         received = list(sandbox.state.events)
 
     assert relay.logged("create event failing: fresh events go to bulk jobs")
@@ -195,18 +170,16 @@ async def test_auto_events_sent_realtime_during_an_outage_fall_over_into_bulk_jo
 
 
 async def test_auto_during_an_outage_bulk_jobs_go_one_at_a_time_not_each_spending_places(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+    relay_case: RelayCase,
 ) -> None:
     # Before, every bulk job retried on its own during an outage, each attempt taking a place
     # of Bulk Create Events' 150/min window: when Klaviyo came back the window was spent and
     # the backlog (password resets behind it) waited for places. Now, once the relay knows
     # Klaviyo fails, one bulk request probes at a time and the other jobs wait, unsent; the
     # first accepted answer (here a fresh event's Create Event probe) lets them all go.
-    bootstrap = kafka_broker.bootstrap_servers
-    topic = topic_factory("accounts-outage-bulk", partitions=2)
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
-    factory = EventFactory()
+    bootstrap = relay_case.bootstrap
+    topic = relay_case.topic("accounts-outage-bulk", HANDLER, partitions=2)
+    factory = relay_case.factory
     jobs, per_job = 12, 5
     first = factory.event(topic, HANDLER, "cust-first", 0)
     backlog = [factory.event(topic, HANDLER, f"cust-{seq}", seq) for seq in range(jobs * per_job)]
@@ -214,40 +187,34 @@ async def test_auto_during_an_outage_bulk_jobs_go_one_at_a_time_not_each_spendin
 
     async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
         await set_faults(sandbox.base_url, {"error_rates": {"503": 1.0}})  # Klaviyo is down
-        env = relay_env(
-            bootstrap,
+        env = relay_case.env(
             sandbox.base_url,
-            {topic: HANDLER},
-            group,
-            dlq,
             AUTO_REALTIME_FALLOVER_SECONDS="1",
             BATCH_MAX_EVENTS=str(per_job),  # full jobs go at once, without a linger
             # The probe's retries come seconds apart: its next one is not in this test's window.
             RETRY_BASE_SECONDS="20",
             RETRY_CAP_SECONDS="60",
         )
-        relay = RelayProcess(env, tmp_path / "relay.log")
-        try:
-            await wait_for(lambda: relay.logged("partitions assigned"), what="partitions")
-            produce_events(bootstrap, [first])
-            await wait_for(
-                lambda: relay.logged("create event failing: fresh events go to bulk jobs"),
-                what="fall-over",
-            )
-            produce_events(bootstrap, backlog)
+        relay = relay_case.start(env)
+        await wait_for(lambda: relay.logged("partitions assigned"), what="partitions")
+        produce_events(bootstrap, [first])
+        await wait_for(
+            lambda: relay.logged("create event failing: fresh events go to bulk jobs"),
+            what="fall-over",
+        )
+        produce_events(bootstrap, backlog)
 
-            async def all_in_jobs_and_one_refused() -> bool:
-                in_jobs = await routed_to_bulk(relay) >= 1 + len(backlog)
-                return in_jobs and await bulk_failed(relay) > 0
+        async def all_in_jobs_and_one_refused() -> bool:
+            in_jobs = await routed_to_bulk(relay) >= 1 + len(backlog)
+            return in_jobs and await bulk_failed(relay) > 0
 
-            # Twelve full jobs are due at once, and the first fallen-over event's job was sent.
-            await wait_for(all_in_jobs_and_one_refused, what="the jobs filled, one answered 503")
-            await set_faults(sandbox.base_url, {"error_rates": {}})  # Klaviyo is back
-            failed = await bulk_failed(relay)
-            produce_events(bootstrap, [last])
-            await wait_committed_to_end(bootstrap, group, [topic], 2 + len(backlog))
-        finally:
-            relay.stop()
+        # Twelve full jobs are due at once, and the first fallen-over event's job was sent.
+        await wait_for(all_in_jobs_and_one_refused, what="the jobs filled, one answered 503")
+        await set_faults(sandbox.base_url, {"error_rates": {}})  # Klaviyo is back
+        failed = await bulk_failed(relay)
+        produce_events(bootstrap, [last])
+        await wait_committed_to_end(bootstrap, relay_case.group, [topic], 2 + len(backlog))
+        relay.stop()
         received = list(sandbox.state.events)
 
     # Before: every one of the twelve jobs was sent into the outage.

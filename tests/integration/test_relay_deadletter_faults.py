@@ -11,7 +11,6 @@ import json
 import logging
 import uuid
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +28,7 @@ from tests.fixtures.relay_harness import (
     UNLIMITED_RATE_LIMITS,
     WAIT,
     EventFactory,
-    RelayProcess,
+    RelayCase,
     base_ids,
     committed_offsets,
     end_offsets,
@@ -37,7 +36,6 @@ from tests.fixtures.relay_harness import (
     produce,
     produce_events,
     read_all,
-    relay_env,
     wait_for,
 )
 
@@ -54,39 +52,29 @@ def produce_big(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
 
 
 async def test_a_1mb_poison_record_is_parked_once_as_a_marker_and_the_relay_goes_on(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+    relay_case: RelayCase,
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
-    topic = topic_factory("big")
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
-    factory = EventFactory()
+    bootstrap, factory = relay_case.bootstrap, relay_case.factory
+    topic = relay_case.topic("big", CREATED)
     before = [factory.event(topic, CREATED, "cust-big", n) for n in range(3)]
     after = [factory.event(topic, CREATED, "cust-big", n) for n in range(3, 6)]
     poison = b"not avro " * 115_556  # 1,040,004 bytes: bad_magic, and too large to park as is
     produce_events(bootstrap, before)
     produce_big(bootstrap, topic, b"cust-big", poison)
     produce_events(bootstrap, after)
-    ends = end_offsets(bootstrap, [topic])
+    ends = relay_case.ends()
 
     async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
-        relay = RelayProcess(
-            relay_env(bootstrap, sandbox.base_url, {topic: CREATED}, group, dlq),
-            tmp_path / "relay.log",
+        relay = relay_case.start(relay_case.env(sandbox.base_url))
+        await wait_for(
+            lambda: relay_case.committed() == ends, what="committed offsets past the poison record"
         )
-        try:
-            await wait_for(
-                lambda: committed_offsets(bootstrap, group, [topic]) == ends,
-                what="committed offsets past the poison record",
-            )
-            assert relay.process.poll() is None  # still running: no exit, no crash loop
-            relay.terminate()
-            assert await relay.wait_exit() == 0
-        finally:
-            relay.stop()
+        assert relay.process.poll() is None  # still running: no exit, no crash loop
+        relay.terminate()
+        assert await relay.wait_exit() == 0
         delivered = base_ids(sandbox.state.events)
     assert delivered == {e.event_id for e in before + after}
-    letters = read_all(bootstrap, dlq, expected=1)
+    letters = read_all(bootstrap, relay_case.dlq, expected=1)
     assert len(letters) == 1  # parked exactly once
     headers = headers_dict(letters[0])
     assert headers["klaviyo-relay.reason"] == "too_large"
@@ -102,22 +90,14 @@ async def test_a_1mb_poison_record_is_parked_once_as_a_marker_and_the_relay_goes
 
 
 async def test_a_missing_dead_letter_topic_stops_the_start_up_naming_it(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+    relay_case: RelayCase,
 ) -> None:
-    topic = topic_factory("src")
+    relay_case.topic("src", CREATED)
     missing = f"no-such-dlq-{uuid.uuid4().hex[:8]}"
-    env = relay_env(
-        kafka_broker.bootstrap_servers,
-        "http://127.0.0.1:9",  # never reached: a refused connection
-        {topic: CREATED},
-        f"relay-{uuid.uuid4().hex[:8]}",
-        missing,
-    )
-    relay = RelayProcess(env, tmp_path / "relay.log")
-    try:
-        assert await relay.wait_exit() == 1
-    finally:
-        relay.stop()
+    # The case's own dead-letter topic exists: this relay is told another one.
+    env = relay_case.env("http://127.0.0.1:9", DLQ_TOPIC=missing)  # never reached: refused
+    relay = relay_case.start(env)
+    assert await relay.wait_exit() == 1
     lines = relay.log_lines()
     (error,) = [e for e in lines if e.get("level") == "error"]
     assert error["message"] == "relay not started: dead-letter topic unusable"
@@ -127,51 +107,39 @@ async def test_a_missing_dead_letter_topic_stops_the_start_up_naming_it(
 
 
 async def test_a_dead_letter_topic_deleted_mid_run_holds_its_records_until_it_is_back(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+    kafka_broker: KafkaBroker, relay_case: RelayCase
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
-    topic = topic_factory("src")
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
-    factory = EventFactory()
+    bootstrap, factory, dlq = relay_case.bootstrap, relay_case.factory, relay_case.dlq
+    topic = relay_case.topic("src", CREATED)
     first = [factory.event(topic, CREATED, "k", n) for n in range(3)]
     later = [factory.event(topic, CREATED, "k", n) for n in range(3, 6)]
     produce_events(bootstrap, first)
-    first_ends = end_offsets(bootstrap, [topic])
+    first_ends = relay_case.ends()
     admin = AdminClient({"bootstrap.servers": bootstrap})
 
     async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
-        relay = RelayProcess(
-            relay_env(bootstrap, sandbox.base_url, {topic: CREATED}, group, dlq),
-            tmp_path / "relay.log",
+        relay = relay_case.start(relay_case.env(sandbox.base_url))
+        await wait_for(lambda: relay_case.committed() == first_ends, what="first events committed")
+        assert relay.metrics_port() is not None
+        admin.delete_topics([dlq])[dlq].result(timeout=WAIT)
+        produce(bootstrap, [(topic, b"k", b"garbage, not Avro")])
+        produce_events(bootstrap, later)
+
+        async def failures_counted() -> bool:
+            return await relay.metric("klaviyo_relay_dead_letter_write_failures_total") > 0
+
+        await wait_for(failures_counted, what="failed dead-letter writes counted")
+        # Held: nothing committed past the record whose dead letter is not written.
+        assert relay_case.committed() == first_ends
+        assert relay.process.poll() is None
+        kafka_broker.create_topics([dlq])
+        ends = relay_case.ends()
+        await wait_for(
+            lambda: relay_case.committed() == ends,
+            what="everything committed once the topic is back",
         )
-        try:
-            await wait_for(
-                lambda: committed_offsets(bootstrap, group, [topic]) == first_ends,
-                what="first events committed",
-            )
-            assert relay.metrics_port() is not None
-            admin.delete_topics([dlq])[dlq].result(timeout=WAIT)
-            produce(bootstrap, [(topic, b"k", b"garbage, not Avro")])
-            produce_events(bootstrap, later)
-
-            async def failures_counted() -> bool:
-                return await relay.metric("klaviyo_relay_dead_letter_write_failures_total") > 0
-
-            await wait_for(failures_counted, what="failed dead-letter writes counted")
-            # Held: nothing committed past the record whose dead letter is not written.
-            assert committed_offsets(bootstrap, group, [topic]) == first_ends
-            assert relay.process.poll() is None
-            kafka_broker.create_topics([dlq])
-            ends = end_offsets(bootstrap, [topic])
-            await wait_for(
-                lambda: committed_offsets(bootstrap, group, [topic]) == ends,
-                what="everything committed once the topic is back",
-            )
-            relay.terminate()
-            assert await relay.wait_exit() == 0
-        finally:
-            relay.stop()
+        relay.terminate()
+        assert await relay.wait_exit() == 0
         delivered = base_ids(sandbox.state.events)
     assert delivered == {e.event_id for e in first + later}
     letters = read_all(bootstrap, dlq, expected=1)

@@ -4,19 +4,12 @@ revoked key halts it (not ready, nothing further committed)."""
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
-
 import pytest
 
-from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
-from tests.conftest import TopicFactory
 from tests.fixtures.relay_harness import (
-    EventFactory,
-    RelayProcess,
+    RelayCase,
     base_ids,
-    committed_offsets,
     end_offsets,
     headers_dict,
     metrics_port,
@@ -24,7 +17,6 @@ from tests.fixtures.relay_harness import (
     produce_events,
     read_all,
     readiness,
-    relay_env,
     sandbox_stats,
     set_faults,
     wait_for,
@@ -34,14 +26,10 @@ pytestmark = pytest.mark.kafka
 
 
 async def test_poison_records_are_dead_lettered_and_their_neighbours_delivered(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+    relay_case: RelayCase,
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
-    topic = topic_factory("poison")
-    topics = {topic: "shop.account.created"}
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
-    factory = EventFactory()
+    bootstrap, factory = relay_case.bootstrap, relay_case.factory
+    topic = relay_case.topic("poison", "shop.account.created")
     key = b"cust-poison"
 
     def good(seq: int) -> tuple[str, bytes, bytes, str]:
@@ -68,27 +56,20 @@ async def test_poison_records_are_dead_lettered_and_their_neighbours_delivered(
             records.append((topic, key, value))
             good_ids.append(event_id)
     produce(bootstrap, records, headers=[("trace-id", b"t-1")])
-    ends = end_offsets(bootstrap, [topic])
+    ends = relay_case.ends()
 
     async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
-        relay = RelayProcess(
-            # Realtime: the refused event's dead letter names Create Event below.
-            relay_env(bootstrap, sandbox.base_url, topics, group, dlq, SEND_MODE="realtime"),
-            tmp_path / "relay.log",
+        # Realtime: the refused event's dead letter names Create Event below.
+        relay = relay_case.start(relay_case.env(sandbox.base_url, SEND_MODE="realtime"))
+        await wait_for(
+            lambda: relay_case.committed() == ends, what="committed offset past the poison records"
         )
-        try:
-            await wait_for(
-                lambda: committed_offsets(bootstrap, group, [topic]) == ends,
-                what="committed offset past the poison records",
-            )
-            relay.terminate()
-            assert await relay.wait_exit() == 0
-        finally:
-            relay.stop()
+        relay.terminate()
+        assert await relay.wait_exit() == 0
         delivered = base_ids(sandbox.state.events)
 
     assert delivered == set(good_ids)
-    letters = read_all(bootstrap, dlq, expected=len(poison))
+    letters = read_all(bootstrap, relay_case.dlq, expected=len(poison))
     assert len(letters) == len(poison)
     by_offset = {int(headers_dict(m)["__connect.errors.offset"]): m for m in letters}
     assert set(by_offset) == set(poison)
@@ -111,50 +92,33 @@ async def test_poison_records_are_dead_lettered_and_their_neighbours_delivered(
             assert "klaviyo-relay.klaviyo.status" not in headers
 
 
-async def test_outage_holds_then_catches_up_without_dead_letters(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
-) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
-    topic = topic_factory("outage", partitions=2)
-    topics = {topic: "shop.order.placed"}
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
-    factory = EventFactory()
+async def test_outage_holds_then_catches_up_without_dead_letters(relay_case: RelayCase) -> None:
+    bootstrap, factory, dlq = relay_case.bootstrap, relay_case.factory, relay_case.dlq
+    topic = relay_case.topic("outage", "shop.order.placed", partitions=2)
     before = [factory.event(topic, "shop.order.placed", f"c{n % 17}", n) for n in range(100)]
     during = [factory.event(topic, "shop.order.placed", f"c{n % 17}", n) for n in range(100, 300)]
     produce_events(bootstrap, before)
-    first_ends = end_offsets(bootstrap, [topic])
+    first_ends = relay_case.ends()
 
     async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
-        relay = RelayProcess(
-            relay_env(bootstrap, sandbox.base_url, topics, group, dlq), tmp_path / "relay.log"
-        )
-        try:
-            await wait_for(
-                lambda: committed_offsets(bootstrap, group, [topic]) == first_ends,
-                what="first batch committed",
-            )
-            await set_faults(sandbox.base_url, {"error_rates": {"503": 1.0}})
-            produce_events(bootstrap, during)
+        relay = relay_case.start(relay_case.env(sandbox.base_url))
+        await wait_for(lambda: relay_case.committed() == first_ends, what="first batch committed")
+        await set_faults(sandbox.base_url, {"error_rates": {"503": 1.0}})
+        produce_events(bootstrap, during)
 
-            async def many_refused() -> bool:
-                injected: int = (await sandbox_stats(sandbox.base_url))["injected"].get("503", 0)
-                return injected > 300
+        async def many_refused() -> bool:
+            injected: int = (await sandbox_stats(sandbox.base_url))["injected"].get("503", 0)
+            return injected > 300
 
-            await wait_for(many_refused, what="the relay retrying through the outage")
-            # Held: nothing past the undelivered events is committed, nothing dead-lettered.
-            assert committed_offsets(bootstrap, group, [topic]) == first_ends
-            assert sum(end_offsets(bootstrap, [dlq]).values()) == 0
-            await set_faults(sandbox.base_url, {"error_rates": {}})
-            ends = end_offsets(bootstrap, [topic])
-            await wait_for(
-                lambda: committed_offsets(bootstrap, group, [topic]) == ends,
-                what="catching up after the outage",
-            )
-            relay.terminate()
-            assert await relay.wait_exit() == 0
-        finally:
-            relay.stop()
+        await wait_for(many_refused, what="the relay retrying through the outage")
+        # Held: nothing past the undelivered events is committed, nothing dead-lettered.
+        assert relay_case.committed() == first_ends
+        assert sum(end_offsets(bootstrap, [dlq]).values()) == 0
+        await set_faults(sandbox.base_url, {"error_rates": {}})
+        ends = relay_case.ends()
+        await wait_for(lambda: relay_case.committed() == ends, what="catching up after the outage")
+        relay.terminate()
+        assert await relay.wait_exit() == 0
         delivered = base_ids(sandbox.state.events)
     assert delivered == {e.event_id for e in before + during}
     assert sum(end_offsets(bootstrap, [dlq]).values()) == 0
@@ -162,50 +126,38 @@ async def test_outage_holds_then_catches_up_without_dead_letters(
 
 
 async def test_revoked_key_halts_the_relay_and_commits_nothing_further(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+    relay_case: RelayCase,
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
-    topic = topic_factory("auth")
-    topics = {topic: "shop.account.updated"}
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
-    factory = EventFactory()
+    bootstrap, factory = relay_case.bootstrap, relay_case.factory
+    topic = relay_case.topic("auth", "shop.account.updated")
     produce_events(
         bootstrap, [factory.event(topic, "shop.account.updated", "k", n) for n in range(20)]
     )
-    first_ends = end_offsets(bootstrap, [topic])
+    first_ends = relay_case.ends()
 
     async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
-        relay = RelayProcess(
-            relay_env(bootstrap, sandbox.base_url, topics, group, dlq), tmp_path / "relay.log"
+        relay = relay_case.start(relay_case.env(sandbox.base_url))
+        await wait_for(lambda: relay_case.committed() == first_ends, what="first batch committed")
+        port = metrics_port(relay)
+        assert port is not None
+        assert (await readiness(port))["status"] == 200
+        await set_faults(sandbox.base_url, {"fail_auth": True})
+        produce_events(
+            bootstrap,
+            [factory.event(topic, "shop.account.updated", "k", n) for n in range(20, 40)],
         )
-        try:
-            await wait_for(
-                lambda: committed_offsets(bootstrap, group, [topic]) == first_ends,
-                what="first batch committed",
-            )
-            port = metrics_port(relay)
-            assert port is not None
-            assert (await readiness(port))["status"] == 200
-            await set_faults(sandbox.base_url, {"fail_auth": True})
-            produce_events(
-                bootstrap,
-                [factory.event(topic, "shop.account.updated", "k", n) for n in range(20, 40)],
-            )
 
-            async def halted() -> bool:
-                return (await readiness(port))["halted"] is True
+        async def halted() -> bool:
+            return (await readiness(port))["halted"] is True
 
-            await wait_for(halted, what="the relay to halt")
-            assert (await readiness(port))["status"] == 503
-            # Klaviyo would accept again, but a halted relay neither sends nor commits.
-            await set_faults(sandbox.base_url, {"fail_auth": False})
-            relay.terminate()
-            assert await relay.wait_exit() == 0
-        finally:
-            relay.stop()
+        await wait_for(halted, what="the relay to halt")
+        assert (await readiness(port))["status"] == 503
+        # Klaviyo would accept again, but a halted relay neither sends nor commits.
+        await set_faults(sandbox.base_url, {"fail_auth": False})
+        relay.terminate()
+        assert await relay.wait_exit() == 0
         assert len(sandbox.state.events) == 20
-    assert committed_offsets(bootstrap, group, [topic]) == first_ends
+    assert relay_case.committed() == first_ends
     halts = [line for line in relay.log_lines() if "halted" in str(line.get("message"))]
     assert len(halts) == 1
-    assert sum(end_offsets(bootstrap, [dlq]).values()) == 0
+    assert sum(end_offsets(bootstrap, [relay_case.dlq]).values()) == 0

@@ -7,26 +7,21 @@ window (counted per window at the sandbox)."""
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, WindowLimit
 from dev.harness import rate_limits_json
-from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
 from klaviyo_sandbox.facts import PUBLISHED_LIMITS, Limit
 from klaviyo_sandbox.fixed_windows import FixedWindowQuota
-from tests.conftest import TopicFactory
 from tests.fixtures.relay_harness import (
-    EventFactory,
+    RelayCase,
     RelayProcess,
     base_ids,
     make_events,
     produce_events,
-    relay_env,
     wait_for,
 )
 
@@ -36,25 +31,9 @@ SHARE = "klaviyo_relay_quota_share"
 SATURATION = "klaviyo_relay_quota_saturation"
 
 
-def group_env(
-    bootstrap: str,
-    base_url: str,
-    topics: dict[str, str],
-    group: str,
-    dlq: str,
-    *,
-    limits: dict[str, EndpointLimit],
-) -> dict[str, str]:
+def group_env(case: RelayCase, base_url: str, limits: dict[str, EndpointLimit]) -> dict[str, str]:
     """A realtime relay under ``limits`` whose share the group decides (and which borrows)."""
-    env = relay_env(
-        bootstrap,
-        base_url,
-        topics,
-        group,
-        dlq,
-        SEND_MODE="realtime",
-        RATE_LIMITS=rate_limits_json(limits),
-    )
+    env = case.env(base_url, SEND_MODE="realtime", RATE_LIMITS=rate_limits_json(limits))
     env.pop("RATE_LIMIT_SHARE", None)
     return env
 
@@ -78,23 +57,15 @@ class ShareWatch:
         return self.last
 
 
-async def test_shares_follow_the_group_across_a_rebalance(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
-) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
+async def test_shares_follow_the_group_across_a_rebalance(relay_case: RelayCase) -> None:
     # Uneven partition counts: 4 partitions in all, whatever their topic.
-    topics = {
-        topic_factory("share-orders", partitions=3): "shop.order.placed",
-        topic_factory("share-resets", partitions=1): "shop.account.password-reset-requested",
-    }
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
-    factory = EventFactory()
+    relay_case.topic("share-orders", "shop.order.placed", partitions=3)
+    relay_case.topic("share-resets", "shop.account.password-reset-requested", partitions=1)
     sent: set[str] = set()
 
     def produce(count: int, seed: int) -> None:
-        events = make_events(factory, topics, count, 40, seed)
-        produce_events(bootstrap, events)
+        events = make_events(relay_case.factory, relay_case.topics, count, 40, seed)
+        produce_events(relay_case.bootstrap, events)
         sent.update(e.event_id for e in events)
 
     options = SandboxOptions(rate_limits=dict(PUBLISHED_LIMITS))
@@ -103,81 +74,61 @@ async def test_shares_follow_the_group_across_a_rebalance(
         def delivered() -> bool:
             return base_ids(sandbox.state.events) >= sent
 
-        env = group_env(bootstrap, sandbox.base_url, topics, group, dlq, limits=DEFAULT_RATE_LIMITS)
-        first = RelayProcess(env, tmp_path / "first.log")
-        second: RelayProcess | None = None
-        try:
-            produce(40, seed=1)
+        env = group_env(relay_case, sandbox.base_url, DEFAULT_RATE_LIMITS)
+        first = relay_case.start(env, "first")
+        produce(40, seed=1)
 
-            async def first_alone() -> bool:
-                return await first.metric(SHARE) == 1.0
+        async def first_alone() -> bool:
+            return await first.metric(SHARE) == 1.0
 
-            await wait_for(first_alone, what="the only member's share to be 1.0")
-            await wait_for(delivered, what="the first events delivered")
-            saturation = await first.metric_by(SATURATION, "endpoint")
-            assert 0 < saturation["create_event"] <= 1  # its steady window holds those sends
+        await wait_for(first_alone, what="the only member's share to be 1.0")
+        await wait_for(delivered, what="the first events delivered")
+        saturation = await first.metric_by(SATURATION, "endpoint")
+        assert 0 < saturation["create_event"] <= 1  # its steady window holds those sends
 
-            second = RelayProcess(env, tmp_path / "second.log")
-            joining = ShareWatch(grower=second, shrinker=first)
+        second = relay_case.start(env, "second")
+        joining = ShareWatch(grower=second, shrinker=first)
 
-            async def both_hold_some() -> bool:
-                grown, shrunk = await joining.sample()
-                return grown > 0 and shrunk > 0 and grown + shrunk == pytest.approx(1.0)
+        async def both_hold_some() -> bool:
+            grown, shrunk = await joining.sample()
+            return grown > 0 and shrunk > 0 and grown + shrunk == pytest.approx(1.0)
 
-            await wait_for(both_hold_some, what="both members to hold a share", interval=0.05)
-            assert max(joining.sums) <= 1.0 + 1e-9, joining.sums
-            produce(40, seed=2)
-            await wait_for(delivered, what="events delivered by two members")
+        await wait_for(both_hold_some, what="both members to hold a share", interval=0.05)
+        assert max(joining.sums) <= 1.0 + 1e-9, joining.sums
+        produce(40, seed=2)
+        await wait_for(delivered, what="events delivered by two members")
 
-            second.terminate()  # leaves the group: its partitions go back to the first
-            leaving = ShareWatch(grower=first, shrinker=second)
+        second.terminate()  # leaves the group: its partitions go back to the first
+        leaving = ShareWatch(grower=first, shrinker=second)
 
-            async def first_alone_again() -> bool:
-                grown, _ = await leaving.sample()
-                return grown == 1.0
+        async def first_alone_again() -> bool:
+            grown, _ = await leaving.sample()
+            return grown == 1.0
 
-            await wait_for(first_alone_again, what="the remaining member's share back at 1.0")
-            assert max(leaving.sums) <= 1.0 + 1e-9, leaving.sums
-            assert await second.wait_exit() == 0
-            produce(40, seed=3)
-            await wait_for(delivered, what="events delivered by the remaining member")
-            first.terminate()
-            assert await first.wait_exit() == 0
-        finally:
-            first.stop()
-            if second is not None:
-                second.stop()
+        await wait_for(first_alone_again, what="the remaining member's share back at 1.0")
+        assert max(leaving.sums) <= 1.0 + 1e-9, leaving.sums
+        assert await second.wait_exit() == 0
+        produce(40, seed=3)
+        await wait_for(delivered, what="events delivered by the remaining member")
+        first.terminate()
+        assert await first.wait_exit() == 0
         throttled = dict(sandbox.sandbox.throttled)
     assert sum(throttled.values()) == 0, throttled
     assert second.logged("quota share") and first.logged("partitions revoked")
 
 
 async def test_rate_limit_share_set_explicitly_wins_over_the_group(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+    relay_case: RelayCase,
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
-    topics = {topic_factory("share-fixed", partitions=2): "shop.order.placed"}
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
+    relay_case.topic("share-fixed", "shop.order.placed", partitions=2)
     async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
-        env = relay_env(
-            bootstrap,
-            sandbox.base_url,
-            topics,
-            group,
-            dlq,
-            SEND_MODE="realtime",
-            RATE_LIMIT_SHARE="0.25",
-        )
-        relay = RelayProcess(env, tmp_path / "fixed.log")
-        try:
-            await wait_for(lambda: relay.logged("partitions assigned"), what="an assignment")
-            # Alone in its group it holds every partition, yet keeps the share it was given.
-            assert await relay.metric(SHARE) == 0.25
-            relay.terminate()
-            assert await relay.wait_exit() == 0
-        finally:
-            relay.stop()
+        env = relay_case.env(sandbox.base_url, SEND_MODE="realtime", RATE_LIMIT_SHARE="0.25")
+        relay = relay_case.start(env, "fixed")
+        await wait_for(lambda: relay.logged("partitions assigned"), what="an assignment")
+        # Alone in its group it holds every partition, yet keeps the share it was given.
+        assert await relay.metric(SHARE) == 0.25
+        relay.terminate()
+        assert await relay.wait_exit() == 0
     assert not relay.logged("quota share")
 
 
@@ -202,50 +153,40 @@ SMALL = EndpointLimit(
 
 
 async def test_a_busy_relay_borrows_what_a_quiet_one_leaves_of_the_window(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+    relay_case: RelayCase,
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
+    factory = relay_case.factory
     # One partition each: the two relays hold half the share each, but all the load is on one.
-    busy_topic = topic_factory("borrow-orders", partitions=1)
-    quiet_topic = topic_factory("borrow-resets", partitions=1)
-    topics = {
-        busy_topic: "shop.order.placed",
-        quiet_topic: "shop.account.password-reset-requested",
-    }
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
-    factory = EventFactory()
+    busy_topic = relay_case.topic("borrow-orders", "shop.order.placed")
+    quiet_topic = relay_case.topic("borrow-resets", "shop.account.password-reset-requested")
+    topics = relay_case.topics
     limits = {"create_event": SMALL}
     options = SandboxOptions(rate_limits={"create_event": Limit.model_validate(SMALL.model_dump())})
     async with running_sandbox(options) as sandbox:
         counting = WindowCount(options.rate_limits["create_event"])  # type: ignore[index]
         sandbox.sandbox.quotas["create_event"] = counting
-        env = group_env(bootstrap, sandbox.base_url, topics, group, dlq, limits=limits)
-        relays = [RelayProcess(env, tmp_path / f"relay{n}.log") for n in (1, 2)]
-        try:
+        env = group_env(relay_case, sandbox.base_url, limits)
+        relays = [relay_case.start(env, f"relay{n}") for n in (1, 2)]
 
-            async def halves() -> bool:
-                shares = [await relay.metric(SHARE) for relay in relays]
-                return shares == [0.5, 0.5]
+        async def halves() -> bool:
+            shares = [await relay.metric(SHARE) for relay in relays]
+            return shares == [0.5, 0.5]
 
-            await wait_for(halves, what="both relays at half the share")
-            busy = make_events(factory, {busy_topic: topics[busy_topic]}, 200, 50, seed=4)
-            quiet = make_events(factory, {quiet_topic: topics[quiet_topic]}, 5, 5, seed=5)
-            produce_events(bootstrap, busy + quiet)
-            sent = {e.event_id for e in busy + quiet}
+        await wait_for(halves, what="both relays at half the share")
+        busy = make_events(factory, {busy_topic: topics[busy_topic]}, 200, 50, seed=4)
+        quiet = make_events(factory, {quiet_topic: topics[quiet_topic]}, 5, 5, seed=5)
+        produce_events(relay_case.bootstrap, busy + quiet)
+        sent = {e.event_id for e in busy + quiet}
 
-            def delivered() -> bool:
-                return base_ids(sandbox.state.events) >= sent
+        def delivered() -> bool:
+            return base_ids(sandbox.state.events) >= sent
 
-            # 205 requests: ~6 windows at the account's limit, ~11 at one relay's half.
-            await wait_for(delivered, within=240, what="the backlog delivered")
-            for relay in relays:
-                relay.terminate()
-            for relay in relays:
-                assert await relay.wait_exit() == 0
-        finally:
-            for relay in relays:
-                relay.stop()
+        # 205 requests: ~6 windows at the account's limit, ~11 at one relay's half.
+        await wait_for(delivered, within=240, what="the backlog delivered")
+        for relay in relays:
+            relay.terminate()
+        for relay in relays:
+            assert await relay.wait_exit() == 0
         throttled = dict(sandbox.sandbox.throttled)
     assert sum(throttled.values()) == 0, throttled
     windows = sorted(counting.admitted)
