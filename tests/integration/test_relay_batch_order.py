@@ -7,24 +7,18 @@ recorded once, and a repeated ``unique_id`` never inside one bulk request."""
 from __future__ import annotations
 
 import random
-import uuid
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaException
 
-from dev.kafka_broker import KafkaBroker
 from klaviyo_sandbox import SandboxOptions, running_sandbox
-from tests.conftest import TopicFactory
 from tests.fixtures.relay_harness import (
     Event,
     EventFactory,
-    RelayProcess,
+    RelayCase,
     committed_offsets,
-    end_offsets,
     produce_events,
-    relay_env,
     wait_for,
 )
 
@@ -62,13 +56,11 @@ def events_with_profile_changes(factory: EventFactory, topic: str) -> list[tuple
 
 
 async def test_batch_mode_keeps_each_customers_order_and_sends_duplicates_once(
-    kafka_broker: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+    relay_case: RelayCase,
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
-    topic = topic_factory("orders-batch", partitions=3)
-    dlq = topic_factory("dlq")
-    group = f"relay-{uuid.uuid4().hex[:8]}"
-    produced = events_with_profile_changes(EventFactory(), topic)
+    bootstrap = relay_case.bootstrap
+    topic = relay_case.topic("orders-batch", HANDLER, partitions=3)
+    produced = events_with_profile_changes(relay_case.factory, topic)
     # Producer-side duplicates: a record sent again a few records later (a retried send).
     rng = random.Random(5)
     records: list[Event] = []
@@ -79,31 +71,20 @@ async def test_batch_mode_keeps_each_customers_order_and_sends_duplicates_once(
             records.append(event)
             duplicated += 1
     produce_events(bootstrap, records)
-    ends = end_offsets(bootstrap, [topic])
+    ends = relay_case.ends()
 
     async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
-        env = relay_env(
-            bootstrap,
-            sandbox.base_url,
-            {topic: HANDLER},
-            group,
-            dlq,
-            SEND_MODE="batch",
-            BATCH_LINGER_SECONDS="0.2",
+        env = relay_case.env(sandbox.base_url, SEND_MODE="batch", BATCH_LINGER_SECONDS="0.2")
+        relay = relay_case.start(env)
+        await wait_for(
+            lambda: committed_at(bootstrap, relay_case.group, topic, ends),
+            what="group offsets at the end offsets",
+            interval=0.5,
         )
-        relay = RelayProcess(env, tmp_path / "relay.log")
-        try:
-            await wait_for(
-                lambda: committed_at(bootstrap, group, topic, ends),
-                what="group offsets at the end offsets",
-                interval=0.5,
-            )
-            assert relay.metrics_port() is not None
-            skipped = await relay.metric("klaviyo_relay_bulk_duplicates_total")
-            relay.terminate()
-            assert await relay.wait_exit() == 0
-        finally:
-            relay.stop()
+        assert relay.metrics_port() is not None
+        skipped = await relay.metric("klaviyo_relay_bulk_duplicates_total")
+        relay.terminate()
+        assert await relay.wait_exit() == 0
         accepted = [e for e in sandbox.state.events if e["metric"] == "Placed Order"]
         resent = sum(e["duplicate_count"] for e in sandbox.state.events)
         all_events = len(sandbox.state.events)
