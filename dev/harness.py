@@ -244,23 +244,23 @@ class RelayProcess(ChildProcess):
             raise RelayNotServing(f"{self.log_path.name}: {error!r}") from error
 
     async def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float:
-        """:func:`metric_sum` of its /metrics now; 0 while it serves none (not started yet, or
-        stopped), as a counter that has counted nothing."""
+        """:func:`metric_sum` of its /metrics now; 0 before it logged its port (it counted
+        nothing yet). :class:`RelayNotServing` once the port no longer answers: a relay that is
+        gone reads as an error, never as a zero that an upper bound would pass."""
         text = await self._metrics_text()
         return 0.0 if text is None else metric_sum(text, name, labels)
 
     async def metric_by(
         self, name: str, label: str, labels: Mapping[str, str] | None = None
     ) -> dict[str, float]:
-        """:func:`metric_sums_by` of its /metrics now; empty while it serves none."""
+        """:func:`metric_sums_by` of its /metrics now; empty before it logged its port."""
         text = await self._metrics_text()
         return {} if text is None else metric_sums_by(text, name, label, labels)
 
     async def _metrics_text(self) -> str | None:
-        try:
-            status, text = await self.get("/metrics")
-        except RelayNotServing:
+        if self.metrics_port() is None:
             return None
+        status, text = await self.get("/metrics")
         if status != 200:
             raise RuntimeError(f"{self.log_path.name}: GET /metrics answered {status}: {text}")
         return text

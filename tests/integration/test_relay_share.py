@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, WindowLimit
-from dev.harness import rate_limits_json
+from dev.harness import RelayNotServing, rate_limits_json
 from klaviyo_sandbox import SandboxOptions, running_sandbox
 from klaviyo_sandbox.facts import PUBLISHED_LIMITS, Limit
 from klaviyo_sandbox.fixed_windows import FixedWindowQuota
@@ -38,11 +38,20 @@ def group_env(case: RelayCase, base_url: str, limits: dict[str, EndpointLimit]) 
     return env
 
 
+async def share_of(relay: RelayProcess) -> float:
+    """The relay's share; 0 once it stopped (a stopping relay closes /metrics last, after it
+    left the group)."""
+    try:
+        return await relay.metric(SHARE)
+    except RelayNotServing:
+        return 0.0
+
+
 class ShareWatch:
     """Samples both relays' shares while a rebalance runs. The member whose share may grow is
     read first: it grows only after the other shrank, so a pair read in that order can only
-    under-count the sum (never show a sum above 1 that never was). A relay that serves no
-    /metrics (not started yet, or stopped: it closes /metrics last) reads 0."""
+    under-count the sum (never show a sum above 1 that never was). A relay not started yet, or
+    stopped, holds no share."""
 
     def __init__(self, grower: RelayProcess, shrinker: RelayProcess) -> None:
         self.grower, self.shrinker = grower, shrinker
@@ -50,8 +59,8 @@ class ShareWatch:
         self.last: tuple[float, float] = (0.0, 0.0)
 
     async def sample(self) -> tuple[float, float]:
-        grows = await self.grower.metric(SHARE)
-        shrinks = await self.shrinker.metric(SHARE)
+        grows = await share_of(self.grower)
+        shrinks = await share_of(self.shrinker)
         self.sums.append(grows + shrinks)
         self.last = (grows, shrinks)
         return self.last
