@@ -25,9 +25,9 @@ bulk jobs, the three slowest among them, 3.0 to 3.6 s; over five runs reset p99 
 above 5 s in two). After: no catch-up reset in a bulk job, p99 1.5 to 2.6 s.
 
 The price of the record's age: a producer whose clock runs behind the relay's by more than the
-bound makes its events look late (``bulk/stale``; an urgent one keeps to the room beyond the
-reserve). They are still delivered, at a bulk job's latency; ``bulk/stale`` without a backlog
-points at such a clock.
+bound, or a pipeline that always delivers records that late, makes its events look late
+(``bulk/stale``; an urgent one keeps to the room beyond the reserve). They are still delivered,
+at a bulk job's latency; ``bulk/stale`` without a backlog points at such a clock or pipeline.
 
 A realtime send that Klaviyo does not accept within ``AUTO_REALTIME_FALLOVER_SECONDS`` (it
 answers 5xx or 429, or not at all, and the client is retrying) *falls over*: it is abandoned and
