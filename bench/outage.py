@@ -31,6 +31,7 @@ from bench.steady import (
     SteadyProducer,
     count,
     quantile,
+    realtime,
     set_outage,
     table,
     tracked,
@@ -198,16 +199,42 @@ def _summarise(result: OutageResult, sandbox: InstrumentedSandbox, watch: _Watch
     result.outage_answers = sum(c.get("503", 0) for c in s["requests"].values())
     resets = tracked(sandbox)
     until = watch.caught if watch.caught is not None else time.time()
-    during = [delay for occurred, delay in resets if watch.up <= occurred <= until]
+    catchup = [(delay, bulk) for occurred, delay, bulk in resets if watch.up <= occurred <= until]
+    during = [delay for delay, _ in catchup]
     result.resets = len(during)
     result.reset_p50_s = quantile(during, 0.50)
     result.reset_p99_s = quantile(during, 0.99)
-    before = [delay for occurred, delay in resets if watch.began <= occurred < watch.down]
+    slowest = ", ".join(
+        f"{_fmt(delay)} ({'bulk' if bulk else 'create event'})"
+        for delay, bulk in sorted(catchup, reverse=True)[:3]
+    )
+    result.notes.append(
+        f"resets during the catch-up in bulk jobs: {sum(bulk for _, bulk in catchup)}; "
+        f"slowest: {slowest or '–'}"
+    )
+    result.notes.append(_create_event_use(realtime(sandbox), watch.up, until))
+    before = [delay for occurred, delay, _ in resets if watch.began <= occurred < watch.down]
     result.notes.append(
         f"password resets before the outage: {len(before)}, p99 "
         f"{_fmt(quantile(before, 0.99))}; all events p50/p99 {_fmt(s['p50'])}/{_fmt(s['p99'])}"
     )
     result.notes.append(f"requests: {s['requests']}")
+
+
+# An event older than this when it reached Create Event was late: the outage's backlog (auto
+# mode's AUTO_REALTIME_MAX_WAIT_SECONDS default).
+LATE_S = 2.0
+
+
+def _create_event_use(arrivals: list[tuple[float, float]], up: float, until: float) -> str:
+    """How Create Event's quota was spent during the catch-up: on the backlog (events already
+    late) or on fresh events (a reset produced then needs a place)."""
+    during = [delay for arrived, delay in arrivals if up <= arrived <= until]
+    late = sum(delay > LATE_S for delay in during)
+    return (
+        f"Create Event during the catch-up: {len(during)} events, {late} of them older than "
+        f"{LATE_S:g} s"
+    )
 
 
 def _fmt(seconds: float | None) -> str:

@@ -15,9 +15,12 @@ The control port (never the API port, so the hot path is untouched) serves
   the share of the steady limit used is measured window by window, exactly as Klaviyo counts
   (refusals too, per window).
 
-``/tracked`` lists ``[occurred_at, delay]`` of every accepted event of :data:`TRACKED_METRIC`
-(password resets: a few per cent of the load), so a scenario can take the delay percentiles of
-the ones produced in a span of its choosing (the outage scenario's catch-up).
+``/tracked`` lists ``[occurred_at, delay, bulk]`` of every accepted event of
+:data:`TRACKED_METRIC` (password resets: a few per cent of the load; ``bulk`` 1 when it came in a
+Bulk Create Events job), so a scenario can take the delay percentiles of the ones produced in a
+span of its choosing (the outage scenario's catch-up) and see which path the slow ones took.
+``/realtime`` lists ``[arrival, delay]`` of every event accepted on Create Event: how much of
+that endpoint's quota went to events that were already late (an outage's backlog).
 
 With ``--trace``, ``/trace`` lists every event the store took, accepted or deduplicated:
 ``[clock, fate, endpoint, metric, unique_id, job]`` (``job``: the bulk request's number, from 1;
@@ -88,7 +91,8 @@ class Recorder:
         self.first = 0.0
         self.last = 0.0
         self.duplicates = 0
-        self.tracked = array("d")  # occurred_at, delay, occurred_at, delay, ...
+        self.tracked = array("d")  # occurred_at, delay, bulk (0/1), occurred_at, ...
+        self.realtime = array("d")  # arrival, delay, arrival, delay, ... (Create Event only)
         self.trace: list[tuple[float, str, str, str, str, int]] = []
         self.jobs = 0  # bulk requests the store took events from
         if self.tracing:
@@ -114,7 +118,10 @@ class Recorder:
                 occurred = datetime.fromisoformat(event["time"]).timestamp()
                 self.delays.append(now - occurred)
                 if event["metric"]["data"]["attributes"]["name"] == TRACKED_METRIC:
-                    self.tracked.extend((occurred, now - occurred))
+                    bulk = float(endpoint == "bulk_create_events")
+                    self.tracked.extend((occurred, now - occurred, bulk))
+                if endpoint == "create_event":
+                    self.realtime.extend((now, now - occurred))
                 if not self.first:
                     self.first = now
                 self.last = now
@@ -164,9 +171,13 @@ class Recorder:
             "quotas": quotas,
         }
 
-    def tracked_pairs(self) -> list[list[float]]:
+    def tracked_rows(self) -> list[list[float]]:
         t = self.tracked
-        return [[t[i], t[i + 1]] for i in range(0, len(t), 2)]
+        return [[t[i], t[i + 1], t[i + 2]] for i in range(0, len(t), 3)]
+
+    def realtime_pairs(self) -> list[list[float]]:
+        r = self.realtime
+        return [[r[i], r[i + 1]] for i in range(0, len(r), 2)]
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:
@@ -207,7 +218,12 @@ async def serve(args: argparse.Namespace) -> None:
 
         async def tracked(_: web.Request) -> web.Response:
             return web.Response(
-                body=orjson.dumps(recorder.tracked_pairs()), content_type="application/json"
+                body=orjson.dumps(recorder.tracked_rows()), content_type="application/json"
+            )
+
+        async def realtime(_: web.Request) -> web.Response:
+            return web.Response(
+                body=orjson.dumps(recorder.realtime_pairs()), content_type="application/json"
             )
 
         control = web.Application()
@@ -215,6 +231,7 @@ async def serve(args: argparse.Namespace) -> None:
         control.router.add_get("/progress", progress)
         control.router.add_post("/reset", reset)
         control.router.add_get("/tracked", tracked)
+        control.router.add_get("/realtime", realtime)
 
         async def trace(_: web.Request) -> web.Response:
             return web.Response(body=orjson.dumps(recorder.trace), content_type="application/json")

@@ -46,10 +46,17 @@ def set_outage(sandbox: InstrumentedSandbox, down: bool) -> None:
         pass
 
 
-def tracked(sandbox: InstrumentedSandbox) -> list[tuple[float, float]]:
-    """``(occurred_at, delay)`` of every accepted password reset (``bench.sandbox_proc``)."""
+def tracked(sandbox: InstrumentedSandbox) -> list[tuple[float, float, bool]]:
+    """``(occurred_at, delay, bulk)`` of every accepted password reset (``bench.sandbox_proc``;
+    ``bulk``: it came in a Bulk Create Events job)."""
     with urllib.request.urlopen(sandbox.control_url + "/tracked", timeout=60) as response:
-        return [(o, d) for o, d in json.loads(response.read())]
+        return [(o, d, bool(b)) for o, d, b in json.loads(response.read())]
+
+
+def realtime(sandbox: InstrumentedSandbox) -> list[tuple[float, float]]:
+    """``(arrival, delay)`` of every event accepted on Create Event (``bench.sandbox_proc``)."""
+    with urllib.request.urlopen(sandbox.control_url + "/realtime", timeout=60) as response:
+        return [(a, d) for a, d in json.loads(response.read())]
 
 
 def quantile(values: list[float], q: float) -> float | None:

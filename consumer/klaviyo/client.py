@@ -136,9 +136,12 @@ class KlaviyoClient:
             self._session = None
         await self._credentials.close()
 
-    def try_acquire(self, endpoint: Endpoint, priority: int = DEFAULT_RANK) -> Permit | None:
-        """A rate-limit permit for ``endpoint`` if it has room right now (see ``send``)."""
-        return self._limiter.try_acquire(endpoint.value, priority)
+    def try_acquire(
+        self, endpoint: Endpoint, priority: int = DEFAULT_RANK, *, beyond_reserve: bool = False
+    ) -> Permit | None:
+        """A rate-limit permit for ``endpoint`` if it has room right now (see ``send``);
+        ``beyond_reserve``: room past the reserve its windows keep (``RateLimiter``)."""
+        return self._limiter.try_acquire(endpoint.value, priority, beyond_reserve=beyond_reserve)
 
     def release(self, permit: Permit) -> None:
         """Hand back a permit from ``try_acquire`` that no request used."""

@@ -35,6 +35,12 @@ share never borrows. Replicas do not coordinate, so with more replicas than a wi
 few of them can still land in the same server second: Klaviyo then answers 429 and every replica
 pauses for its Retry-After.
 
+Each window also keeps a *reserve* (:func:`reserve_share`): a caller that asks for room only
+beyond it (``try_acquire(..., beyond_reserve=True)``: auto mode's late urgent events, see
+:mod:`consumer.pipeline.delivery.auto`) is refused while one more request would leave less than
+the reserve in either window, so a backlog bursting into an endpoint leaves places for the fresh
+events behind it. Everyone else may use the whole window.
+
 Waiting is ordered per endpoint by priority, then arrival (a heap): when the quota is short, a
 waiting request is never passed by a less urgent one, nor by a later one of its own class (see
 :mod:`consumer.priorities`). It never busy-waits: waiters park on futures, and one timer per
@@ -75,6 +81,26 @@ _EPSILON = 1e-6
 # Pause after a 429 that carries no Retry-After (Klaviyo always sends one; proxies may not).
 _DEFAULT_PAUSE_SECONDS = 1.0
 _LEADING_NUMBER = re.compile(r"\s*(\d+(?:\.\d+)?)")
+
+
+# No more than this share of a window is kept in reserve: where the burst is no faster than the
+# steady pace, the pace's share would be the whole window, and a backlog of urgent events would
+# lose the endpoint entirely (half for it, half for the fresh events behind it).
+_MAX_RESERVE_SHARE = 0.5
+
+
+def reserve_share(limit: EndpointLimit) -> float:
+    """The share of each window kept for requests that may use the whole window.
+
+    The steady pace's part of the burst window: what the steady limit allows in one burst
+    window, out of the burst limit (Klaviyo's Create Event: 3,500/min is 58 a second, of 350,
+    a sixth), and the same share of the steady window (583 of 3,500: ten seconds at the pace).
+    Fresh traffic runs at most at the steady pace (faster, it would not fit the steady window
+    anyway), so fresh events at that pace still find a place in every burst window; what the
+    burst allows beyond the pace exists for bursts, and a backlog released at once is one.
+    """
+    pace = limit.steady.requests / limit.steady.seconds * limit.burst.seconds
+    return min(_MAX_RESERVE_SHARE, pace / limit.burst.requests)
 
 
 class SlidingWindow:
@@ -161,6 +187,8 @@ class EndpointBudget:
     # (consumer.klaviyo.borrowing), past the local steady window.
     borrow: bool = False
     account: AccountWindow | None = None
+    # The share of each window a request beyond the reserve must leave (reserve_share).
+    reserve: float = 0.0
 
     @classmethod
     def from_limit(
@@ -182,6 +210,7 @@ class EndpointBudget:
             limit=limit,
             probing=probe,
             borrow=probe,
+            reserve=reserve_share(limit),
             account=AccountWindow(
                 limit.steady.requests,
                 limit.steady.seconds,
@@ -265,6 +294,17 @@ class EndpointBudget:
             allowance = max(0, self.server_allowance)
             left = allowance if left is None else min(left, allowance)
         return left
+
+    def beyond_reserve(self, now: float) -> bool:
+        """Whether one more request leaves at least the reserve in both windows (the steady
+        one as :meth:`remaining` sees it: Klaviyo's figures and the share included)."""
+        if self.burst is not None and self.burst.left(now) <= self._kept(self.burst):
+            return False
+        remaining = self.remaining(now)
+        return remaining is None or self.steady is None or remaining > self._kept(self.steady)
+
+    def _kept(self, window: SlidingWindow) -> int:
+        return math.floor(self.reserve * window.limit)
 
     def pause(self, until: float) -> None:
         self.paused_until = max(self.paused_until, until)
@@ -431,14 +471,19 @@ class RateLimiter:
         self._report(endpoint, queue, loop.time())
         return Permit(endpoint=endpoint, waited=waited)
 
-    def try_acquire(self, endpoint: str, priority: int = DEFAULT_RANK) -> Permit | None:
+    def try_acquire(
+        self, endpoint: str, priority: int = DEFAULT_RANK, *, beyond_reserve: bool = False
+    ) -> Permit | None:
         """Take one place for ``endpoint`` at once if nobody waits and one is free now; else
         None, and nothing is taken (for a caller with another way to send). ``priority`` only
         labels the wait: in auto mode most Create Events are granted here, and each class's
-        wait must count them or the per-class figures would show retries and bulk jobs only."""
+        wait must count them or the per-class figures would show retries and bulk jobs only.
+        ``beyond_reserve``: only if the place leaves the windows' reserve (see the module)."""
         now = asyncio.get_running_loop().time()
         queue = self._queue(endpoint)
         if queue.waiters or queue.budget.ready_at(now) > now + _EPSILON:
+            return None
+        if beyond_reserve and not queue.budget.beyond_reserve(now):
             return None
         queue.budget.grant(now)
         RATE_LIMIT_WAIT.labels(endpoint).observe(0.0)

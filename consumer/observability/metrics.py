@@ -203,7 +203,7 @@ QUOTA_SATURATION = Gauge(
 AUTO_ROUTES = Counter(
     "klaviyo_relay_auto_route_total",
     "Auto mode: Create Events by the path chosen (realtime, bulk) and why (room, quota,"
-    " stale, order).",
+    " stale, late, order, failing, fallover).",
     ["path", "reason"],
     registry=REGISTRY,
 )

@@ -75,9 +75,12 @@ class Klaviyo(Protocol):
         """``permit``: one ``try_acquire`` gave, used by the first attempt."""
         ...
 
-    def try_acquire(self, endpoint: Endpoint, priority: int = DEFAULT_RANK) -> Permit | None:
+    def try_acquire(
+        self, endpoint: Endpoint, priority: int = DEFAULT_RANK, *, beyond_reserve: bool = False
+    ) -> Permit | None:
         """A rate-limit permit for ``endpoint`` if it has room right now, else None
-        (``priority``: the rank of the request it is for)."""
+        (``priority``: the rank of the request it is for; ``beyond_reserve``: only room that
+        leaves the reserve its windows keep for fresh events, see ``RateLimiter``)."""
         ...
 
     def release(self, permit: Permit) -> None:

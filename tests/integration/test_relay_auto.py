@@ -61,6 +61,9 @@ async def test_auto_switches_to_bulk_under_a_short_quota_and_back_keeping_each_k
             sandbox.base_url,
             RATE_LIMITS=create_event_limited(BURST, STEADY),
             BATCH_LINGER_SECONDS="0.2",
+            # Produced before the relay started: the bound would make the backlog stale, and
+            # the quota is what is tested here.
+            AUTO_REALTIME_MAX_WAIT_SECONDS="3600",
         )  # no SEND_MODE: the default is what is tested
         relay = relay_case.start(env)
         await wait_committed_to_end(bootstrap, relay_case.group, [topic], BACKLOG)

@@ -82,8 +82,12 @@ async def test_every_event_delivered_once_in_key_order(
     assert sum(ends.values()) == EVENTS
 
     async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
-        # Auto with a Create Event quota this run exceeds: both endpoints carry events.
-        limits = {"RATE_LIMITS": create_event_limited((50, 1.0), (500, 10.0))}
+        # Auto with a Create Event quota this run exceeds: both endpoints carry events. The
+        # events were produced before the relay started: a bound this long keeps them fresh.
+        limits = {
+            "RATE_LIMITS": create_event_limited((50, 1.0), (500, 10.0)),
+            "AUTO_REALTIME_MAX_WAIT_SECONDS": "3600",
+        }
         extra = limits if mode == "auto" else {}
         env = relay_env(bootstrap, sandbox.base_url, topics, group, dlq, SEND_MODE=mode, **extra)
         relay = RelayProcess(env, tmp_path / "relay.log")

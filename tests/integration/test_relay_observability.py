@@ -175,6 +175,9 @@ async def test_running_relay_exposes_every_metric_and_logs_no_personal_data(
             # Only properties both clients know: the relay hands these to its dead-letter
             # producer too, which would warn about consumer-only ones.
             KAFKA_EXTRA_CONFIG=json.dumps({"statistics.interval.ms": "1000"}),
+            # The sample's producer may take seconds to deliver (its idempotence PID): records
+            # that old would be stale, and every request series, Create Event's too, must show.
+            AUTO_REALTIME_MAX_WAIT_SECONDS="3600",
         )
         relay = RelayProcess(env, log_path)
         try:

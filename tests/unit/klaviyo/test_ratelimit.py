@@ -27,7 +27,13 @@ from multidict import CIMultiDict
 
 from consumer.klaviyo.client import KlaviyoClient
 from consumer.klaviyo.outcomes import Accepted
-from consumer.klaviyo.ratelimit import EndpointBudget, RateLimiter, SlidingWindow, scaled
+from consumer.klaviyo.ratelimit import (
+    EndpointBudget,
+    RateLimiter,
+    SlidingWindow,
+    reserve_share,
+    scaled,
+)
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, WindowLimit, load_settings
 
@@ -313,6 +319,49 @@ async def test_try_acquire_is_refused_while_a_429_pause_lasts() -> None:
     assert permit is not None
     limiter.release(permit, status=429, headers=CIMultiDict({"Retry-After": "30"}))
     assert limiter.try_acquire("create_event") is None
+
+
+def test_the_reserve_is_the_steady_paces_share_of_the_burst_window() -> None:
+    # Klaviyo's Create Event: 3,500/min is 58.3 a second, a sixth of the 350/s burst.
+    create_event = DEFAULT_RATE_LIMITS["create_event"]
+    assert reserve_share(create_event) == pytest.approx(3500 / 60 / 350)
+    budget = EndpointBudget.from_limit(create_event)
+    assert (budget._kept(budget.burst), budget._kept(budget.steady)) == (58, 583)  # type: ignore[arg-type]
+    # A burst no faster than the pace: half of each window, not all of it.
+    assert reserve_share(limit(5, 1.0, 20, 4.0)) == 0.5
+
+
+def test_beyond_the_reserve_one_more_request_must_leave_the_reserve_in_both_windows() -> None:
+    budget = EndpointBudget.from_limit(limit(10, 1.0, 40, 60.0))
+    budget.reserve = 0.2  # keep 2 of the burst, 8 of the steady window
+    for _ in range(7):
+        assert budget.beyond_reserve(0.0)
+        budget.grant(0.0)
+    assert budget.beyond_reserve(0.0)  # 3 left in the burst window
+    budget.grant(0.0)
+    assert not budget.beyond_reserve(0.0)  # 2 left: the reserve
+    assert budget.ready_at(0.0) == 0.0  # the whole window still has room
+    for _ in range(8):
+        budget.done(0.0)
+    # The burst window frees after a second; the steady window keeps its 8 and refuses at
+    # its reserve the same way.
+    for n in range(24):
+        now = 2.0 + n * 2
+        assert budget.beyond_reserve(now), n
+        budget.grant(now)
+        budget.done(now)
+    assert budget.remaining(50.0) == 8
+    assert not budget.beyond_reserve(50.0)
+
+
+async def test_try_acquire_beyond_the_reserve_is_refused_at_the_reserve_the_rest_may_use_it() -> (
+    None
+):
+    limiter = RateLimiter({"create_event": limit(6, 60.0, 100, 60.0)})  # keeps half: 3
+    late = [limiter.try_acquire("create_event", beyond_reserve=True) for _ in range(4)]
+    assert [p is not None for p in late] == [True, True, True, False]
+    fresh = [limiter.try_acquire("create_event") for _ in range(4)]
+    assert [p is not None for p in fresh] == [True, True, True, False]
 
 
 # --- slow: hundreds of requests against fixed-window servers ------------------------------------

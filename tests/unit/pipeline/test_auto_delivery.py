@@ -4,6 +4,7 @@ event is stale, back to realtime when room returns, and a key's order across the
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from consumer.klaviyo.outcomes import Accepted, Outcome, Retryable
@@ -19,15 +20,19 @@ from tests.unit.pipeline.test_relay_core import P0, offsets_in, record, running
 
 
 class Room:
-    """A ``take_room`` that counts how often it was asked."""
+    """A ``take_room`` that counts how often it was asked; ``beyond_reserve``: whether it grants
+    a request that must leave the reserve (by default as any other)."""
 
-    def __init__(self, grant: bool) -> None:
+    def __init__(self, grant: bool, beyond_reserve: bool | None = None) -> None:
         self.grant = grant
+        self.reserve_room = grant if beyond_reserve is None else beyond_reserve
         self.asked = 0
+        self.beyond_reserve: list[bool] = []
 
-    def __call__(self) -> str | None:
+    def __call__(self, beyond_reserve: bool) -> str | None:
         self.asked += 1
-        return "permit" if self.grant else None
+        self.beyond_reserve.append(beyond_reserve)
+        return "permit" if (self.reserve_room if beyond_reserve else self.grant) else None
 
 
 def test_a_fresh_event_with_room_goes_realtime_with_the_permit_taken() -> None:
@@ -63,7 +68,52 @@ def test_an_urgent_event_is_never_stale_it_takes_create_event_when_that_has_room
     no_room = route(
         waited=2.5, max_wait=2.0, joins_open_job=False, take_room=Room(False), urgent=True
     )
-    assert no_room.reason is Why.QUOTA
+    assert (no_room.path, no_room.reason) == ("bulk", Why.LATE)
+
+
+def test_a_late_urgent_event_takes_only_room_beyond_the_reserve_kept_for_fresh_ones() -> None:
+    # Room left only within the reserve: the late reset goes into a bulk job, the fresh takes it.
+    within_reserve = Room(grant=True, beyond_reserve=False)
+    late = route(
+        waited=2.5, max_wait=2.0, joins_open_job=False, take_room=within_reserve, urgent=True
+    )
+    assert (late.path, late.reason) == ("bulk", Why.LATE)
+    fresh = route(
+        waited=0.1, max_wait=2.0, joins_open_job=False, take_room=within_reserve, urgent=True
+    )
+    assert (fresh.path, fresh.reason) == ("realtime", Why.ROOM)
+    assert within_reserve.beyond_reserve == [True, False]
+
+
+def test_an_event_produced_longer_ago_than_the_bound_is_late_though_just_taken() -> None:
+    # An outage's backlog still in Kafka is taken at the recovery: minutes old, "fresh" to the
+    # relay. By its record's age it is late: an urgent one keeps to the room beyond the reserve,
+    # any other goes into a bulk job without taking a place.
+    urgent_room = Room(grant=True, beyond_reserve=False)
+    chosen = route(
+        waited=0.0,
+        max_wait=2.0,
+        joins_open_job=False,
+        take_room=urgent_room,
+        urgent=True,
+        age=180.0,
+    )
+    assert (chosen.path, chosen.reason) == ("bulk", Why.LATE)
+    assert urgent_room.beyond_reserve == [True]
+    other_room = Room(grant=True)
+    stale = route(waited=0.0, max_wait=2.0, joins_open_job=False, take_room=other_room, age=180.0)
+    assert (stale.path, stale.reason) == ("bulk", Why.STALE)
+    assert other_room.asked == 0
+
+
+def test_fresh_events_of_every_class_may_use_the_whole_window() -> None:
+    for urgent in (False, True):
+        room = Room(grant=True, beyond_reserve=False)
+        chosen = route(
+            waited=0.5, max_wait=2.0, joins_open_job=False, take_room=room, urgent=urgent, age=1.9
+        )
+        assert chosen.reason is Why.ROOM
+        assert room.beyond_reserve == [False]
 
 
 def test_an_urgent_event_keeps_its_keys_order_and_the_breaker() -> None:
@@ -246,6 +296,30 @@ async def test_auto_an_event_stale_after_waiting_behind_its_key_goes_to_bulk() -
     assert customers(sent, Endpoint.CREATE_EVENT) == ["a"]
     assert customers(sent, Endpoint.BULK_CREATE_EVENTS) == ["a"]
     assert routed("bulk", "stale") - stale_before == 1
+
+
+async def test_auto_an_urgent_event_produced_long_ago_keeps_off_the_fresh_reserve() -> None:
+    # An outage's backlog, taken from Kafka at the recovery: its urgent events asked for the
+    # whole window, spent it, and the resets produced then found no room. Now an urgent event
+    # older than the bound asks only for room beyond the reserve; a fresh one for any.
+    late_before = routed("bulk", "late")
+    async with running(batch_linger_seconds=0.01) as core:  # account.created: urgent
+        core.source.assign(P0)
+        core.klaviyo.reserve_room = False  # Create Event has room within its reserve only
+        produced = int((time.time() - 180) * 1000)
+        core.source.feed([dataclasses.replace(record(0, "old"), timestamp_ms=produced)])
+        await until(lambda: core.source.committed(P0) == 1)
+        core.source.feed([dataclasses.replace(record(1, "new"), timestamp_ms=now_ms())])
+        await until(lambda: core.source.committed(P0) == 2)
+        sent, asked = core.klaviyo.sent, core.klaviyo.beyond_reserve
+    assert customers(sent, Endpoint.BULK_CREATE_EVENTS) == ["old"]
+    assert customers(sent, Endpoint.CREATE_EVENT) == ["new"]
+    assert asked == [True, False]
+    assert routed("bulk", "late") - late_before == 1
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 async def create_event_down(request: KlaviyoRequest) -> Outcome:

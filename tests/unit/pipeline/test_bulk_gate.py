@@ -156,10 +156,10 @@ async def test_while_the_probe_is_held_bulk_has_no_room_so_the_open_job_keeps_gr
     klaviyo = Klaviyo()
     gate, _ = gate_for(breaker)
     send = gate.wrap(klaviyo)
-    asked: list[tuple[Endpoint, int]] = []
+    asked: list[tuple[Endpoint, int, bool]] = []
 
-    def room(endpoint: Endpoint, rank: int) -> Permit | None:
-        asked.append((endpoint, rank))
+    def room(endpoint: Endpoint, rank: int, /, *, beyond_reserve: bool = False) -> Permit | None:
+        asked.append((endpoint, rank, beyond_reserve))
         return Permit(endpoint.value, 0.0)
 
     gated = gate.room(room)
@@ -172,6 +172,8 @@ async def test_while_the_probe_is_held_bulk_has_no_room_so_the_open_job_keeps_gr
     assert gated(Endpoint.BULK_CREATE_EVENTS, 0) is None
     assert asked == []  # no place was taken from the limiter for it
     assert gated(Endpoint.CREATE_EVENT, 0) is not None  # Create Event is the breaker's matter
+    assert gated(Endpoint.CREATE_EVENT, 0, beyond_reserve=True) is not None
+    assert asked[-1] == (Endpoint.CREATE_EVENT, 0, True)  # the reserve is the limiter's matter
     klaviyo.answer(DOWN)  # the probe gave up: the next job may go as the probe
     await probe
     assert gated(Endpoint.BULK_CREATE_EVENTS, 0) is not None
