@@ -58,6 +58,7 @@ from consumer.observability.metrics import (
 )
 from consumer.observability.stats import record_kafka_stats
 from consumer.pipeline.admission import Admission
+from consumer.pipeline.backlog import Backlog, BacklogMeter
 from consumer.pipeline.offsets import Commit, TopicPartitionKey
 from consumer.pipeline.records import SourceRecord
 from consumer.pipeline.share import PartitionCounts, partition_share
@@ -189,6 +190,7 @@ class KafkaSource:
         )
         self._thread = threading.Thread(target=self._run, name="kafka-source", daemon=True)
         self._counts = PartitionCounts(topics)
+        self._backlog = BacklogMeter()  # fed on the loop
         self._share_due = False  # an assignment came: count the partitions and apply the share
         self._share_retry_at = 0.0
 
@@ -209,6 +211,11 @@ class KafkaSource:
     @property
     def outstanding(self) -> int:
         return self._outstanding
+
+    @property
+    def backlog(self) -> Backlog:
+        """What waits for this relay (see :mod:`consumer.pipeline.backlog`). Read from the loop."""
+        return self._backlog.backlog(self._outstanding)
 
     @property
     def saturated(self) -> bool:
@@ -526,7 +533,12 @@ class KafkaSource:
         applied.wait(_SHARE_APPLY_SECONDS)
 
     def _on_stats(self, stats_json: str) -> None:
-        self._to_loop(record_kafka_stats, stats_json)
+        self._to_loop(self._took_stats, stats_json)
+
+    def _took_stats(self, stats_json: str) -> None:  # on the loop
+        stats = record_kafka_stats(stats_json)
+        if stats is not None:
+            self._backlog.update(stats, time.monotonic())
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
