@@ -6,7 +6,10 @@ unfinished); the *arrivals* the rate their end offsets move at. Auto mode bounds
 requests by both (:mod:`consumer.pipeline.bulkwindow`). The figures are up to one statistics
 interval old: a relay that just started (no statistics yet) counts what it holds, and a
 backlog drained since the last document still counts for a few seconds (its bound stays
-larger meanwhile, never smaller).
+larger meanwhile, never smaller). A paused partition's end offset stands still in them
+(librdkafka fetches nothing for it), so the arrival rate is measured only over intervals with
+no pause, and kept meanwhile: a relay that starts into a backlog larger than its in-flight
+window measures none until it has caught up to the window.
 """
 
 from __future__ import annotations
@@ -37,8 +40,11 @@ class BacklogMeter:
         self._at: float | None = None
         self._arrivals = 0.0
 
-    def update(self, stats: dict[str, Any], now: float) -> None:
-        """One statistics document (parsed), taken at ``now`` (monotonic seconds)."""
+    def update(self, stats: dict[str, Any], now: float, *, arrivals: bool = True) -> None:
+        """One statistics document (parsed), taken at ``now`` (monotonic seconds).
+        ``arrivals``: whether its end offsets tell the arrival rate; not when the partitions
+        were paused meanwhile (librdkafka does not fetch a paused partition's end offset: it
+        stands still), and the last rate measured stays."""
         lag = 0
         ends: dict[tuple[str, str], int] = {}
         for topic, topic_stats in (stats.get("topics") or {}).items():
@@ -51,7 +57,7 @@ class BacklogMeter:
                     ends[(topic, partition)] = end
         # Arrivals over the partitions seen in both documents (a rebalance moves the others).
         both = ends.keys() & self._ends.keys()
-        if self._at is not None and now > self._at and both:
+        if arrivals and self._at is not None and now > self._at and both:
             produced = sum(max(0, ends[key] - self._ends[key]) for key in both)
             self._arrivals = produced / (now - self._at)
         self._lag, self._ends, self._at = lag, ends, now

@@ -173,6 +173,9 @@ class KafkaSource:
         self._deferred: set[TopicPartitionKey] = set()  # less urgent, paused (see admission)
         self._finished = 0  # events released so far: the window's turnover
         self._paused = False
+        # Paused since the last statistics document: its end offsets may be stale (librdkafka
+        # does not fetch a paused partition's high watermark), so no arrival rate from it.
+        self._paused_lately = False
         self._hold = False  # stopping or halted: keep everything paused, hand nothing over
         self._discard = False  # stopping: records still fetched are dropped
         self._closing = threading.Event()
@@ -373,6 +376,7 @@ class KafkaSource:
             else:
                 self._consumer.resume(partitions)
         self._paused = want
+        self._paused_lately = self._paused_lately or want
         PARTITIONS_PAUSED.set(len(partitions) if want else 0)
         log.debug("partitions paused" if want else "partitions resumed", outstanding=outstanding)
 
@@ -532,13 +536,15 @@ class KafkaSource:
         self._to_loop(apply)
         applied.wait(_SHARE_APPLY_SECONDS)
 
-    def _on_stats(self, stats_json: str) -> None:
-        self._to_loop(self._took_stats, stats_json)
+    def _on_stats(self, stats_json: str) -> None:  # on this thread, inside consume
+        fetched = not self._paused_lately
+        self._paused_lately = self._paused
+        self._to_loop(self._took_stats, stats_json, fetched)
 
-    def _took_stats(self, stats_json: str) -> None:  # on the loop
+    def _took_stats(self, stats_json: str, fetched: bool) -> None:  # on the loop
         stats = record_kafka_stats(stats_json)
         if stats is not None:
-            self._backlog.update(stats, time.monotonic())
+            self._backlog.update(stats, time.monotonic(), arrivals=fetched)
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():

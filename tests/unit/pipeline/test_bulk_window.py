@@ -14,7 +14,14 @@ from consumer.klaviyo.requests import KlaviyoRequest
 from consumer.klaviyo.retry import RetryPolicy
 from consumer.pipeline.backlog import Backlog, BacklogMeter
 from consumer.pipeline.batching import BulkBatcher
-from consumer.pipeline.bulkwindow import DIVISOR, FLOOR, BulkWindow, bulk_bound
+from consumer.pipeline.bulkwindow import (
+    ARRIVING,
+    DIVISOR,
+    FLOOR,
+    UNBOUNDED,
+    BulkWindow,
+    bulk_bound,
+)
 from consumer.pipeline.inflight import InFlight
 from consumer.pipeline.sending import Halt, Sender
 from tests.unit.pipeline.test_batching import MB, Sink, create_event
@@ -40,9 +47,11 @@ def test_a_real_backlog_gets_full_jobs_and_more_out_at_once() -> None:
     assert bulk_bound(Backlog(108_000)) == 5400
 
 
-def test_steady_arrivals_get_a_second_of_them_out() -> None:
-    assert bulk_bound(Backlog(500, arrivals=2500.0)) == 2500
-    assert bulk_bound(Backlog(500, arrivals=30.0)) == FLOOR
+def test_while_events_arrive_the_backlog_drains_unbounded() -> None:
+    # Each new event waits behind the backlog: latency first (bench scenario 4's resets).
+    assert bulk_bound(Backlog(5400, arrivals=30.0)) == UNBOUNDED
+    assert bulk_bound(Backlog(5400, arrivals=ARRIVING)) == UNBOUNDED
+    assert bulk_bound(Backlog(5400, arrivals=0.5)) == 270  # a trickle: nobody waits long
 
 
 # --- the backlog, from librdkafka's statistics ----------------------------------------------
@@ -79,6 +88,13 @@ def test_the_backlog_is_the_lag_of_assigned_partitions_and_arrivals_their_end_mo
     )
     # 150 produced to partition 0 in 5 s; partition 1's first end is no arrival.
     assert meter.backlog(holding=0) == Backlog(320, arrivals=30.0)
+    # Paused meanwhile: the end offsets stood still, the rate measured before stays.
+    meter.update(
+        stats({"0": {"desired": True, "consumer_lag": 900, "hi_offset": 1150}}),
+        now=110.0,
+        arrivals=False,
+    )
+    assert meter.backlog(holding=0) == Backlog(900, arrivals=30.0)
 
 
 # --- the window ------------------------------------------------------------------------------
