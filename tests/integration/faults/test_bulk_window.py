@@ -15,7 +15,7 @@ from consumer.settings import DEFAULT_RATE_LIMITS, EndpointLimit, WindowLimit
 from dev.harness import GroupOffsets, rate_limits_json
 from dev.kafka_broker import KafkaBroker
 from tests.fixtures.relay_harness import sandbox_events, sandbox_stats, set_faults
-from tests.integration.faults.scenario import Scenario, metric_samples
+from tests.integration.faults.scenario import Scenario
 from tests.integration.faults.test_crash_resends import committed_map, finished
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
@@ -57,12 +57,9 @@ async def test_a_small_backlog_goes_in_bulk_requests_of_the_bound(
         await scenario.start_sandbox("--latency-ms", "20-60")
         relay = scenario.start_relay(**AUTO)
         await scenario.settled()
-        port = relay.metrics_port()
-        assert port is not None
-        buckets = await metric_samples(port, f"{SIZE}_bucket")
-        count = sum((await metric_samples(port, f"{SIZE}_count")).values())
-        total = sum((await metric_samples(port, f"{SIZE}_sum")).values())
-        within = buckets[(("le", f"{float(FLOOR)}"),)]
+        count = await relay.metric(f"{SIZE}_count")
+        total = await relay.metric(f"{SIZE}_sum")
+        within = await relay.metric(f"{SIZE}_bucket", {"le": f"{float(FLOOR)}"})
         assert within == count, f"{count - within} of {count} bulk requests over {FLOOR} events"
         # The bulk events are the backlog less the few that found room on Create Event.
         requests = (await sandbox_stats(scenario.base_url))["requests"]["bulk_create_events"]
