@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         default=accounts.MODES,
         help=f"scenario 7's send modes (default {accounts.MODES})",
     )
+    parser.add_argument(
+        "--crash-modes",
+        default=",".join(crash.MODES),
+        help=f"scenario 6's send modes (default {','.join(crash.MODES)})",
+    )
     parser.add_argument("--backlog-sizes", help="scenario 3 backlogs, e.g. 100000,1000000,5000000")
     parser.add_argument(
         "--memprobe", action="store_true", help="run the relay under bench.memprobe"
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         sections = [
             *more.run(bench, only, args),
             more.not_available(skipped),
-            *crash.run(bench, only),
+            *crash.run(bench, only, tuple(more.modes(args.crash_modes))),
             *accounts.run(bench, only, more.modes(args.accounts_modes)),
             *oauthsoak.run(
                 bench,

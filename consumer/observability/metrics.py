@@ -251,6 +251,14 @@ OAUTH_TOKEN_EXPIRY = Gauge(
     registry=REGISTRY,
 )
 
+BULK_REQUEST_EVENTS = Histogram(
+    "klaviyo_relay_bulk_request_events",
+    "Events per Bulk Create Events request sent (auto mode sizes them to its backlog; a kill -9"
+    " resends those of the requests out).",
+    buckets=(1, 10, 50, 100, 200, 500, 1000),
+    registry=REGISTRY,
+)
+
 
 def status_class(status: int | None) -> str:
     """``2xx``/``4xx``/``5xx`` for an HTTP status, ``error`` when there was no answer."""

@@ -32,14 +32,15 @@ def _assigned_partitions(stats: dict[str, Any]) -> dict[tuple[str, str], dict[st
     return found
 
 
-def record_kafka_stats(stats_json: str) -> None:
-    """Update CONSUMER_LAG and COMMITTED_OFFSET from one librdkafka statistics document."""
+def record_kafka_stats(stats_json: str) -> dict[str, Any] | None:
+    """Update CONSUMER_LAG and COMMITTED_OFFSET from one librdkafka statistics document;
+    returns the consumer's document (parsed), None for anything else."""
     try:
         stats = orjson.loads(stats_json)
     except orjson.JSONDecodeError:
-        return  # a malformed document is librdkafka's bug, not a reason to crash the consumer
+        return None  # a malformed document is librdkafka's bug, not a reason to crash
     if not isinstance(stats, dict) or stats.get("type", "consumer") != "consumer":
-        return  # producers report partitions too, but have no lag
+        return None  # producers report partitions too, but have no lag
     current = _assigned_partitions(stats)
     reported = _reported.setdefault(str(stats.get("name", "")), set())
     for topic, partition in reported - current.keys():
@@ -56,3 +57,4 @@ def record_kafka_stats(stats_json: str) -> None:
         if isinstance(committed, int) and committed >= 0:
             COMMITTED_OFFSET.labels(topic, partition).set(committed)
         reported.add((topic, partition))
+    return stats

@@ -12,6 +12,11 @@ is full), then goes with that place. Sealed at once instead, jobs waited for the
 few dozen events each, and the 150 jobs a minute Klaviyo allows carried a few thousand events
 a minute instead of up to 150,000 (measured: a batch-mode catch-up slower than realtime's).
 
+In auto mode a :class:`~consumer.pipeline.bulkwindow.BulkWindow` bounds the events in bulk
+requests at Klaviyo and not yet committed, by the backlog (what a kill -9 resends): a job is
+sealed once it holds the window's bound, and a job due while the window is full stays open and
+grows up to that size (the sender's attempts wait for the window too).
+
 Each job has a *ticket*, a future resolved once every item of the job is settled (accepted, or
 handed back as rejected). A lane that has items in a sealed job waits for its ticket before it
 adds to the next job, which keeps a key's events in order across jobs.
@@ -47,6 +52,8 @@ from consumer.klaviyo.bulk import BulkJob, RepeatKey, bad_items, build_bulk_jobs
 from consumer.klaviyo.outcomes import Accepted, KlaviyoError, Permanent
 from consumer.klaviyo.ratelimit import Permit
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
+from consumer.observability.metrics import BULK_REQUEST_EVENTS
+from consumer.pipeline.bulkwindow import BulkWindow
 from consumer.pipeline.sending import AccountHalted, Sender
 
 Token = TypeVar("Token")
@@ -123,10 +130,14 @@ class BulkBatcher(Generic[Token]):
         linger: float,
         room: Room | None = None,
         give_back: GiveBack | None = None,
+        window: BulkWindow | None = None,
     ) -> None:
         """``room``/``give_back``: without them a job goes as soon as it is due (the sender
-        waits for the quota); with them it waits for room while still open (see above)."""
+        waits for the quota); with them it waits for room while still open (see above).
+        ``window`` (auto mode, also wrapping ``sender``): a job is sealed once it holds the
+        window's bound (see :mod:`consumer.pipeline.bulkwindow`)."""
         self._sender = sender
+        self._window = window
         self._room = room
         self._give_back = give_back
         self._sink = sink
@@ -152,9 +163,14 @@ class BulkBatcher(Generic[Token]):
         job = self._open
         assert job is not None
         job.items.append(_Item(request, token, order))
-        if len(job.items) >= self._max_events:
+        if len(job.items) >= self._job_size():
             self._send_now(job)
         return ticket
+
+    def _job_size(self) -> int:
+        if self._window is None:
+            return self._max_events
+        return min(self._max_events, self._window.bound())
 
     def flush(self) -> None:
         """Send the open job as soon as Bulk Create Events has room (at once, without ``room``);
@@ -169,6 +185,9 @@ class BulkBatcher(Generic[Token]):
         job.due = True
         if self._room is None:
             self._send_now(job)
+            return
+        if self._window is not None and not self._window.fits(len(job.items)):
+            self._recheck(job)  # it grows meanwhile, up to the window's job size
             return
         # The job asks at its most urgent event's rank, as it will wait (``build_bulk_jobs``).
         permit = self._room(min(item.request.priority for item in job.items))
@@ -264,11 +283,15 @@ class BulkBatcher(Generic[Token]):
         if permit is not None and self._give_back is not None:
             self._give_back(permit)  # everything was withdrawn meanwhile
 
+    async def _settle(self, job: BulkJob, permit: Permit | None) -> Accepted | Permanent:
+        BULK_REQUEST_EVENTS.observe(len(job.items))
+        return await self._sender.settle(job.request, permit)
+
     async def _send_bulk(
         self, job: BulkJob, items: list[_Item[Token]], permit: Permit | None = None
     ) -> None:
         try:
-            outcome = await self._sender.settle(job.request, permit)
+            outcome = await self._settle(job, permit)
         except AccountHalted:
             for index in job.items:
                 self._sink.item_halted(items[index].token, items[index].request)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Protocol
 
@@ -108,6 +108,11 @@ class InFlight:
         self._progress = asyncio.Event()
         self._finished_since_commit = 0
         self._commit_due = asyncio.Event()
+        # Commits of the commit loop: begun so far, and the latest begun one that completed.
+        self._commits_begun = 0
+        self._commits_done = 0
+        self._commit_done = asyncio.Event()  # set (and replaced) when one completes
+        self._commit_waiters = 0  # in commit_after: the next commit should not wait long
         # The source exists once the relay runs; before that no record is in flight.
         self._flow: Flow | None = None
 
@@ -222,9 +227,34 @@ class InFlight:
             async with asyncio.timeout(interval):
                 await self._commit_due.wait()
         self._commit_due.clear()
-        many = self._finished_since_commit >= COMMIT_AT_ONCE
+        many = self._finished_since_commit >= COMMIT_AT_ONCE or self._commit_waiters > 0
         self._finished_since_commit = 0
         return many
+
+    def commit_began(self) -> int:
+        """The commit loop begins a commit; returns its number (for :meth:`commit_ended`)."""
+        self._commits_begun += 1
+        return self._commits_begun
+
+    def commit_ended(self, number: int) -> None:
+        """Commit ``number`` completed (or failed: the next one carries the same)."""
+        self._commits_done = max(self._commits_done, number)
+        self._commit_done.set()
+        self._commit_done = asyncio.Event()
+
+    def commit_after(self) -> Awaitable[None]:
+        """Completes once a commit begun after this call completed: what finished before the
+        call is then in Kafka (auto mode's bulk window waits for it, see bulkwindow)."""
+        self._commit_waiters += 1  # now: the commit loop may be deciding its spacing already
+        self._commit_due.set()  # also for accepted steps of unfinished events (in the map too)
+        return self._wait_commit(self._commits_begun)
+
+    async def _wait_commit(self, begun: int) -> None:
+        try:
+            while self._commits_done <= begun:
+                await self._commit_done.wait()
+        finally:
+            self._commit_waiters -= 1
 
     def settle(self, work: Work) -> None:
         """Finish ``work`` once none of its items is in a bulk job any more and, when it was

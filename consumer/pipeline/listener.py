@@ -124,9 +124,13 @@ class Listener:
     async def commit_now(self, source: Source) -> None:
         if self._halt.halted:
             return
-        positions = self._book.committable()
-        if positions:
-            self._book.mark_committed(await source.commit(positions))
+        number = self._book.commit_began()
+        try:
+            positions = self._book.committable()
+            if positions:
+                self._book.mark_committed(await source.commit(positions))
+        finally:
+            self._book.commit_ended(number)
 
 
 def _names(partitions: list[TopicPartitionKey]) -> str:

@@ -15,6 +15,7 @@ from consumer.klaviyo.client import KlaviyoClient
 from consumer.klaviyo.outcomes import Outcome
 from consumer.klaviyo.ratelimit import Permit
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
+from consumer.pipeline.backlog import Backlog
 from consumer.pipeline.deadletter import DeadLetterProducer
 from consumer.pipeline.failure import Failure
 from consumer.pipeline.offsets import TopicPartitionKey
@@ -40,6 +41,9 @@ class Source(Protocol):
 
     @property
     def saturated(self) -> bool: ...
+
+    @property
+    def backlog(self) -> Backlog: ...
 
     async def commit(self, positions: Positions) -> Positions: ...
 

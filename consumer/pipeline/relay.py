@@ -41,6 +41,7 @@ from consumer.observability.health import RelayState, start_http_server
 from consumer.observability.logging import get_logger
 from consumer.observability.metrics import QUOTA_SHARE
 from consumer.observability.revision import track_revision
+from consumer.pipeline.backlog import Backlog
 from consumer.pipeline.catchup import CatchUp
 from consumer.pipeline.deadletter_topic import DeadLetterTopicUnusable
 from consumer.pipeline.delivery import Delivery, delivery_for
@@ -162,6 +163,7 @@ class Relay:
             reject=self._dead_letters,
             spawn=self._spawn,
             saturated=lambda: self._source is not None and self._source.saturated,
+            backlog=lambda: Backlog(0) if self._source is None else self._source.backlog,
             room=client.try_acquire,
             give_back=client.release,
         )

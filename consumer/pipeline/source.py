@@ -58,6 +58,7 @@ from consumer.observability.metrics import (
 )
 from consumer.observability.stats import record_kafka_stats
 from consumer.pipeline.admission import Admission
+from consumer.pipeline.backlog import Backlog, BacklogMeter
 from consumer.pipeline.offsets import Commit, TopicPartitionKey
 from consumer.pipeline.records import SourceRecord
 from consumer.pipeline.share import PartitionCounts, partition_share
@@ -172,6 +173,9 @@ class KafkaSource:
         self._deferred: set[TopicPartitionKey] = set()  # less urgent, paused (see admission)
         self._finished = 0  # events released so far: the window's turnover
         self._paused = False
+        # Paused since the last statistics document: its end offsets may be stale (librdkafka
+        # does not fetch a paused partition's high watermark), so no arrival rate from it.
+        self._paused_lately = False
         self._hold = False  # stopping or halted: keep everything paused, hand nothing over
         self._discard = False  # stopping: records still fetched are dropped
         self._closing = threading.Event()
@@ -189,6 +193,7 @@ class KafkaSource:
         )
         self._thread = threading.Thread(target=self._run, name="kafka-source", daemon=True)
         self._counts = PartitionCounts(topics)
+        self._backlog = BacklogMeter()  # fed on the loop
         self._share_due = False  # an assignment came: count the partitions and apply the share
         self._share_retry_at = 0.0
 
@@ -209,6 +214,11 @@ class KafkaSource:
     @property
     def outstanding(self) -> int:
         return self._outstanding
+
+    @property
+    def backlog(self) -> Backlog:
+        """What waits for this relay (see :mod:`consumer.pipeline.backlog`). Read from the loop."""
+        return self._backlog.backlog(self._outstanding)
 
     @property
     def saturated(self) -> bool:
@@ -366,6 +376,7 @@ class KafkaSource:
             else:
                 self._consumer.resume(partitions)
         self._paused = want
+        self._paused_lately = self._paused_lately or want
         PARTITIONS_PAUSED.set(len(partitions) if want else 0)
         log.debug("partitions paused" if want else "partitions resumed", outstanding=outstanding)
 
@@ -525,8 +536,15 @@ class KafkaSource:
         self._to_loop(apply)
         applied.wait(_SHARE_APPLY_SECONDS)
 
-    def _on_stats(self, stats_json: str) -> None:
-        self._to_loop(record_kafka_stats, stats_json)
+    def _on_stats(self, stats_json: str) -> None:  # on this thread, inside consume
+        fetched = not self._paused_lately
+        self._paused_lately = self._paused
+        self._to_loop(self._took_stats, stats_json, fetched)
+
+    def _took_stats(self, stats_json: str, fetched: bool) -> None:  # on the loop
+        stats = record_kafka_stats(stats_json)
+        if stats is not None:
+            self._backlog.update(stats, time.monotonic(), arrivals=fetched)
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import assert_never
 
 from consumer.klaviyo.ratelimit import Permit
+from consumer.pipeline.backlog import Backlog
+from consumer.pipeline.bulkwindow import BulkWindow
 from consumer.pipeline.delivery.auto import AutoDelivery, Breaker, BulkGate, Room
 from consumer.pipeline.delivery.base import Delivery, Reject, Spawn
 from consumer.pipeline.delivery.batch import BatchDelivery
@@ -27,10 +29,14 @@ def delivery_for(
     saturated: Callable[[], bool],
     room: Room,
     give_back: Callable[[Permit], None],
+    backlog: Callable[[], Backlog] = lambda: Backlog(0),
 ) -> Delivery:
-    """The delivery strategy of ``settings.send_mode`` (a new mode without one fails mypy)."""
+    """The delivery strategy of ``settings.send_mode`` (a new mode without one fails mypy).
+    ``backlog``: what waits for the relay (auto mode bounds its bulk requests by it)."""
 
-    def batch(sender: Sender = sender, room: Room = room) -> BatchDelivery:
+    def batch(
+        sender: Sender = sender, room: Room = room, window: BulkWindow | None = None
+    ) -> BatchDelivery:
         return BatchDelivery(
             sender,
             book,
@@ -41,6 +47,7 @@ def delivery_for(
             linger=settings.batch_linger_seconds,
             room=room,
             give_back=give_back,
+            window=window,
         )
 
     match settings.send_mode:
@@ -52,9 +59,12 @@ def delivery_for(
             # Every send feeds the breaker, and bulk requests wait on it during an outage.
             breaker = Breaker(settings.auto_realtime_fallover_seconds)
             gate = BulkGate(breaker, give_back)
-            gated = sender.wrapped(gate.wrap)
+            # What a kill -9 can resend of bulk requests is bounded by the backlog (bulkwindow):
+            # each attempt waits for the window once it passed the gate.
+            window = BulkWindow(backlog, book.commit_after, spawn, give_back)
+            gated = sender.wrapped(lambda send: gate.wrap(window.wrap(send)))
             return AutoDelivery(
-                batch(gated, gate.room(room)),  # no job is sealed while the gate holds
+                batch(gated, gate.room(room), window),  # no job is sealed while the gate holds
                 gated,
                 room,
                 give_back=give_back,

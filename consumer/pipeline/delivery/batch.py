@@ -20,6 +20,7 @@ from consumer.klaviyo.ratelimit import Permit
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest, Plan
 from consumer.observability.metrics import BULK_DUPLICATES
 from consumer.pipeline.batching import BulkBatcher
+from consumer.pipeline.bulkwindow import BulkWindow
 from consumer.pipeline.delivery.base import Reject, Spawn, delivered, on_accepted
 from consumer.pipeline.dispatch import Lane
 from consumer.pipeline.failure import Failure, account_halted
@@ -46,9 +47,11 @@ class BatchDelivery:
         linger: float,
         room: Callable[[Endpoint, int], Permit | None] | None = None,
         give_back: Callable[[Permit], None] | None = None,
+        window: BulkWindow | None = None,
     ) -> None:
         """``room``/``give_back`` (``Klaviyo.try_acquire``/``release``): a job due while Bulk
-        Create Events has no room keeps growing until it has (``consumer.pipeline.batching``)."""
+        Create Events has no room keeps growing until it has (``consumer.pipeline.batching``).
+        ``window``: auto mode's bound on events in bulk requests (see ``bulkwindow``)."""
         self._runner = PlanRunner(sender)
         self._book = book
         self._reject = reject
@@ -64,6 +67,7 @@ class BatchDelivery:
             linger=linger,
             room=None if room is None else lambda rank: room(Endpoint.BULK_CREATE_EVENTS, rank),
             give_back=give_back,
+            window=window,
         )
 
     def submitted(self) -> None:

@@ -58,7 +58,8 @@ def test_metric_names_and_labels_follow_prometheus_conventions() -> None:
         name, kind = metric.name, metric.type
         assert name.startswith("klaviyo_relay_"), name
         if kind == "histogram":
-            assert name.endswith("_seconds"), f"{name}: histograms here measure time, in seconds"
+            # Time in seconds, or a size counted in events (bulk requests).
+            assert name.endswith(("_seconds", "_events")), f"{name}: seconds or events"
         assert not name.endswith(("_milliseconds", "_ms", "_minutes")), f"{name}: base units"
     for collector in REGISTRY._collector_to_names:  # labelnames are only on the collectors
         labels = set(getattr(collector, "_labelnames", ()))
