@@ -53,6 +53,7 @@ from consumer.klaviyo.outcomes import Accepted, Outcome
 from consumer.klaviyo.ratelimit import Permit
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.pipeline.backlog import Backlog
+from consumer.pipeline.pulse import Pulse
 from consumer.pipeline.sending import Send
 
 # At least this many events may be out: a bulk request of a few dozen events costs a place of
@@ -109,7 +110,7 @@ class BulkWindow:
         self._spawn = spawn
         self._give_back = give_back
         self._out = 0
-        self._changed = asyncio.Event()
+        self._changed = Pulse()
 
     @property
     def out(self) -> int:
@@ -151,8 +152,7 @@ class BulkWindow:
 
     def _release(self, events: int) -> None:
         self._out -= events
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._changed.fire()
 
     async def _after_commit(self, committed: Awaitable[None], events: int) -> None:
         try:

@@ -43,6 +43,7 @@ from consumer.pipeline.offsets import (
     PartitionOffsets,
     TopicPartitionKey,
 )
+from consumer.pipeline.pulse import Pulse
 from consumer.pipeline.records import SourceRecord
 
 log = get_logger(__name__)
@@ -111,7 +112,7 @@ class InFlight:
         # Commits of the commit loop: begun so far, and the latest begun one that completed.
         self._commits_begun = 0
         self._commits_done = 0
-        self._commit_done = asyncio.Event()  # set (and replaced) when one completes
+        self._commit_done = Pulse()  # fired when one completes
         self._commit_waiters = 0  # in commit_after: the next commit should not wait long
         # The source exists once the relay runs; before that no record is in flight.
         self._flow: Flow | None = None
@@ -239,8 +240,7 @@ class InFlight:
     def commit_ended(self, number: int) -> None:
         """Commit ``number`` completed (or failed: the next one carries the same)."""
         self._commits_done = max(self._commits_done, number)
-        self._commit_done.set()
-        self._commit_done = asyncio.Event()
+        self._commit_done.fire()
 
     def commit_after(self) -> Awaitable[None]:
         """Completes once a commit begun after this call completed: what finished before the

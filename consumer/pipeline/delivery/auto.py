@@ -77,6 +77,7 @@ from consumer.pipeline.delivery.batch import BatchDelivery
 from consumer.pipeline.delivery.realtime import send_create_event
 from consumer.pipeline.dispatch import Lane
 from consumer.pipeline.inflight import Work
+from consumer.pipeline.pulse import Pulse
 from consumer.pipeline.sending import Send, Sender, StepFailure
 from consumer.priorities import PriorityClass
 
@@ -138,7 +139,7 @@ class Breaker:
         self._open_until: float | None = None  # None: closed
         self._probing = False
         self.outage = False  # Klaviyo failed lately and has not accepted anything since
-        self._changed = asyncio.Event()  # set (and replaced) when the outage ends
+        self._changed = Pulse()  # fired when the outage ends
 
     async def changed(self) -> None:
         """Return once the outage ends (or :meth:`nudge` is called)."""
@@ -146,8 +147,7 @@ class Breaker:
 
     def nudge(self) -> None:
         """Wake everyone waiting in :meth:`changed`."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._changed.fire()
 
     def failing(self, now: float) -> bool:
         """Whether a fresh event must not try Create Event now."""
