@@ -33,9 +33,11 @@ async def test_revoke_while_the_loop_is_stalled(kafka_broker: KafkaBroker, tmp_p
             # Held requests give up soon, so the relay retries them soon after the sandbox heals.
             "KLAVIYO_TIMEOUT_SECONDS": "2",
             "RETRY_MAX_ATTEMPTS": "20",
-            # Every key's next event must go to Create Event and be held there: with lateness
-            # by the records' age, most of them went into one bulk job instead (not yet
-            # explained; see bench/README.md, scenario 4's notes on the reserve).
+            # Every key's next event must go to Create Event and be held there. Late by its
+            # records' age, the pre-produced backlog would go in a bulk job, the relay's first
+            # Create Event would be the held ones, and until a first answer brings Klaviyo's
+            # RateLimit headers the limiter lets one request out (its share probe): the other
+            # keys' events would go to bulk jobs (`bulk/quota`).
             "AUTO_REALTIME_MAX_WAIT_SECONDS": "3600",
         }
         first = scenario.start_relay(STALLING_RELAY, **settings, **{STALL_SECONDS: str(STALL)})
