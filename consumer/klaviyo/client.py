@@ -31,6 +31,7 @@ from consumer.klaviyo.classify import (
 from consumer.klaviyo.oauth import GrantRevoked, TokenUnavailable
 from consumer.klaviyo.outcomes import Accepted, Fatal, Outcome, Retryable
 from consumer.klaviyo.ratelimit import Permit, RateLimiter
+from consumer.klaviyo.recovery import Recovery
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.klaviyo.retry import Clock, RetryPolicy, Sleep, call_with_retries
 from consumer.observability.metrics import (
@@ -102,6 +103,8 @@ class KlaviyoClient:
         self._rng = rng or random.Random()
         self._clock = clock
         self._sleep = sleep
+        # Shared by every request of this account: a served answer ends the others' backoffs.
+        self._recovery = Recovery(sleep)
         self._base_url = settings.klaviyo_base_url.rstrip("/")
         self._headers = {
             "revision": settings.klaviyo_revision,
@@ -157,8 +160,11 @@ class KlaviyoClient:
         # Serialised (and compressed) once; every retry resends the same bytes.
         payload, extra_headers = self._payload(request)
         granted = permit
+        last: Retryable | None = None  # the outcome the next backoff follows
 
         def on_retry(outcome: Retryable, wait: float) -> None:
+            nonlocal last
+            last = outcome
             KLAVIYO_RETRIES.labels(request.endpoint.value, outcome.reason).inc()
             _log.info(
                 "klaviyo_retry",
@@ -173,17 +179,25 @@ class KlaviyoClient:
             given, granted = granted, None
             return self._attempt(request, payload, extra_headers, given)
 
+        async def backoff(seconds: float) -> None:
+            assert last is not None  # on_retry runs before every backoff
+            await self._recovery.backoff(seconds, last)
+
         outcome = await call_with_retries(
             attempt,
             self._policy,
             rng=self._rng,
             clock=self._clock,
-            sleep=self._sleep,
+            sleep=backoff,
             on_retry=on_retry,
         )
         if isinstance(outcome, Fatal):
             _log.error("klaviyo_fatal", endpoint=request.endpoint.value, status=outcome.status)
         return outcome
+
+    async def backoff(self, seconds: float, after: Retryable) -> None:
+        """See :meth:`Recovery.backoff` (the pipeline's holds wait here too)."""
+        await self._recovery.backoff(seconds, after)
 
     async def ping(self) -> Outcome:
         """One harmless authenticated GET (no retries), for ``check`` and readiness."""
@@ -281,6 +295,7 @@ class KlaviyoClient:
             outcome = connection_error_outcome()
         finally:
             self._limiter.release(permit, status=status, headers=headers)
+        self._recovery.observe(outcome)
         KLAVIYO_REQUEST_DURATION.labels(endpoint).observe(time.perf_counter() - started)
         outcome_name = _outcome_name(outcome)
         KLAVIYO_REQUESTS.labels(endpoint, outcome_name, status_class(status), self._account).inc()

@@ -53,8 +53,8 @@ from consumer.klaviyo.outcomes import Accepted, Outcome
 from consumer.klaviyo.ratelimit import Permit
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.pipeline.backlog import Backlog
-from consumer.pipeline.pulse import Pulse
 from consumer.pipeline.sending import Send
+from consumer.pulse import Pulse
 
 # At least this many events may be out: a bulk request of a few dozen events costs a place of
 # Bulk Create Events' 150 a minute like a full one, and below ~100 the drain of a small backlog

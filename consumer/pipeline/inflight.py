@@ -43,8 +43,8 @@ from consumer.pipeline.offsets import (
     PartitionOffsets,
     TopicPartitionKey,
 )
-from consumer.pipeline.pulse import Pulse
 from consumer.pipeline.records import SourceRecord
+from consumer.pulse import Pulse
 
 log = get_logger(__name__)
 

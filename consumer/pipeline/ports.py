@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Protocol
 
 from consumer.klaviyo.client import KlaviyoClient
-from consumer.klaviyo.outcomes import Outcome
+from consumer.klaviyo.outcomes import Outcome, Retryable
 from consumer.klaviyo.ratelimit import Permit
 from consumer.klaviyo.requests import Endpoint, KlaviyoRequest
 from consumer.pipeline.backlog import Backlog
@@ -92,6 +92,11 @@ class Klaviyo(Protocol):
         ...
 
     async def ping(self) -> Outcome: ...
+
+    async def backoff(self, seconds: float, after: Retryable) -> None:
+        """Wait ``seconds`` before sending again a request that ended in ``after``; less once
+        Klaviyo serves again (``consumer.klaviyo.recovery``)."""
+        ...
 
     def set_share(self, share: float) -> None:
         """Use this share of the account's quota from now on (the group moved it)."""

@@ -155,7 +155,9 @@ class Relay:
         else:
             halt = self._halt
             reachability = Reachability(client, self.state, halt)
-        sender = Sender(client.send, policy, halt, on_reachable=reachability.set)
+        sender = Sender(
+            client.send, policy, halt, on_reachable=reachability.set, backoff=client.backoff
+        )
         delivery = delivery_for(
             account,
             sender,

@@ -79,6 +79,13 @@ class Halt:
         raise AssertionError("unreachable: the halt future is never resolved")
 
 
+Backoff = Callable[[float, Retryable], Awaitable[None]]
+
+
+async def _sleep(seconds: float, _after: Retryable) -> None:
+    await asyncio.sleep(seconds)
+
+
 class Sender:
     """Sends a request until Klaviyo accepts or refuses it for good."""
 
@@ -90,12 +97,16 @@ class Sender:
         *,
         on_reachable: Callable[[bool], None] = lambda _ok: None,
         rng: random.Random | None = None,
+        backoff: Backoff = _sleep,
     ) -> None:
+        """``backoff(seconds, after)``: how a hold waits before sending again (the client's
+        :meth:`~consumer.klaviyo.recovery.Recovery.backoff`: it ends when Klaviyo serves again)."""
         self._send = send
         self._policy = policy
         self._halt = halt
         self._on_reachable = on_reachable
         self._rng = rng or random.Random()
+        self._backoff = backoff
 
     def wrapped(self, wrap: Callable[[Send], Send]) -> Sender:
         """A sender like this one whose sends go through ``wrap`` (e.g. auto's bulk gate)."""
@@ -105,6 +116,7 @@ class Sender:
             self._halt,
             on_reachable=self._on_reachable,
             rng=self._rng,
+            backoff=self._backoff,
         )
 
     async def settle(
@@ -128,7 +140,7 @@ class Sender:
             assert isinstance(outcome, Retryable)
             # No answer at all (timeout, refused connection) means Klaviyo is unreachable.
             self._on_reachable(outcome.status is not None)
-            await asyncio.sleep(self._policy.delay(retry, outcome, self._rng))
+            await self._backoff(self._policy.delay(retry, outcome, self._rng), outcome)
             retry += 1
 
 

@@ -125,6 +125,53 @@ async def test_outage_holds_then_catches_up_without_dead_letters(relay_case: Rel
     assert not relay.logged("event dead-lettered")
 
 
+@pytest.mark.parametrize(
+    ("where", "budget"),
+    [("the client's retries", "7200"), ("the pipeline's hold", "120")],
+)
+async def test_backoffs_end_when_klaviyo_serves_again(
+    relay_case: RelayCase, where: str, budget: str
+) -> None:
+    """An event whose send failed during an outage backs off for up to an hour here (full
+    jitter: a draw under the test's minute has a 2 % chance). Once Klaviyo serves another event,
+    it goes again at once, whether it waits in the client's retries (a budget longer than the
+    wait) or in the pipeline's hold (the budget spent, the same policy holds it)."""
+    bootstrap, factory = relay_case.bootstrap, relay_case.factory
+    topic = relay_case.topic(f"recovery-{budget}", "shop.order.placed")
+    failed = factory.event(topic, "shop.order.placed", "cust-failed", 1)
+    served = factory.event(topic, "shop.order.placed", "cust-served", 2)
+    async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
+        env = relay_case.env(
+            sandbox.base_url,
+            SEND_MODE="realtime",
+            RETRY_MAX_ATTEMPTS="5",
+            RETRY_BASE_SECONDS="3600",
+            RETRY_CAP_SECONDS="3600",
+            RETRY_MAX_ELAPSED_SECONDS=budget,
+        )
+        relay = relay_case.start(env)
+        await wait_for(lambda: relay.logged("partitions assigned"), what="the relay's partitions")
+        await set_faults(sandbox.base_url, {"error_rates": {"503": 1.0}})
+        produce_events(bootstrap, [failed])
+
+        async def refused() -> bool:
+            stats = await sandbox_stats(sandbox.base_url)
+            return int(stats["injected"].get("503", 0)) >= 1
+
+        await wait_for(refused, what="the event's send refused")
+        await set_faults(sandbox.base_url, {"error_rates": {}})
+        produce_events(bootstrap, [served])
+        ends = relay_case.ends()
+        await wait_for(
+            lambda: relay_case.committed() == ends,
+            60,
+            what=f"both delivered ({where} cut short)",
+        )
+        assert base_ids(sandbox.state.events) == {failed.event_id, served.event_id}
+        relay.terminate()
+        assert await relay.wait_exit() == 0
+
+
 async def test_revoked_key_halts_the_relay_and_commits_nothing_further(
     relay_case: RelayCase,
 ) -> None:

@@ -77,9 +77,9 @@ from consumer.pipeline.delivery.batch import BatchDelivery
 from consumer.pipeline.delivery.realtime import send_create_event
 from consumer.pipeline.dispatch import Lane
 from consumer.pipeline.inflight import Work
-from consumer.pipeline.pulse import Pulse
 from consumer.pipeline.sending import Send, Sender, StepFailure
 from consumer.priorities import PriorityClass
+from consumer.pulse import Pulse
 
 P = TypeVar("P")
 

@@ -7,6 +7,7 @@ when (the loop's clock), so timing claims are measured where they matter: at the
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -403,6 +404,53 @@ async def test_elapsed_budget(scripted: Callable[..., Any]) -> None:
     latency_allowance = 0.5
     assert server.arrivals[-1].at <= started + 0.6 + latency_allowance
     assert elapsed < 0.6 + latency_allowance
+
+
+class LongestWaits(random.Random):
+    """Full jitter drawing its ceiling every time: each backoff is as long as it may be."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@pytest.mark.parametrize(
+    ("first", "cut_short"),
+    [
+        (Answer(503), True),
+        (Answer(503, headers={"Retry-After": "600"}), False),
+        (Answer(429, headers={"Retry-After": "600"}), False),
+    ],
+)
+async def test_a_served_answer_ends_the_backoffs_of_failed_requests(
+    scripted: Callable[..., Any], first: Answer, cut_short: bool
+) -> None:
+    """A request backing off (up to 10 minutes here) from a 503 goes again as soon as another
+    request is served: Klaviyo is back. A wait Klaviyo asked for (Retry-After) is kept."""
+    server = await scripted(first)
+    settings = settings_for(
+        server.url,
+        retry_base_seconds=600.0,
+        retry_cap_seconds=600.0,
+        retry_max_elapsed_seconds=3600.0,
+    )
+    backing_off = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        backing_off.set()
+        await asyncio.sleep(seconds)
+
+    async with KlaviyoClient(settings, rng=LongestWaits(), sleep=sleep) as client:
+        failed = asyncio.create_task(client.send(EVENT))
+        await asyncio.wait_for(backing_off.wait(), 10)
+        other = KlaviyoRequest(Endpoint.GET_PROFILES, "GET", "/api/profiles")
+        assert await client.send(other) == Accepted(202, None, attempts=1)
+        if cut_short:
+            assert await asyncio.wait_for(failed, 10) == Accepted(202, None, attempts=2)
+        else:
+            done, _ = await asyncio.wait({failed}, timeout=0.5)
+            assert not done  # still waiting out its Retry-After
+            failed.cancel()
+    assert len(server.arrivals) == (3 if cut_short else 2)
 
 
 async def test_retry_after_beyond_budget_hands_back_to_the_pipeline(

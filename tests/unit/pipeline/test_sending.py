@@ -61,6 +61,23 @@ async def test_retryable_answers_are_sent_again_until_settled() -> None:
     assert reachable == [True, False, True]  # a 503 is an answer; a timeout is not
 
 
+async def test_a_hold_waits_in_the_given_backoff_after_each_spent_budget() -> None:
+    """The pipeline's holds wait where the client's retries do (the client's backoff, which a
+    served answer cuts short: consumer.klaviyo.recovery), after the outcome that spent it."""
+    outcomes = (Retryable(503, "server_error"), Retryable(None, "timeout"))
+    script = Script(*outcomes, Accepted(202))
+    waits: list[tuple[float, Retryable]] = []
+
+    async def backoff(seconds: float, after: Retryable) -> None:
+        waits.append((seconds, after))
+
+    policy = RetryPolicy(base_seconds=600.0, cap_seconds=600.0)
+    sender = Sender(script.send, policy, Halt(lambda *_: None), backoff=backoff)
+    assert await sender.wrapped(lambda send: send).settle(EVENT) == Accepted(202)
+    assert [after for _, after in waits] == list(outcomes)
+    assert all(0 <= seconds <= 600.0 for seconds, _ in waits)
+
+
 async def test_a_permit_given_to_settle_goes_with_the_first_send_only() -> None:
     script = Script(Retryable(503, "server_error"), Accepted(202))
     permit = Permit("create_event", waited=0.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from consumer.pipeline.pulse import Pulse
+from consumer.pulse import Pulse
 
 
 async def test_fire_wakes_every_waiter_and_a_later_wait_waits_for_the_next() -> None:
