@@ -20,7 +20,9 @@ the sandbox answers every API request 503 for ``outage_s`` seconds, then serves 
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -37,7 +39,7 @@ from bench.steady import (
     tracked,
     unavailable,
 )
-from dev.harness import rate_limits_json, wait_until
+from dev.harness import metric_sum, metric_sums_by, rate_limits_json, wait_until
 
 SAMPLE_S = 1.0
 
@@ -139,6 +141,13 @@ class _Watch:
         self.samples: list[tuple[float, int]] = []
         self.began = self.down = self.up = 0.0
         self.caught: float | None = None
+        # The relay's auto routes (``path/reason``: count) when the outage ended and at the
+        # catch-up, and its metrics once a second from the outage's end on, in
+        # ``<relay log>.metrics.jsonl`` (for tracing a slow catch-up).
+        self.routes_at_up: dict[str, float] | None = None
+        self.routes_at_caught: dict[str, float] | None = None
+        self._series = child.log_path.with_suffix(".metrics.jsonl")
+        self._port: int | None = None
 
     def observe(self, sandbox: InstrumentedSandbox, plan: OutagePlan, result: OutageResult) -> None:
         """Warm-up, outage, catch-up: the lag sampled throughout."""
@@ -154,7 +163,9 @@ class _Watch:
         set_outage(sandbox, False)
         self.up = time.time()
         result.backlog = self.samples[-1][1]
+        self.routes_at_up = _routes(self.relay_metrics())
         self.catch_up(result.normal_lag, plan)
+        self.routes_at_caught = _routes(self.relay_metrics())
         result.peak_lag = max(self.lags())
 
     def lags(self, since: float = 0.0) -> list[int]:
@@ -165,7 +176,40 @@ class _Watch:
             raise RuntimeError(f"{self.child.log_path.name}: exited early")
         lag = self.probe.lag()
         self.samples.append((time.time(), lag))
+        if self.up:
+            metrics = self.relay_metrics()
+            if metrics is not None:
+                metrics.update(t=round(time.time() - self.up, 2), lag=lag)
+                with self._series.open("a") as series:
+                    series.write(json.dumps(metrics) + "\n")
         return lag
+
+    def relay_metrics(self) -> dict[str, float] | None:
+        """A few of the relay's metrics now (None: it does not serve them)."""
+        if self._port is None:
+            self._port = next(
+                (
+                    int(line["metrics_port"])
+                    for line in self.child.log_lines()
+                    if line.get("message") == "relay started"
+                ),
+                None,
+            )
+        if self._port is None:
+            return None
+        url = f"http://127.0.0.1:{self._port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        found: dict[str, float] = {}
+        for path in ("realtime", "bulk"):
+            by = metric_sums_by(text, "klaviyo_relay_auto_route_total", "reason", {"path": path})
+            found.update({f"route {path}/{reason}": n for reason, n in by.items()})
+        for key, name in _SERIES.items():
+            found[key] = metric_sum(text, name)
+        return found
 
     def sample_until(self, end: float) -> None:
         while time.time() < end:
@@ -199,21 +243,27 @@ def _summarise(result: OutageResult, sandbox: InstrumentedSandbox, watch: _Watch
     result.outage_answers = sum(c.get("503", 0) for c in s["requests"].values())
     resets = tracked(sandbox)
     until = watch.caught if watch.caught is not None else time.time()
-    catchup = [(delay, bulk) for occurred, delay, bulk in resets if watch.up <= occurred <= until]
-    during = [delay for delay, _ in catchup]
+    catchup = [
+        (delay, bulk, after)
+        for occurred, delay, bulk, after in resets
+        if watch.up <= occurred <= until
+    ]
+    during = [delay for delay, _, _ in catchup]
     result.resets = len(during)
     result.reset_p50_s = quantile(during, 0.50)
     result.reset_p99_s = quantile(during, 0.99)
     slowest = ", ".join(
-        f"{_fmt(delay)} ({'bulk' if bulk else 'create event'})"
-        for delay, bulk in sorted(catchup, reverse=True)[:3]
+        f"{_fmt(delay)} ({'bulk' if bulk else 'create event'}, {_after(after)})"
+        for delay, bulk, after in sorted(catchup, reverse=True)[:5]
     )
     result.notes.append(
-        f"resets during the catch-up in bulk jobs: {sum(bulk for _, bulk in catchup)}; "
+        f"resets during the catch-up in bulk jobs: {sum(bulk for _, bulk, _ in catchup)}; "
         f"slowest: {slowest or '–'}"
     )
+    if watch.routes_at_up is not None and watch.routes_at_caught is not None:
+        result.notes.append(f"auto routes during the catch-up: {_routes_during(watch)}")
     result.notes.append(_create_event_use(realtime(sandbox), watch.up, until))
-    before = [delay for occurred, delay, _ in resets if watch.began <= occurred < watch.down]
+    before = [delay for occurred, delay, _, _ in resets if watch.began <= occurred < watch.down]
     result.notes.append(
         f"password resets before the outage: {len(before)}, p99 "
         f"{_fmt(quantile(before, 0.99))}; all events p50/p99 {_fmt(s['p50'])}/{_fmt(s['p99'])}"
@@ -235,6 +285,38 @@ def _create_event_use(arrivals: list[tuple[float, float]], up: float, until: flo
         f"Create Event during the catch-up: {len(during)} events, {late} of them older than "
         f"{LATE_S:g} s"
     )
+
+
+# The relay's metrics in the catch-up's series, besides the routes.
+_SERIES = {
+    "in_flight": "klaviyo_relay_events_in_flight",
+    "paused": "klaviyo_relay_partitions_paused",
+    "deferred": "klaviyo_relay_partitions_deferred",
+    "bulk_requests": "klaviyo_relay_bulk_request_events_count",
+    "bulk_events": "klaviyo_relay_bulk_request_events_sum",
+    "throttled": "klaviyo_relay_klaviyo_throttled_total",
+    "oldest_s": "klaviyo_relay_oldest_unfinished_event_age_seconds",
+}
+
+
+def _routes(metrics: dict[str, float] | None) -> dict[str, float] | None:
+    if metrics is None:
+        return None
+    return {k.removeprefix("route "): n for k, n in metrics.items() if k.startswith("route ")}
+
+
+def _after(after: float) -> str:
+    """How long after its key's previous reset one arrived (a chain behind the key's backlog)."""
+    return "its key's first" if after < 0 else f"{_fmt(after)} after its key's previous"
+
+
+def _routes_during(watch: _Watch) -> str:
+    assert watch.routes_at_up is not None and watch.routes_at_caught is not None
+    during = {
+        route: round(n - watch.routes_at_up.get(route, 0))
+        for route, n in watch.routes_at_caught.items()
+    }
+    return ", ".join(f"{route} {n}" for route, n in sorted(during.items()) if n) or "–"
 
 
 def _fmt(seconds: float | None) -> str:

@@ -15,9 +15,10 @@ The control port (never the API port, so the hot path is untouched) serves
   the share of the steady limit used is measured window by window, exactly as Klaviyo counts
   (refusals too, per window).
 
-``/tracked`` lists ``[occurred_at, delay, bulk]`` of every accepted event of
+``/tracked`` lists ``[occurred_at, delay, bulk, after]`` of every accepted event of
 :data:`TRACKED_METRIC` (password resets: a few per cent of the load; ``bulk`` 1 when it came in a
-Bulk Create Events job), so a scenario can take the delay percentiles of the ones produced in a
+Bulk Create Events job; ``after`` seconds since its profile's previous one arrived, -1 for the
+first), so a scenario can take the delay percentiles of the ones produced in a
 span of its choosing (the outage scenario's catch-up) and see which path the slow ones took.
 ``/realtime`` lists ``[arrival, delay]`` of every event accepted on Create Event: how much of
 that endpoint's quota went to events that were already late (an outage's backlog).
@@ -91,7 +92,11 @@ class Recorder:
         self.first = 0.0
         self.last = 0.0
         self.duplicates = 0
-        self.tracked = array("d")  # occurred_at, delay, bulk (0/1), occurred_at, ...
+        self.tracked = array("d")  # occurred_at, delay, bulk (0/1), after, occurred_at, ...
+        # The arrival of each profile's last tracked event: ``after`` is how long a tracked
+        # event arrived after its profile's previous one (-1: the first), to tell a reset that
+        # waited behind its key's earlier ones from one that waited on its own.
+        self._last_tracked: dict[str, float] = {}
         self.realtime = array("d")  # arrival, delay, arrival, delay, ... (Create Event only)
         self.trace: list[tuple[float, str, str, str, str, int]] = []
         self.jobs = 0  # bulk requests the store took events from
@@ -119,7 +124,10 @@ class Recorder:
                 self.delays.append(now - occurred)
                 if event["metric"]["data"]["attributes"]["name"] == TRACKED_METRIC:
                     bulk = float(endpoint == "bulk_create_events")
-                    self.tracked.extend((occurred, now - occurred, bulk))
+                    who = str((profile_data.get("attributes") or {}).get("email"))
+                    after = now - self._last_tracked.get(who, now + 1)
+                    self._last_tracked[who] = now
+                    self.tracked.extend((occurred, now - occurred, bulk, after))
                 if endpoint == "create_event":
                     self.realtime.extend((now, now - occurred))
                 if not self.first:
@@ -173,7 +181,7 @@ class Recorder:
 
     def tracked_rows(self) -> list[list[float]]:
         t = self.tracked
-        return [[t[i], t[i + 1], t[i + 2]] for i in range(0, len(t), 3)]
+        return [[t[i], t[i + 1], t[i + 2], t[i + 3]] for i in range(0, len(t), 4)]
 
     def realtime_pairs(self) -> list[list[float]]:
         r = self.realtime

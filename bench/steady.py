@@ -46,11 +46,12 @@ def set_outage(sandbox: InstrumentedSandbox, down: bool) -> None:
         pass
 
 
-def tracked(sandbox: InstrumentedSandbox) -> list[tuple[float, float, bool]]:
-    """``(occurred_at, delay, bulk)`` of every accepted password reset (``bench.sandbox_proc``;
-    ``bulk``: it came in a Bulk Create Events job)."""
+def tracked(sandbox: InstrumentedSandbox) -> list[tuple[float, float, bool, float]]:
+    """``(occurred_at, delay, bulk, after)`` of every accepted password reset
+    (``bench.sandbox_proc``; ``bulk``: it came in a Bulk Create Events job; ``after``: seconds
+    since its profile's previous reset arrived, -1 for the first)."""
     with urllib.request.urlopen(sandbox.control_url + "/tracked", timeout=60) as response:
-        return [(o, d, bool(b)) for o, d, b in json.loads(response.read())]
+        return [(o, d, bool(b), a) for o, d, b, a in json.loads(response.read())]
 
 
 def realtime(sandbox: InstrumentedSandbox) -> list[tuple[float, float]]:
