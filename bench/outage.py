@@ -174,12 +174,14 @@ class _Watch:
     def sample(self) -> int:
         if self.child.process.poll() is not None:
             raise RuntimeError(f"{self.child.log_path.name}: exited early")
-        lag = self.probe.lag()
+        lags = self.probe.by_topic()
+        lag = sum(lags.values())
         self.samples.append((time.time(), lag))
         if self.up:
             metrics = self.relay_metrics()
             if metrics is not None:
                 metrics.update(t=round(time.time() - self.up, 2), lag=lag)
+                metrics.update({f"lag {topic}": n for topic, n in lags.items() if n})
                 with self._series.open("a") as series:
                     series.write(json.dumps(metrics) + "\n")
         return lag
@@ -209,6 +211,9 @@ class _Watch:
             found.update({f"route {path}/{reason}": n for reason, n in by.items()})
         for key, name in _SERIES.items():
             found[key] = metric_sum(text, name)
+        requests = "klaviyo_relay_klaviyo_requests_total"
+        for endpoint, n in metric_sums_by(text, requests, "endpoint").items():
+            found[f"requests {endpoint}"] = n
         return found
 
     def sample_until(self, end: float) -> None:
@@ -292,6 +297,7 @@ _SERIES = {
     "in_flight": "klaviyo_relay_events_in_flight",
     "paused": "klaviyo_relay_partitions_paused",
     "deferred": "klaviyo_relay_partitions_deferred",
+    "crowded": "klaviyo_relay_partitions_paused_pending",
     "bulk_requests": "klaviyo_relay_bulk_request_events_count",
     "bulk_events": "klaviyo_relay_bulk_request_events_sum",
     "throttled": "klaviyo_relay_klaviyo_throttled_total",

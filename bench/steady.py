@@ -167,10 +167,17 @@ class LagProbe:
         self._topics = list(topics)
 
     def lag(self) -> int:
+        return sum(self.by_topic().values())
+
+    def by_topic(self) -> dict[str, int]:
+        """The lag of each topic (summed over its partitions)."""
         ends = self._offsets.ends(self._topics)
         committed = self._offsets.committed(self._topics)
+        lags = dict.fromkeys(self._topics, 0)
         # Every run's group starts with committed offsets (Bench.new_group): none is missing.
-        return sum(max(0, end - committed[tp]) for tp, end in ends.items())
+        for tp, end in ends.items():
+            lags[tp[0]] += max(0, end - committed[tp])
+        return lags
 
     def close(self) -> None:
         self._offsets.close()
