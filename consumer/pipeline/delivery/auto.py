@@ -208,6 +208,11 @@ class BulkGate:
     key's reset from the outage (measured: reset p50/p99 3.3 s/8.2 s). Reported as no room,
     the open job keeps growing until it is full or the outage ends, like a job waiting for
     the quota, and a key's later events join it instead of waiting for a sealed one.
+
+    The probe itself may be sleeping out a backoff when Klaviyo returns; that wait ends at
+    Klaviyo's first served answer (:mod:`consumer.klaviyo.recovery`). Before, every key with an
+    event in the probe job waited out the rest of it, and with them nearly every partition's
+    committed offset (measured: 14-34 s after a 10-minute outage).
     """
 
     def __init__(
