@@ -104,7 +104,7 @@ class KlaviyoClient:
         self._clock = clock
         self._sleep = sleep
         # Shared by every request of this account: a served answer ends the others' backoffs.
-        self._recovery = Recovery(sleep)
+        self._recovery = Recovery(sleep, clock)
         self._base_url = settings.klaviyo_base_url.rstrip("/")
         self._headers = {
             "revision": settings.klaviyo_revision,

@@ -14,22 +14,33 @@ committed offset. Measured (bench scenario 4, three 10-minute outages at 30 even
 - the email-change events, whose profile look-ups had failed all through the outage, kept the
   lag above normal for 36 s after the rest had caught up, and with it the catch-up's end.
 
-So the first answer that shows Klaviyo serving again (anything but a 5xx or no answer at all)
-ends those waits at once. They do not come back as a wave beyond the quota: each retry still
-waits for its place in the rate limiter. A wait after a 429, or after any answer that carried
-``Retry-After``, is kept: Klaviyo asked for it. Scattered 5xx among served requests (a flaky
-edge) wake the same way, at the next served answer: Klaviyo serving the requests around a
-failed one is the best sign its retry will be served too.
+So when Klaviyo has been failing (a *spell*: at least ``SPELL_FAILURES`` failed attempts, a 5xx
+or no answer at all, over at least ``SPELL_SECONDS``, with nothing served in between), its first
+answer that is not a failure ends those waits at once. They do not come back as a wave beyond
+the quota: each retry still waits for its place in the rate limiter. Kept as they are:
+
+- a wait after a 429, or after any answer that carried ``Retry-After``: Klaviyo asked for it;
+- waits after scattered failures among served requests (a flaky edge, a request Klaviyo fails
+  every time): they form no spell, so their backoff still grows. Woken at every served answer,
+  a request that Klaviyo always answers 500 would be resent as fast as the quota allows,
+  spending places the others need.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from consumer.klaviyo.outcomes import Outcome, Retryable
-from consumer.klaviyo.retry import Sleep
+from consumer.klaviyo.retry import Clock, Sleep
 from consumer.pulse import Pulse
+
+# Klaviyo was failing, not a request or two: this many failed attempts in a row, over this long
+# (in an outage a busy relay fails hundreds of attempts a second; a quiet one gets there through
+# its own requests' retries).
+SPELL_FAILURES = 3
+SPELL_SECONDS = 1.0
 
 
 def failing(outcome: Outcome) -> bool:
@@ -43,19 +54,29 @@ def wakes_early(outcome: Retryable) -> bool:
 
 
 class Recovery:
-    """Watches one account's answers; backoffs after a failure end when Klaviyo serves again."""
+    """Watches one account's answers; backoffs after a failure end when Klaviyo serves again
+    after a spell of failures."""
 
-    def __init__(self, sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(self, sleep: Sleep = asyncio.sleep, clock: Clock = time.monotonic) -> None:
         self._sleep = sleep
-        self._failing = False
-        self._served = Pulse()  # fired at the first serving answer after a failure
+        self._clock = clock
+        self._failures = 0  # failed attempts since the last served answer
+        self._failing_since = 0.0  # the first of them
+        self._served = Pulse()  # fired at the first served answer after a spell
 
     def observe(self, outcome: Outcome) -> None:
         """One attempt's outcome (every attempt of every request)."""
         if failing(outcome):
-            self._failing = True
-        elif self._failing:
-            self._failing = False
+            if self._failures == 0:
+                self._failing_since = self._clock()
+            self._failures += 1
+            return
+        spell = (
+            self._failures >= SPELL_FAILURES
+            and self._clock() - self._failing_since >= SPELL_SECONDS
+        )
+        self._failures = 0
+        if spell:
             self._served.fire()
 
     async def backoff(self, seconds: float, after: Retryable) -> None:

@@ -4,8 +4,12 @@ revoked key halts it (not ready, nothing further committed)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
+from consumer.klaviyo.recovery import SPELL_FAILURES, SPELL_SECONDS
 from klaviyo_sandbox import SandboxOptions, running_sandbox
 from tests.fixtures.relay_harness import (
     RelayCase,
@@ -132,14 +136,17 @@ async def test_outage_holds_then_catches_up_without_dead_letters(relay_case: Rel
 async def test_backoffs_end_when_klaviyo_serves_again(
     relay_case: RelayCase, where: str, budget: str
 ) -> None:
-    """An event whose send failed during an outage backs off for up to an hour here (full
-    jitter: a draw under the test's minute has a 2 % chance). Once Klaviyo serves another event,
-    it goes again at once, whether it waits in the client's retries (a budget longer than the
-    wait) or in the pipeline's hold (the budget spent, the same policy holds it)."""
+    """Events whose sends failed during an outage back off for up to an hour here (full
+    jitter: a draw under the test's minute has a 2 % chance each). Once Klaviyo serves another
+    event, they go again at once, whether they wait in the client's retries (a budget longer
+    than the wait) or in the pipeline's hold (the budget spent, the same policy holds them)."""
     bootstrap, factory = relay_case.bootstrap, relay_case.factory
     topic = relay_case.topic(f"recovery-{budget}", "shop.order.placed")
-    failed = factory.event(topic, "shop.order.placed", "cust-failed", 1)
-    served = factory.event(topic, "shop.order.placed", "cust-served", 2)
+    failed = [
+        factory.event(topic, "shop.order.placed", f"cust-failed-{n}", n)
+        for n in range(SPELL_FAILURES)
+    ]
+    served = factory.event(topic, "shop.order.placed", "cust-served", SPELL_FAILURES)
     async with running_sandbox(SandboxOptions(rate_limits=None)) as sandbox:
         env = relay_case.env(
             sandbox.base_url,
@@ -152,22 +159,27 @@ async def test_backoffs_end_when_klaviyo_serves_again(
         relay = relay_case.start(env)
         await wait_for(lambda: relay.logged("partitions assigned"), what="the relay's partitions")
         await set_faults(sandbox.base_url, {"error_rates": {"503": 1.0}})
-        produce_events(bootstrap, [failed])
+        first_refused = 0.0
+        for n, event in enumerate(failed, start=1):
+            if n == len(failed):  # an outage, not a blip: its failures span the spell's length
+                await asyncio.sleep(max(0.0, first_refused + SPELL_SECONDS - time.monotonic()))
+            produce_events(bootstrap, [event])
 
-        async def refused() -> bool:
-            stats = await sandbox_stats(sandbox.base_url)
-            return int(stats["injected"].get("503", 0)) >= 1
+            async def refused(count: int = n) -> bool:
+                stats = await sandbox_stats(sandbox.base_url)
+                return int(stats["injected"].get("503", 0)) >= count
 
-        await wait_for(refused, what="the event's send refused")
+            await wait_for(refused, what=f"send {n} refused")
+            first_refused = first_refused or time.monotonic()
         await set_faults(sandbox.base_url, {"error_rates": {}})
         produce_events(bootstrap, [served])
         ends = relay_case.ends()
         await wait_for(
             lambda: relay_case.committed() == ends,
             60,
-            what=f"both delivered ({where} cut short)",
+            what=f"all delivered ({where} cut short)",
         )
-        assert base_ids(sandbox.state.events) == {failed.event_id, served.event_id}
+        assert base_ids(sandbox.state.events) == {e.event_id for e in [*failed, served]}
         relay.terminate()
         assert await relay.wait_exit() == 0
 

@@ -7,7 +7,13 @@ import asyncio
 import pytest
 
 from consumer.klaviyo.outcomes import Accepted, Outcome, Permanent, Retryable
-from consumer.klaviyo.recovery import Recovery, failing, wakes_early
+from consumer.klaviyo.recovery import (
+    SPELL_FAILURES,
+    SPELL_SECONDS,
+    Recovery,
+    failing,
+    wakes_early,
+)
 
 UNAVAILABLE = Retryable(503, "http_503")
 NO_ANSWER = Retryable(None, "timeout")
@@ -32,6 +38,26 @@ class Sleeps:
 
     def end(self) -> None:
         self._over.set()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def watching() -> tuple[Recovery, Sleeps, Clock]:
+    sleeps, clock = Sleeps(), Clock()
+    return Recovery(sleeps, clock), sleeps, clock
+
+
+def spell(recovery: Recovery, clock: Clock, failure: Outcome = UNAVAILABLE) -> None:
+    """Klaviyo failing: the spell's failures, spread over its length."""
+    for _ in range(SPELL_FAILURES):
+        recovery.observe(failure)
+        clock.now += SPELL_SECONDS / (SPELL_FAILURES - 1)
 
 
 async def turns(n: int = 5) -> None:
@@ -64,15 +90,14 @@ def test_a_wait_klaviyo_asked_for_never_ends_early() -> None:
 
 
 @pytest.mark.parametrize("after", [UNAVAILABLE, NO_ANSWER])
-async def test_a_backoff_after_a_failure_ends_at_the_first_served_answer(
+async def test_a_backoff_after_a_failure_ends_at_the_first_served_answer_after_a_spell(
     after: Retryable,
 ) -> None:
-    sleeps = Sleeps()
-    recovery = Recovery(sleeps)
-    recovery.observe(after)
+    recovery, sleeps, clock = watching()
+    spell(recovery, clock, after)
     waiting = asyncio.create_task(recovery.backoff(600.0, after))
     await turns()
-    recovery.observe(UNAVAILABLE)  # another request failing: still down
+    recovery.observe(UNAVAILABLE)  # still failing
     await turns()
     assert not waiting.done()
     recovery.observe(Accepted(202))
@@ -82,18 +107,53 @@ async def test_a_backoff_after_a_failure_ends_at_the_first_served_answer(
 
 
 async def test_a_refusal_shows_klaviyo_serving_too() -> None:
-    recovery = Recovery(Sleeps())
-    recovery.observe(UNAVAILABLE)
+    recovery, _, clock = watching()
+    spell(recovery, clock)
     waiting = asyncio.create_task(recovery.backoff(600.0, UNAVAILABLE))
     await turns()
     recovery.observe(Permanent(400))
     await asyncio.wait_for(waiting, 5)
 
 
+@pytest.mark.parametrize(
+    ("failures", "seconds"),
+    [(SPELL_FAILURES - 1, 10 * SPELL_SECONDS), (100, SPELL_SECONDS / 2)],
+    ids=["too-few", "too-short"],
+)
+async def test_scattered_failures_keep_their_backoff(failures: int, seconds: float) -> None:
+    """Failures among served answers, or a blip too short to be an outage: no wake-up, so a
+    request Klaviyo fails every time cannot be resent at every served answer."""
+    recovery, sleeps, clock = watching()
+    for _ in range(failures):
+        recovery.observe(UNAVAILABLE)
+        clock.now += seconds / failures
+    waiting = asyncio.create_task(recovery.backoff(600.0, UNAVAILABLE))
+    await turns()
+    recovery.observe(Accepted(202))
+    await turns()
+    assert not waiting.done()
+    sleeps.end()
+    await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_served_answer_ends_the_spell() -> None:
+    """Two failures, a served answer, two failures: no spell of three in a row."""
+    recovery, sleeps, clock = watching()
+    for outcome in (UNAVAILABLE, UNAVAILABLE, Accepted(202), UNAVAILABLE, UNAVAILABLE):
+        recovery.observe(outcome)
+        clock.now += SPELL_SECONDS
+    waiting = asyncio.create_task(recovery.backoff(600.0, UNAVAILABLE))
+    await turns()
+    recovery.observe(Accepted(202))
+    await turns()
+    assert not waiting.done()
+    sleeps.end()
+    await asyncio.wait_for(waiting, 5)
+
+
 async def test_a_backoff_after_a_throttle_is_waited_out() -> None:
-    sleeps = Sleeps()
-    recovery = Recovery(sleeps)
-    recovery.observe(UNAVAILABLE)
+    recovery, sleeps, clock = watching()
+    spell(recovery, clock)
     waiting = asyncio.create_task(recovery.backoff(1.0, THROTTLED))
     await turns()
     recovery.observe(Accepted(202))
@@ -103,24 +163,9 @@ async def test_a_backoff_after_a_throttle_is_waited_out() -> None:
     await asyncio.wait_for(waiting, 5)
 
 
-async def test_only_an_answer_after_a_failure_wakes() -> None:
-    """Served answers while nothing failed are no recovery: a backoff begun later waits for
-    the next served answer after a failure."""
-    sleeps = Sleeps()
-    recovery = Recovery(sleeps)
-    recovery.observe(Accepted(202))
-    recovery.observe(UNAVAILABLE)
-    waiting = asyncio.create_task(recovery.backoff(600.0, UNAVAILABLE))
-    await turns()
-    assert not waiting.done()
-    recovery.observe(Accepted(202))
-    await asyncio.wait_for(waiting, 5)
-
-
 async def test_a_backoff_ends_when_its_sleep_does() -> None:
-    sleeps = Sleeps()
-    recovery = Recovery(sleeps)
-    recovery.observe(UNAVAILABLE)
+    recovery, sleeps, clock = watching()
+    spell(recovery, clock)
     waiting = asyncio.create_task(recovery.backoff(0.5, UNAVAILABLE))
     await turns()
     sleeps.end()
@@ -128,9 +173,8 @@ async def test_a_backoff_ends_when_its_sleep_does() -> None:
 
 
 async def test_cancelling_a_backoff_cancels_its_sleep() -> None:
-    sleeps = Sleeps()
-    recovery = Recovery(sleeps)
-    recovery.observe(UNAVAILABLE)
+    recovery, sleeps, clock = watching()
+    spell(recovery, clock)
     waiting = asyncio.create_task(recovery.backoff(600.0, UNAVAILABLE))
     await turns()
     waiting.cancel()
