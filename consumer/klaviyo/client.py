@@ -103,7 +103,8 @@ class KlaviyoClient:
         self._rng = rng or random.Random()
         self._clock = clock
         self._sleep = sleep
-        # Shared by every request of this account: a served answer ends the others' backoffs.
+        # Shared by every request of this account: its first served answer after an outage
+        # ends the backoffs of the requests that failed in it.
         self._recovery = Recovery(sleep, clock)
         self._base_url = settings.klaviyo_base_url.rstrip("/")
         self._headers = {
