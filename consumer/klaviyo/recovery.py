@@ -7,12 +7,12 @@ slept it out, and everything behind it waited too: its key's later events, and i
 committed offset. Measured (bench scenario 4, three 10-minute outages at 30 events/s):
 
 - the outage's last bulk job (auto mode's probe, see ``BulkGate``) slept out its backoff for
-  14 to 34 s after Klaviyo returned. Every key with an event in it waited, and so did the
+  7 to 34 s after Klaviyo returned. Every key with an event in it waited, and so did the
   committed offsets of nearly every partition: the lag stayed at 12,000-13,000 events while
   the rest of the backlog had long been delivered, and password resets produced meanwhile
   waited 19-42 s behind their keys' earlier ones;
 - the email-change events, whose profile look-ups had failed all through the outage, kept the
-  lag above normal for 36 s after the rest had caught up, and with it the catch-up's end.
+  lag above normal for 23-38 s after the rest had caught up, and with it the catch-up's end.
 
 So when Klaviyo has been failing (a *spell*: at least ``SPELL_FAILURES`` failed attempts, a 5xx
 or no answer at all, over at least ``SPELL_SECONDS``, with nothing served in between), its first
