@@ -66,6 +66,17 @@ async def turns(n: int = 5) -> None:
         await asyncio.sleep(0)
 
 
+async def waits_out_its_sleep(recovery: Recovery, sleeps: Sleeps, after: Retryable) -> None:
+    """A backoff after ``after`` that a served answer now does not end: only its sleep does."""
+    waiting = asyncio.create_task(recovery.backoff(600.0, after))
+    await turns()
+    recovery.observe(Accepted(202))
+    await turns()
+    assert not waiting.done()
+    sleeps.end()
+    await asyncio.wait_for(waiting, 5)
+
+
 @pytest.mark.parametrize(
     ("outcome", "expected"),
     [
@@ -127,13 +138,7 @@ async def test_scattered_failures_keep_their_backoff(failures: int, seconds: flo
     for _ in range(failures):
         recovery.observe(UNAVAILABLE)
         clock.now += seconds / failures
-    waiting = asyncio.create_task(recovery.backoff(600.0, UNAVAILABLE))
-    await turns()
-    recovery.observe(Accepted(202))
-    await turns()
-    assert not waiting.done()
-    sleeps.end()
-    await asyncio.wait_for(waiting, 5)
+    await waits_out_its_sleep(recovery, sleeps, UNAVAILABLE)
 
 
 async def test_a_served_answer_ends_the_spell() -> None:
@@ -142,25 +147,13 @@ async def test_a_served_answer_ends_the_spell() -> None:
     for outcome in (UNAVAILABLE, UNAVAILABLE, Accepted(202), UNAVAILABLE, UNAVAILABLE):
         recovery.observe(outcome)
         clock.now += SPELL_SECONDS
-    waiting = asyncio.create_task(recovery.backoff(600.0, UNAVAILABLE))
-    await turns()
-    recovery.observe(Accepted(202))
-    await turns()
-    assert not waiting.done()
-    sleeps.end()
-    await asyncio.wait_for(waiting, 5)
+    await waits_out_its_sleep(recovery, sleeps, UNAVAILABLE)
 
 
 async def test_a_backoff_after_a_throttle_is_waited_out() -> None:
     recovery, sleeps, clock = watching()
     spell(recovery, clock)
-    waiting = asyncio.create_task(recovery.backoff(1.0, THROTTLED))
-    await turns()
-    recovery.observe(Accepted(202))
-    await turns()
-    assert not waiting.done()
-    sleeps.end()
-    await asyncio.wait_for(waiting, 5)
+    await waits_out_its_sleep(recovery, sleeps, THROTTLED)
 
 
 async def test_a_backoff_ends_when_its_sleep_does() -> None:
